@@ -1,0 +1,240 @@
+"""The monitor configuration: one validated model shared by the consumer, Spark and the backfill.
+
+A *monitor* is one configured unit: a topic, a reference, features, windows, statistics
+and thresholds. The YAML file may also carry sections that only one component reads
+(``kafka``, ``outputs``, ``metrics``, ``state``, ``spark``); :meth:`MonitorConfig.from_mapping`
+leaves those to their owners, and every other unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detectors.exceptions import ConfigError
+
+#: top-level sections that belong to other components (stream/, jobs/)
+FOREIGN_SECTIONS = frozenset({"kafka", "outputs", "metrics", "state", "spark", "checkpoint"})
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: Any, name: str = "duration") -> int:
+    """``"5m"`` -> 300000; a bare number means seconds.
+
+    >>> parse_duration_ms("90s"), parse_duration_ms(2), parse_duration_ms("250ms")
+    (90000, 2000, 250)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: {value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        ms = float(value) * 1000
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"{name}: {value!r} is not a duration like '30s', '5m', '1h' or '250ms'")
+        ms = float(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"{name}: {value!r} is not a duration")
+    if ms != int(ms):
+        raise ValueError(f"{name}: {value!r} is not a whole number of milliseconds")
+    return int(ms)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventsConfig(_Model):
+    """Where things are in an event."""
+
+    time_field: str | None = Field(
+        "timestamp", description="event time: epoch ms or s, or ISO-8601 (UTC); None = Kafka timestamp"
+    )
+    time_unit: Literal["auto", "ms", "s", "iso"] = "auto"
+    time_missing: Literal["reject", "kafka_timestamp"] = Field(
+        "reject", description="an event without its time field: dead-letter it, or use the Kafka timestamp"
+    )
+    features_field: str | None = Field(
+        "features", description="object holding the features; None = features at the top level"
+    )
+    segment_fields: tuple[str, ...] = ()
+    prediction_field: str | None = None
+    label_field: str | None = None
+
+
+class FeaturesConfig(_Model):
+    """Which reference features to monitor (default: all of them)."""
+
+    include: tuple[str, ...] | None = None
+    categorical: tuple[str, ...] = Field((), description="used by `reference build` to type columns")
+
+
+class WindowConfig(_Model):
+    kind: Literal["tumbling", "sliding", "count"] = "tumbling"
+    size: int | str = Field("5m", description="duration for time windows, number of events for count windows")
+    slide: int | str | None = None
+    allowed_lateness: int | str = "0s"
+    idle_timeout: int | str = "60s"
+    keep_raw: bool = Field(False, description="count windows only: keep raw values for an exact KS")
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowConfig:
+        if self.kind == "count":
+            if isinstance(self.size, str) and not self.size.isdigit():
+                raise ValueError(f"window.size: a count window needs a number of events, not {self.size!r}")
+            if int(self.size) < 1:
+                raise ValueError("window.size: a count window needs at least 1 event")
+            if self.slide is not None:
+                raise ValueError("window.slide: count windows do not slide; remove slide")
+        else:
+            if self.keep_raw:
+                raise ValueError("window.keep_raw: only count windows can keep raw values")
+            size = parse_duration_ms(self.size, "window.size")
+            if size <= 0:
+                raise ValueError("window.size must be positive")
+            if self.kind == "sliding":
+                if self.slide is None:
+                    raise ValueError("window.slide: a sliding window needs a slide")
+                slide = parse_duration_ms(self.slide, "window.slide")
+                if slide <= 0 or size % slide != 0:
+                    raise ValueError(
+                        f"window.slide: size ({size} ms) must be a positive multiple of slide ({slide} ms)"
+                    )
+            elif self.slide is not None:
+                raise ValueError("window.slide: only sliding windows have a slide")
+        parse_duration_ms(self.allowed_lateness, "window.allowed_lateness")
+        parse_duration_ms(self.idle_timeout, "window.idle_timeout")
+        return self
+
+    @property
+    def size_ms(self) -> int:
+        return parse_duration_ms(self.size, "window.size")
+
+    @property
+    def slide_ms(self) -> int:
+        if self.kind == "sliding":
+            return parse_duration_ms(self.slide, "window.slide")
+        return self.size_ms
+
+    @property
+    def count(self) -> int:
+        return int(self.size)
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return parse_duration_ms(self.allowed_lateness, "window.allowed_lateness")
+
+    @property
+    def idle_timeout_ms(self) -> int:
+        return parse_duration_ms(self.idle_timeout, "window.idle_timeout")
+
+
+class PSIConfig(_Model):
+    enabled: bool = True
+    warning: float = Field(0.1, gt=0)
+    critical: float = Field(0.25, gt=0)
+    epsilon: float = Field(1e-4, gt=0, lt=0.01)
+
+    @model_validator(mode="after")
+    def _order(self) -> PSIConfig:
+        if self.critical < self.warning:
+            raise ValueError(f"psi.critical ({self.critical}) must be >= psi.warning ({self.warning})")
+        return self
+
+
+class KSConfig(_Model):
+    enabled: bool = True
+    alpha: float = Field(0.01, gt=0, lt=1)
+    critical_statistic: float = Field(0.2, gt=0, le=1, description="D at or above which a drift is critical")
+
+
+class ChiSquareConfig(_Model):
+    enabled: bool = True
+    alpha: float = Field(0.01, gt=0, lt=1)
+    critical_cramers_v: float = Field(0.2, gt=0, le=1, description="Cramér's V at or above which a drift is critical")
+
+
+class StatisticsConfig(_Model):
+    psi: PSIConfig = PSIConfig()
+    ks: KSConfig = KSConfig()
+    chi2: ChiSquareConfig = ChiSquareConfig()
+    correction: Literal["bonferroni", "bh", "none"] = "bonferroni"
+    min_events: int = Field(100, ge=1, description="fewer valid values in a window give no verdict")
+
+
+class SegmentsConfig(_Model):
+    overall: bool = Field(True, description="also evaluate all events together (segment {})")
+    max_segments: int = Field(100, ge=1, description="distinct segments tracked; the rest go to __other__")
+
+
+class ConceptConfig(_Model):
+    detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "adwin"
+    stream: str = Field("model_error", description="'model_error' or 'feature:<name>'")
+    error: Literal["absolute", "misclassification"] = "absolute"
+    threshold: float = Field(0.5, description="score threshold for misclassification error")
+    params: dict[str, float | int] = Field(default_factory=dict)
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, v: str) -> str:
+        if v != "model_error" and not v.startswith("feature:"):
+            raise ValueError(f"concept.stream must be 'model_error' or 'feature:<name>', not {v!r}")
+        return v
+
+
+class MonitorConfig(_Model):
+    monitor: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    reference: str = Field(description="path of the reference profile JSON")
+    events: EventsConfig = EventsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    window: WindowConfig = WindowConfig()
+    statistics: StatisticsConfig = StatisticsConfig()
+    segments: SegmentsConfig = SegmentsConfig()
+    concept: ConceptConfig = ConceptConfig()
+
+    @property
+    def concept_active(self) -> bool:
+        """The concept detector runs when configured and its stream exists in the events.
+
+        With ``stream: model_error`` it needs ``events.prediction_field`` and ``label_field``;
+        without them concept detection is off (the CLI says so at start).
+        """
+        c = self.concept
+        if c.detector == "none":
+            return False
+        if c.stream == "model_error":
+            return bool(self.events.prediction_field and self.events.label_field)
+        return True
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> MonitorConfig:
+        """Validate; sections owned by other components are ignored here."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("monitor config must be a mapping at the top level")
+        own = {k: v for k, v in data.items() if k not in FOREIGN_SECTIONS}
+        if base_dir is not None and isinstance(own.get("reference"), str):
+            ref = Path(own["reference"])
+            if not ref.is_absolute():
+                own["reference"] = str(base_dir / ref)
+        try:
+            return cls.model_validate(own)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "monitor config")) from None
+
+
+def format_validation_error(exc: ValidationError, what: str) -> str:
+    """One line per problem, each naming the field by its dotted path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling)"
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid {what}:\n" + "\n".join(lines)

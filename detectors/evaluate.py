@@ -1,0 +1,247 @@
+"""Evaluate one window's histogram against the reference: statistics, correction, verdicts, records.
+
+Verdicts
+    * PSI: ``warning`` when PSI >= ``psi.warning``, ``critical`` when PSI >= ``psi.critical``.
+      Its chi-square p-value is reported but does not decide the verdict (it is not part
+      of the multiple-testing family).
+    * KS and chi-square: drift when the *adjusted* p-value (Bonferroni or Benjamini–Hochberg
+      across every KS and chi-square test of the window and segment) is below ``alpha``;
+      ``critical`` if the effect is also large (KS D >= ``ks.critical_statistic``, Cramér's V
+      >= ``chi2.critical_cramers_v``), else ``warning``.
+    * fewer than ``min_events`` valid values in the window (or the reference) give no verdict:
+      ``value``, ``p_value`` and ``drift`` are ``None`` and ``severity`` is
+      ``insufficient_data``. Undefined is never reported as 0.
+
+Records follow the one schema of DESIGN.md ("Records"), plus ``p_value_adjusted`` and ``method``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from detectors.config import StatisticsConfig
+from detectors.histogram import Layout, coarse_counts
+from detectors.reference import CategoricalProfile, IntArray, NumericProfile
+from detectors.statistics import adjust, chi_square, ks_binned, ks_exact, psi
+
+OK, WARNING, CRITICAL, INSUFFICIENT = "ok", "warning", "critical", "insufficient_data"
+SEVERITY_LEVEL = {INSUFFICIENT: -1, OK: 0, WARNING: 1, CRITICAL: 2}
+
+RECORD_FIELDS = (
+    "monitor",
+    "segment",
+    "feature",
+    "statistic",
+    "method",
+    "value",
+    "p_value",
+    "p_value_adjusted",
+    "threshold",
+    "drift",
+    "severity",
+    "window_start",
+    "window_end",
+    "n_reference",
+    "n_window",
+    "n_missing",
+    "reference_fingerprint",
+)
+
+
+@dataclass(frozen=True)
+class StatisticResult:
+    """One statistic of one feature in one window, and how it was produced."""
+
+    feature: str
+    statistic: str  # psi | ks | chi2
+    method: str  # psi_coarse | ks_binned | ks_exact | chi2_homogeneity
+    value: float | None
+    p_value: float | None
+    p_value_adjusted: float | None
+    threshold: float
+    n_reference: int
+    n_window: int
+    n_missing: int
+    drift: bool | None
+    severity: str
+
+
+def _stat_list(profile: NumericProfile | CategoricalProfile, cfg: StatisticsConfig) -> list[str]:
+    out = []
+    if cfg.psi.enabled:
+        out.append("psi")
+    if isinstance(profile, NumericProfile):
+        if cfg.ks.enabled:
+            out.append("ks")
+    elif cfg.chi2.enabled:
+        out.append("chi2")
+    return out
+
+
+def evaluate_counts(
+    layout: Layout,
+    counts: IntArray,
+    cfg: StatisticsConfig,
+    raw: Mapping[str, Sequence[float]] | None = None,
+) -> list[StatisticResult]:
+    """Every configured statistic of every feature, corrected across the window's tests."""
+    results: list[StatisticResult] = []
+    tested: list[int] = []  # indices of results in the p-value family
+    for name in layout.features:
+        profile = layout.reference.features[name]
+        slot = layout.slot(counts, name)
+        nb = profile.n_bins
+        w = slot[:nb]
+        r = np.asarray(profile.counts, dtype=np.int64)
+        n, m = int(w.sum()), int(r.sum())
+        n_missing = int(slot[nb] + slot[nb + 1])
+        enough = n >= cfg.min_events and m >= cfg.min_events
+        for stat in _stat_list(profile, cfg):
+            threshold = {"psi": cfg.psi.warning, "ks": cfg.ks.alpha, "chi2": cfg.chi2.alpha}[stat]
+            method = {"psi": "psi_coarse", "ks": "ks_binned", "chi2": "chi2_homogeneity"}[stat]
+            exact = raw is not None and name in raw and getattr(profile, "values", None) is not None
+            if stat == "ks" and exact:
+                method = "ks_exact"
+            if not enough:
+                results.append(
+                    StatisticResult(
+                        name, stat, method, None, None, None, threshold, m, n, n_missing, None, INSUFFICIENT
+                    )
+                )
+                continue
+            value: float
+            p: float
+            if stat == "psi":
+                if isinstance(profile, NumericProfile):
+                    value, p = psi(coarse_counts(profile, r), coarse_counts(profile, w), cfg.psi.epsilon)
+                else:
+                    value, p = psi(r, w, cfg.psi.epsilon)
+                sev = CRITICAL if value >= cfg.psi.critical else WARNING if value >= cfg.psi.warning else OK
+                results.append(
+                    StatisticResult(name, stat, method, value, p, None, threshold, m, n, n_missing, sev != OK, sev)
+                )
+                continue
+            if stat == "ks":
+                if method == "ks_exact":
+                    assert raw is not None and isinstance(profile, NumericProfile) and profile.values is not None
+                    window_values = np.asarray(raw[name], dtype=np.float64)
+                    window_values = window_values[np.isfinite(window_values)]
+                    value, p = ks_exact(profile.values, window_values)
+                else:
+                    k = ks_binned(r, w)
+                    value, p = k.statistic, k.p_value
+            else:
+                c = chi_square(r, w)
+                value, p = c.statistic, c.p_value
+            tested.append(len(results))
+            results.append(StatisticResult(name, stat, method, value, p, None, threshold, m, n, n_missing, None, OK))
+    # multiple testing across the window's KS and chi-square tests
+    adjusted = adjust([results[i].p_value or 0.0 for i in tested], cfg.correction)
+    for i, q in zip(tested, adjusted, strict=True):
+        res = results[i]
+        drift = q < res.threshold
+        sev = OK
+        if drift:
+            assert res.value is not None
+            if res.statistic == "ks":
+                big = res.value >= cfg.ks.critical_statistic
+            else:
+                total = res.n_reference + res.n_window
+                big = float(np.sqrt(res.value / total)) >= cfg.chi2.critical_cramers_v
+            sev = CRITICAL if big else WARNING
+        results[i] = replace(res, p_value_adjusted=q, drift=drift, severity=sev)
+    return results
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with millisecond precision.
+
+    >>> iso_ms(0)
+    '1970-01-01T00:00:00.000Z'
+    """
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso_ms(text: str) -> int:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
+
+
+def window_records(
+    results: Sequence[StatisticResult],
+    *,
+    monitor: str,
+    segment: Mapping[str, str],
+    window_start_ms: int,
+    window_end_ms: int,
+    fingerprint: str,
+) -> list[dict[str, Any]]:
+    """Window statistic records (DESIGN.md "Records"), in a stable field order."""
+    seg = dict(sorted(segment.items()))
+    start, end = iso_ms(window_start_ms), iso_ms(window_end_ms)
+    out = []
+    for r in results:
+        d = asdict(r)
+        rec = {
+            "monitor": monitor,
+            "segment": seg,
+            "feature": r.feature,
+            "statistic": r.statistic,
+            "method": r.method,
+            "value": d["value"],
+            "p_value": d["p_value"],
+            "p_value_adjusted": d["p_value_adjusted"],
+            "threshold": r.threshold,
+            "drift": r.drift,
+            "severity": r.severity,
+            "window_start": start,
+            "window_end": end,
+            "n_reference": r.n_reference,
+            "n_window": r.n_window,
+            "n_missing": r.n_missing,
+            "reference_fingerprint": fingerprint,
+        }
+        out.append(rec)
+    return out
+
+
+def alert_id(record: Mapping[str, Any]) -> str:
+    """Idempotent key: a replay of the same window re-sends the same id."""
+    key = json.dumps(
+        [
+            record["monitor"],
+            dict(sorted(dict(record["segment"]).items())),
+            record["feature"],
+            record["statistic"],
+            record["window_start"],
+            record["window_end"],
+            record["reference_fingerprint"],
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def make_alert(record: Mapping[str, Any], detected_at_ms: int) -> dict[str, Any]:
+    """An alert is a drifted record plus its ``alert_id`` and ``detected_at``."""
+    alert = dict(record)
+    alert["alert_id"] = alert_id(record)
+    alert["detected_at"] = iso_ms(detected_at_ms)
+    return alert
+
+
+def segment_label(segment: Mapping[str, str]) -> str:
+    """Prometheus label value of a segment: ``k=v,k2=v2`` sorted, or ``__all__``."""
+    if not segment:
+        return "__all__"
+    return ",".join(f"{k}={v}" for k, v in sorted(segment.items()))

@@ -1,0 +1,517 @@
+"""Frozen reference profiles: bins and counts that every window is compared with.
+
+A profile is built once from baseline data and stored as versioned JSON with a sha256
+fingerprint of its canonical form. Bins come from the reference only, never from a window.
+
+Numeric feature
+    *fine* bins whose interior edges are reference quantiles (default 100 bins); duplicate
+    edges are merged (discrete data gives fewer bins); the outer bins are open to -inf and
+    +inf. Bin ``i`` is ``[edge[i-1], edge[i])``: a value equal to an edge goes to the bin
+    above it. *Coarse* PSI bins (default 10) are unions of consecutive fine bins, cut where
+    the reference CDF crosses ``j / coarse_bins``, so one histogram serves PSI and KS.
+    Missing values (None, NaN) and non-finite values (+-inf) are counted apart.
+
+Categorical feature
+    the ``top_n`` most frequent reference categories (ties broken by name), ``__other__``
+    for the rest of the reference's categories, ``__unseen__`` for values the reference
+    never had, and ``__missing__`` (None, NaN, empty string).
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(7)
+>>> ref = ReferenceProfile.build(
+...     {"x": rng.normal(size=1000), "c": np.array(["a", "b", "a", None] * 250, dtype=object)},
+...     categorical=["c"], fine_bins=10, coarse_bins=5)
+>>> ref.features["x"].n_bins, ref.features["x"].n_coarse
+(10, 5)
+>>> ref.features["c"].buckets
+('a', 'b', '__other__', '__unseen__')
+>>> ReferenceProfile.from_json(ref.to_json()).fingerprint == ref.fingerprint
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.exceptions import ConfigError, InputError, ReferenceFormatError
+
+SCHEMA_VERSION = 1
+KIND = "streamdrift.reference"
+OTHER = "__other__"
+UNSEEN = "__unseen__"
+MISSING = "__missing__"
+#: most reference categories kept to tell ``__other__`` from ``__unseen__``
+MAX_OTHER_VALUES = 10_000
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+def to_float_array(values: Any) -> FloatArray:
+    """Convert a column to float64 with None -> NaN; raise :class:`InputError` on non-numbers."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(np.float64, copy=False)
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = np.nan
+        elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise InputError(f"value {v!r} at row {i} is not a number")
+        else:
+            out[i] = float(v)
+    return out
+
+
+def is_missing_category(v: Any) -> bool:
+    """None, NaN and the empty string are missing categorical values."""
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v == ""
+
+
+@dataclass(frozen=True)
+class NumericProfile:
+    """Reference bins of one numeric feature."""
+
+    name: str
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    coarse_starts: tuple[int, ...]
+    n_missing: int
+    n_invalid: int
+    values: tuple[float, ...] | None = None
+    type: Literal["numeric"] = "numeric"
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) + 1
+
+    @property
+    def n_coarse(self) -> int:
+        return len(self.coarse_starts)
+
+    @property
+    def n(self) -> int:
+        """Number of valid (finite) reference values."""
+        return int(sum(self.counts))
+
+    @property
+    def slot_size(self) -> int:
+        """Fine bins + missing + invalid."""
+        return self.n_bins + 2
+
+    @property
+    def edges_array(self) -> FloatArray:
+        return np.asarray(self.edges, dtype=np.float64)
+
+    def bin_index(self, x: FloatArray) -> IntArray:
+        """Slot index of each value: a fine bin, ``n_bins`` (missing) or ``n_bins + 1`` (inf)."""
+        idx = np.searchsorted(self.edges_array, x, side="right").astype(np.int64)
+        nan = np.isnan(x)
+        if nan.any():
+            idx[nan] = self.n_bins
+        inf = np.isinf(x)
+        if inf.any():
+            idx[inf] = self.n_bins + 1
+        return idx
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": "numeric",
+            "edges": list(self.edges),
+            "counts": list(self.counts),
+            "coarse_starts": list(self.coarse_starts),
+            "n_missing": self.n_missing,
+            "n_invalid": self.n_invalid,
+        }
+        if self.values is not None:
+            d["values"] = list(self.values)
+        return d
+
+
+@dataclass(frozen=True)
+class CategoricalProfile:
+    """Reference buckets of one categorical feature."""
+
+    name: str
+    categories: tuple[str, ...]
+    counts: tuple[int, ...]  # per category, then __other__, then __unseen__ (always 0)
+    other_values: tuple[str, ...]
+    other_truncated: bool
+    n_missing: int
+    type: Literal["categorical"] = "categorical"
+    _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index = {c: i for i, c in enumerate(self.categories)}
+        k = len(self.categories)
+        for v in self.other_values:
+            index[v] = k
+        self._index.update(index)
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (*self.categories, OTHER, UNSEEN)
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.categories) + 2
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def slot_size(self) -> int:
+        """Buckets + missing + invalid."""
+        return self.n_bins + 2
+
+    def bucket_of(self, v: Any) -> int:
+        """Slot index of one value."""
+        if is_missing_category(v):
+            return self.n_bins
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (int, np.integer)):
+            v = str(v)
+        elif not isinstance(v, str):
+            return self.n_bins + 1
+        i = self._index.get(v)
+        if i is not None:
+            return i
+        # not among the kept reference values: unseen, unless the list was truncated
+        return len(self.categories) if self.other_truncated else len(self.categories) + 1
+
+    def bin_index(self, values: Sequence[Any]) -> IntArray:
+        get = self._index.get
+        k = len(self.categories)
+        default = k if self.other_truncated else k + 1
+        out = np.empty(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            if type(v) is str and v:
+                out[i] = get(v, default)
+            else:
+                out[i] = self.bucket_of(v)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "categorical",
+            "categories": list(self.categories),
+            "counts": list(self.counts),
+            "other_values": list(self.other_values),
+            "other_truncated": self.other_truncated,
+            "n_missing": self.n_missing,
+        }
+
+
+FeatureProfile = NumericProfile | CategoricalProfile
+
+
+def quantile_edges(x: FloatArray, fine_bins: int) -> tuple[float, ...]:
+    """Interior fine-bin edges: reference quantiles ``i / fine_bins``, duplicates merged."""
+    if x.size == 0:
+        return ()
+    qs = np.arange(1, fine_bins, dtype=np.float64) / fine_bins
+    edges = np.quantile(x, qs, method="linear")
+    uniq = np.unique(edges)
+    return tuple(float(e) for e in uniq)
+
+
+def coarse_starts_from_counts(counts: Sequence[int], coarse_bins: int) -> tuple[int, ...]:
+    """First fine bin of each coarse bin, cutting where the reference CDF crosses j/coarse.
+
+    Works from counts alone, so the Spark build (approximate quantiles) uses it too.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    starts = [0]
+    if total > 0:
+        cum = np.cumsum(c) / total
+        for j in range(1, coarse_bins):
+            # the first fine bin whose cumulative share has reached j / coarse_bins
+            b = int(np.searchsorted(cum, j / coarse_bins - 1e-12, side="left")) + 1
+            if starts[-1] < b < len(c):
+                starts.append(b)
+    return tuple(starts)
+
+
+def numeric_profile(
+    name: str,
+    values: Any,
+    *,
+    fine_bins: int = 100,
+    coarse_bins: int = 10,
+    keep_values: int = 0,
+) -> NumericProfile:
+    x = to_float_array(values)
+    finite = np.isfinite(x)
+    n_missing = int(np.isnan(x).sum())
+    n_invalid = int(np.isinf(x).sum())
+    xv = x[finite]
+    edges = quantile_edges(xv, fine_bins)
+    return numeric_profile_from_edges(
+        name, edges, xv, n_missing, n_invalid, coarse_bins=coarse_bins, keep_values=keep_values
+    )
+
+
+def numeric_profile_from_edges(
+    name: str,
+    edges: Sequence[float],
+    finite_values: FloatArray,
+    n_missing: int,
+    n_invalid: int,
+    *,
+    coarse_bins: int = 10,
+    keep_values: int = 0,
+) -> NumericProfile:
+    e = np.asarray(edges, dtype=np.float64)
+    idx = np.searchsorted(e, finite_values, side="right")
+    counts = np.bincount(idx, minlength=len(e) + 1)
+    kept: tuple[float, ...] | None = None
+    if keep_values and finite_values.size <= keep_values:
+        kept = tuple(float(v) for v in np.sort(finite_values))
+    return NumericProfile(
+        name=name,
+        edges=tuple(float(v) for v in e),
+        counts=tuple(int(v) for v in counts),
+        coarse_starts=coarse_starts_from_counts(counts.tolist(), coarse_bins),
+        n_missing=n_missing,
+        n_invalid=n_invalid,
+        values=kept,
+    )
+
+
+def categorical_profile(name: str, values: Iterable[Any], *, top_n: int = 50) -> CategoricalProfile:
+    counter: Counter[str] = Counter()
+    n_missing = 0
+    for v in values:
+        if is_missing_category(v):
+            n_missing += 1
+        elif isinstance(v, bool):
+            counter["true" if v else "false"] += 1
+        elif isinstance(v, (str, int, np.integer)):
+            counter[str(v)] += 1
+        else:
+            raise InputError(f"categorical feature {name!r}: value {v!r} is not a string or integer")
+    return categorical_profile_from_counts(name, counter, n_missing, top_n=top_n)
+
+
+def categorical_profile_from_counts(
+    name: str, counter: Mapping[str, int], n_missing: int, *, top_n: int = 50
+) -> CategoricalProfile:
+    ordered = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ordered[:top_n]
+    rest = ordered[top_n:]
+    other_count = sum(c for _, c in rest)
+    other_values = sorted(v for v, _ in rest)
+    truncated = len(other_values) > MAX_OTHER_VALUES
+    return CategoricalProfile(
+        name=name,
+        categories=tuple(v for v, _ in top),
+        counts=(*(c for _, c in top), other_count, 0),
+        other_values=tuple(other_values[:MAX_OTHER_VALUES]),
+        other_truncated=truncated,
+        n_missing=n_missing,
+    )
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, floats as shortest repr: the form the fingerprint hashes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """Bins and counts of every feature of a baseline data set; immutable."""
+
+    features: Mapping[str, FeatureProfile]
+    fine_bins: int = 100
+    coarse_bins: int = 10
+    top_n: int = 50
+    n_rows: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        columns: Mapping[str, Any],
+        *,
+        categorical: Iterable[str] = (),
+        features: Sequence[str] | None = None,
+        fine_bins: int = 100,
+        coarse_bins: int = 10,
+        top_n: int = 50,
+        keep_values: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ReferenceProfile:
+        """Build from columns (name -> array or list). ``features`` defaults to all columns."""
+        if fine_bins < 2:
+            raise ConfigError(f"fine_bins must be >= 2 (got {fine_bins}); fewer bins cannot show a shift")
+        if not 2 <= coarse_bins <= fine_bins:
+            raise ConfigError(f"coarse_bins must be between 2 and fine_bins={fine_bins} (got {coarse_bins})")
+        if top_n < 1:
+            raise ConfigError(f"top_n must be >= 1 (got {top_n})")
+        cats = set(categorical)
+        names = list(features) if features is not None else list(columns)
+        if not names:
+            raise ConfigError("features: no feature to profile; name at least one column")
+        missing_cols = [n for n in list(names) + sorted(cats) if n not in columns]
+        if missing_cols:
+            raise InputError(f"reference data has no column(s) {missing_cols}; columns are {sorted(columns)}")
+        n_rows = len(columns[names[0]])
+        profiles: dict[str, FeatureProfile] = {}
+        for name in names:
+            if name in cats:
+                profiles[name] = categorical_profile(name, columns[name], top_n=top_n)
+            else:
+                try:
+                    profiles[name] = numeric_profile(
+                        name, columns[name], fine_bins=fine_bins, coarse_bins=coarse_bins, keep_values=keep_values
+                    )
+                except InputError as exc:
+                    raise InputError(f"feature {name!r}: {exc}; declare it categorical if it holds labels") from exc
+        return cls(
+            features=profiles,
+            fine_bins=fine_bins,
+            coarse_bins=coarse_bins,
+            top_n=top_n,
+            n_rows=n_rows,
+            metadata=dict(metadata or {}),
+        )
+
+    # -- serialisation -------------------------------------------------------------------
+    def content(self) -> dict[str, Any]:
+        """The hashed part: settings and every feature's bins and counts."""
+        return {
+            "kind": KIND,
+            "schema_version": SCHEMA_VERSION,
+            "settings": {"fine_bins": self.fine_bins, "coarse_bins": self.coarse_bins, "top_n": self.top_n},
+            "n_rows": self.n_rows,
+            "features": {name: p.to_dict() for name, p in self.features.items()},
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            cached = "sha256:" + hashlib.sha256(canonical_json(self.content()).encode()).hexdigest()
+            object.__setattr__(self, "_fingerprint", cached)
+        return str(cached)
+
+    def to_json(self) -> str:
+        doc = self.content()
+        doc["metadata"] = dict(self.metadata)
+        doc["fingerprint"] = self.fingerprint
+        return json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, text: str) -> ReferenceProfile:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ReferenceFormatError(f"reference is not valid JSON: {exc}") from exc
+        return cls.from_dict(doc)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceProfile:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ReferenceFormatError(f"cannot read reference file {p}: {exc.strerror}") from exc
+        try:
+            return cls.from_json(text)
+        except ReferenceFormatError as exc:
+            raise ReferenceFormatError(f"{p}: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ReferenceProfile:
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise ReferenceFormatError(f"not a streamdrift reference profile (kind must be {KIND!r})")
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ReferenceFormatError(
+                f"reference schema_version {version!r} is not supported (this streamdrift reads "
+                f"version {SCHEMA_VERSION}); rebuild it with `streamdrift reference build`"
+            )
+        try:
+            settings = doc["settings"]
+            feats: dict[str, FeatureProfile] = {}
+            for name, f in doc["features"].items():
+                if f["type"] == "numeric":
+                    feats[name] = NumericProfile(
+                        name=name,
+                        edges=tuple(float(v) for v in f["edges"]),
+                        counts=tuple(int(v) for v in f["counts"]),
+                        coarse_starts=tuple(int(v) for v in f["coarse_starts"]),
+                        n_missing=int(f["n_missing"]),
+                        n_invalid=int(f["n_invalid"]),
+                        values=tuple(float(v) for v in f["values"]) if "values" in f else None,
+                    )
+                    p = feats[name]
+                    assert isinstance(p, NumericProfile)
+                    if len(p.counts) != p.n_bins or list(p.edges) != sorted(set(p.edges)):
+                        raise ReferenceFormatError(f"feature {name!r}: edges and counts do not agree")
+                elif f["type"] == "categorical":
+                    feats[name] = CategoricalProfile(
+                        name=name,
+                        categories=tuple(str(v) for v in f["categories"]),
+                        counts=tuple(int(v) for v in f["counts"]),
+                        other_values=tuple(str(v) for v in f["other_values"]),
+                        other_truncated=bool(f["other_truncated"]),
+                        n_missing=int(f["n_missing"]),
+                    )
+                else:
+                    raise ReferenceFormatError(f"feature {name!r}: unknown type {f['type']!r}")
+            ref = cls(
+                features=feats,
+                fine_bins=int(settings["fine_bins"]),
+                coarse_bins=int(settings["coarse_bins"]),
+                top_n=int(settings["top_n"]),
+                n_rows=int(doc["n_rows"]),
+                metadata=dict(doc.get("metadata") or {}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, ReferenceFormatError):
+                raise
+            raise ReferenceFormatError(f"reference profile is malformed: {type(exc).__name__}: {exc}") from exc
+        stored = doc.get("fingerprint")
+        if stored is not None and stored != ref.fingerprint:
+            raise ReferenceFormatError(
+                f"reference fingerprint mismatch: file says {stored}, content hashes to {ref.fingerprint} "
+                "(the file was edited or corrupted)"
+            )
+        return ref
+
+    # -- helpers ---------------------------------------------------------------------------
+    def numeric_features(self) -> list[str]:
+        return [n for n, p in self.features.items() if isinstance(p, NumericProfile)]
+
+    def categorical_features(self) -> list[str]:
+        return [n for n, p in self.features.items() if isinstance(p, CategoricalProfile)]
+
+    def select(self, names: Sequence[str]) -> ReferenceProfile:
+        """A profile restricted to ``names`` (its fingerprint differs from the full one)."""
+        unknown = [n for n in names if n not in self.features]
+        if unknown:
+            raise ConfigError(f"features {unknown} are not in the reference (it has {sorted(self.features)})")
+        return ReferenceProfile(
+            features={n: self.features[n] for n in names},
+            fine_bins=self.fine_bins,
+            coarse_bins=self.coarse_bins,
+            top_n=self.top_n,
+            n_rows=self.n_rows,
+            metadata=self.metadata,
+        )

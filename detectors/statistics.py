@@ -1,0 +1,174 @@
+"""Two-sample drift statistics on histograms, and multiple-testing corrections.
+
+All functions take the reference counts ``r`` and the window counts ``w`` over the same
+bins. They are pure and deterministic; none of them turns "too little data" into 0 —
+the caller (:mod:`detectors.evaluate`) decides when a window has enough events.
+
+PSI
+    ``PSI = sum((p_w - p_r) * ln(p_w / p_r))`` over the coarse bins, where each proportion
+    is floored at ``epsilon`` (default ``1e-4``) so that an empty bin does not give an
+    infinite value; the floored proportions are *not* renormalised. Its p-value uses the
+    fact that, with no drift, ``PSI / (1/n + 1/m)`` is approximately chi-square with
+    ``bins - 1`` degrees of freedom (PSI is a symmetrised KL divergence, a Jeffreys
+    divergence, whose scaled value is asymptotically chi-square).
+
+KS on fine bins
+    ``D_binned = max_k |W(k) - R(k)|`` over the fine-bin boundaries, where ``W`` and ``R``
+    are the window and reference empirical CDFs. Because both CDFs are only observed at
+    the edges, ``D_binned <= D_exact <= D_binned + max_i max(w_i / n, r_i / m)``: the error
+    is at most the largest fine-bin mass of the two distributions (1/100 of the reference
+    per bin with the default 100 quantile bins). The p-value is that of the two-sample KS
+    distribution with effective sample size ``n*m/(n+m)`` (as scipy's asymptotic method).
+
+chi-square
+    homogeneity test of the 2 x K contingency table (reference row, window row) over the
+    buckets with a non-zero total, without continuity correction.
+
+>>> round(psi([50, 50], [25, 75])[0], 6)
+0.274653
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats as _st
+
+DEFAULT_EPSILON = 1e-4
+
+ArrayLike = Sequence[int] | Sequence[float] | npt.NDArray[np.int64] | npt.NDArray[np.float64]
+
+
+def psi(reference: ArrayLike, window: ArrayLike, epsilon: float = DEFAULT_EPSILON) -> tuple[float, float]:
+    """Population stability index and its sample-size-aware p-value.
+
+    >>> v, p = psi([100, 100, 100], [100, 100, 100])
+    >>> v, p
+    (0.0, 1.0)
+    """
+    r = np.asarray(reference, dtype=np.float64)
+    w = np.asarray(window, dtype=np.float64)
+    m, n = r.sum(), w.sum()
+    if m <= 0 or n <= 0:
+        raise ValueError("psi needs a non-empty reference and window")
+    pr = np.maximum(r / m, epsilon)
+    pw = np.maximum(w / n, epsilon)
+    value = float(np.sum((pw - pr) * np.log(pw / pr)))
+    dof = max(len(r) - 1, 1)
+    scaled = value / (1.0 / n + 1.0 / m)
+    p_value = float(_st.chi2.sf(scaled, dof))
+    return value, p_value
+
+
+@dataclass(frozen=True)
+class KSBinned:
+    statistic: float
+    p_value: float
+    max_error: float  # exact D lies in [statistic, statistic + max_error]
+
+
+def ks_binned(reference: ArrayLike, window: ArrayLike) -> KSBinned:
+    """KS statistic from fine-bin CDFs, its p-value and the bound on its error.
+
+    >>> ks_binned([10, 0], [0, 10]).statistic
+    1.0
+    """
+    r = np.asarray(reference, dtype=np.float64)
+    w = np.asarray(window, dtype=np.float64)
+    m, n = r.sum(), w.sum()
+    if m <= 0 or n <= 0:
+        raise ValueError("ks needs a non-empty reference and window")
+    cr = np.cumsum(r) / m
+    cw = np.cumsum(w) / n
+    d = float(np.max(np.abs(cw - cr)))
+    max_error = float(max(np.max(r) / m, np.max(w) / n))
+    return KSBinned(d, ks_p_value(d, int(n), int(m)), max_error)
+
+
+def ks_p_value(d: float, n: int, m: int) -> float:
+    """Two-sided p-value of the two-sample KS statistic with effective size ``n*m/(n+m)``."""
+    en = max(1, round(n * m / (n + m)))
+    return float(min(1.0, max(0.0, _st.kstwo.sf(d, en))))
+
+
+def ks_exact(reference: ArrayLike, window: ArrayLike) -> tuple[float, float]:
+    """Exact two-sample KS on raw values (``scipy.stats.ks_2samp``)."""
+    res = _st.ks_2samp(np.asarray(reference, dtype=np.float64), np.asarray(window, dtype=np.float64))
+    return float(res.statistic), float(res.pvalue)
+
+
+@dataclass(frozen=True)
+class ChiSquare:
+    statistic: float
+    p_value: float
+    dof: int
+    cramers_v: float
+
+
+def chi_square(reference: ArrayLike, window: ArrayLike) -> ChiSquare:
+    """Chi-square homogeneity test of the 2 x K table; buckets empty in both rows are dropped.
+
+    >>> c = chi_square([30, 70], [30, 70])
+    >>> (c.statistic, c.p_value, c.dof)
+    (0.0, 1.0, 1)
+    """
+    r = np.asarray(reference, dtype=np.float64)
+    w = np.asarray(window, dtype=np.float64)
+    keep = (r + w) > 0
+    r, w = r[keep], w[keep]
+    m, n = r.sum(), w.sum()
+    if m <= 0 or n <= 0:
+        raise ValueError("chi-square needs a non-empty reference and window")
+    k = len(r)
+    if k < 2:
+        # both rows sit in the same single bucket: identical distributions
+        return ChiSquare(0.0, 1.0, 0, 0.0)
+    total = m + n
+    col = r + w
+    er = col * (m / total)
+    ew = col * (n / total)
+    stat = float(np.sum((r - er) ** 2 / er) + np.sum((w - ew) ** 2 / ew))
+    dof = k - 1
+    return ChiSquare(stat, float(_st.chi2.sf(stat, dof)), dof, float(np.sqrt(stat / total)))
+
+
+def bonferroni(p_values: Sequence[float]) -> list[float]:
+    """Adjusted p-values ``min(1, k * p)``.
+
+    >>> bonferroni([0.01, 0.2])
+    [0.02, 0.4]
+    """
+    k = len(p_values)
+    return [min(1.0, p * k) for p in p_values]
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg step-up adjusted p-values (the false-discovery-rate q-values).
+
+    >>> [round(q, 4) for q in benjamini_hochberg([0.01, 0.04, 0.03, 0.5])]
+    [0.04, 0.0533, 0.0533, 0.5]
+    """
+    k = len(p_values)
+    if k == 0:
+        return []
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * k / np.arange(1, k + 1)
+    adj = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(k)
+    out[order] = np.minimum(adj, 1.0)
+    return [float(v) for v in out]
+
+
+def adjust(p_values: Sequence[float], method: str) -> list[float]:
+    """Apply ``method`` (``bonferroni``, ``bh`` or ``none``) to a family of p-values."""
+    if method == "bonferroni":
+        return bonferroni(p_values)
+    if method == "bh":
+        return benjamini_hochberg(p_values)
+    if method == "none":
+        return [float(p) for p in p_values]
+    raise ValueError(f"unknown correction {method!r}")
