@@ -1,0 +1,302 @@
+"""``streamdrift demo``: everything on one machine, in one command.
+
+1. starts the embedded Kafka-compatible broker (tansu) on a free loopback port;
+2. builds a reference profile from synthetic baseline data;
+3. starts ``streamdrift serve`` (a real subprocess) with /metrics live;
+4. produces a synthetic prediction stream with a drift injected part-way (plus a few
+   malformed messages, which go to the dead-letter topic);
+5. prints each closed window's verdicts and every alert as they arrive on their topics;
+6. stops the consumer with SIGTERM and prints a summary: events, windows, alerts, and where
+   the drift was found against where it was injected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detectors.evaluate import iso_ms
+from detectors.reference import ReferenceProfile
+from stream import synthetic
+from stream.broker import EmbeddedBroker, free_port
+from stream.cli import command
+from stream.exceptions import StreamError
+
+TOPIC, STATS, ALERTS, DLQ = "predictions", "streamdrift.statistics", "streamdrift.alerts", "streamdrift.dead-letters"
+MALFORMED = (b"not json at all", b'{"timestamp": "yesterday", "features": {}}', b'{"features": {"income": "high"}}')
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, default=60_000, help="events in the synthetic stream")
+    p.add_argument("--drift-at", type=float, default=0.5, help="fraction of the stream where the drift starts")
+    p.add_argument("--window", default="10m", help="tumbling window size (event time; events are 100 ms apart)")
+    p.add_argument("--metrics-port", type=int, default=0, help="port of /metrics (0 = a free one)")
+    p.add_argument("--workdir", help="where to keep the reference, config and state (default: a temp dir)")
+    p.add_argument("--seed", type=int, default=7)
+
+
+@command("demo", "run the whole pipeline on an embedded broker with a drifting synthetic stream", _demo_args)
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not 0 < args.drift_at < 1:
+        raise StreamError(f"--drift-at must be between 0 and 1 (got {args.drift_at})")
+    if args.events < 1000:
+        raise StreamError(f"--events must be at least 1000 (got {args.events}) for windows with verdicts")
+    with tempfile.TemporaryDirectory(prefix="streamdrift-demo-") as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return Demo(args, workdir).run()
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.spec = synthetic.StreamSpec(n_events=args.events, drift_at=args.drift_at, seed=args.seed)
+        self.metrics_port = args.metrics_port or free_port()
+        self.windows: dict[str, dict[str, Any]] = defaultdict(dict)  # window_start -> feature -> worst record
+        self.alerts: list[dict[str, Any]] = []
+        self.concept: list[dict[str, Any]] = []
+        self.counts: dict[str, float] = {}
+
+    # -- steps ----------------------------------------------------------------------------
+    def run(self) -> int:
+        t0 = time.monotonic()
+        _say("streamdrift demo")
+        with EmbeddedBroker() as broker:
+            _say(f"[1/6] embedded broker (tansu) listening on {broker.bootstrap}")
+            self._create_topics(broker.bootstrap)
+            ref_path = self._build_reference()
+            config_path = self._write_config(broker.bootstrap, ref_path)
+            proc = self._start_consumer(config_path)
+            try:
+                n_bad = self._produce(broker.bootstrap)
+                self._follow(broker.bootstrap, proc, self.spec.n_events + n_bad)
+            finally:
+                self._stop_consumer(proc)
+            self._summary(n_bad, time.monotonic() - t0)
+        return 0
+
+    def _create_topics(self, bootstrap: str) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=1, replication_factor=1) for t in (TOPIC, STATS, ALERTS, DLQ)]
+        )
+        for f in futures.values():
+            f.result(timeout=10)
+
+    def _build_reference(self) -> Path:
+        cols = synthetic.reference_columns(50_000, seed=self.args.seed + 1)
+        ref = ReferenceProfile.build(
+            cols,
+            features=[*synthetic.NUMERIC, *synthetic.CATEGORICAL],
+            categorical=synthetic.CATEGORICAL,
+            metadata={"source": "streamdrift demo baseline"},
+        )
+        path = self.workdir / "reference.json"
+        ref.save(path)
+        _say(f"[2/6] reference profile: 50,000 baseline events, {len(ref.features)} features -> {path}")
+        _say(f"      fingerprint {ref.fingerprint[:23]}...")
+        return path
+
+    def _write_config(self, bootstrap: str, ref_path: Path) -> Path:
+        config = {
+            "monitor": "demo-credit-model",
+            "reference": str(ref_path),
+            "events": {
+                "time_field": "timestamp",
+                "features_field": "features",
+                "segment_fields": ["country"],
+                "prediction_field": "score",
+                "label_field": "label",
+            },
+            "window": {"kind": "tumbling", "size": self.args.window},
+            "statistics": {"min_events": 200},
+            "concept": {"detector": "adwin", "stream": "model_error", "error": "absolute"},
+            "kafka": {"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "streamdrift-demo"},
+            "outputs": {"statistics_topic": STATS, "alerts_topic": ALERTS, "dead_letter_topic": DLQ},
+            "metrics": {"address": "127.0.0.1", "port": self.metrics_port},
+            "state": {"dir": str(self.workdir / "state")},
+        }
+        path = self.workdir / "monitor.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return path
+
+    def _start_consumer(self, config_path: Path) -> subprocess.Popen[bytes]:
+        log = (self.workdir / "serve.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "--log-level", "WARNING", "serve", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._wait_metrics(proc)
+        _say(
+            f"[3/6] streamdrift serve running (pid {proc.pid}); metrics at http://127.0.0.1:{self.metrics_port}/metrics"
+        )
+        return proc
+
+    def _wait_metrics(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StreamError(f"streamdrift serve exited with {proc.returncode}; see {self.workdir / 'serve.log'}")
+            if self._scrape() is not None:
+                return
+            time.sleep(0.2)
+        raise StreamError("streamdrift serve did not expose /metrics in time")
+
+    def _scrape(self) -> dict[str, float] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        out: dict[str, float] = defaultdict(float)
+        for line in text.splitlines():
+            if line.startswith("streamdrift_events_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                out[outcome] += float(line.rsplit(" ", 1)[1])
+        return out
+
+    def _produce(self, bootstrap: str) -> int:
+        from confluent_kafka import Producer
+
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "none"})
+        n = self.spec.n_events
+        drift_index = int(n * self.spec.drift_at)
+        _say(
+            f"[4/6] producing {n:,} events to '{TOPIC}' (event time {iso_ms(self.spec.start_ms)} + 100 ms each); "
+            f"drift injected at event {drift_index:,} = {iso_ms(self.spec.drift_start_ms)}"
+        )
+        bad_at = {n // 4 + k * 7 for k in range(len(MALFORMED))}
+        n_bad = 0
+        for i, ev in enumerate(synthetic.events(self.spec)):
+            if i in bad_at:
+                p.produce(TOPIC, MALFORMED[n_bad])
+                n_bad += 1
+            p.produce(TOPIC, json.dumps(ev, separators=(",", ":")).encode())
+            if i % 5000 == 0:
+                p.poll(0)
+            if (i + 1) % (n // 4) == 0:
+                _say(f"      produced {i + 1:,}/{n:,}")
+        p.flush(30)
+        return n_bad
+
+    def _follow(self, bootstrap: str, proc: subprocess.Popen[bytes], expected: int) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        _say("[5/6] closed windows (overall segment; '.' ok, 'W' warning, 'C' critical, '?' too few events):")
+        features = [*synthetic.NUMERIC, *synthetic.CATEGORICAL]
+        _say("      window start              " + " ".join(f"{f[:11]:>11}" for f in features) + "   alerts")
+        c = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "streamdrift-demo-viewer", "enable.auto.commit": False}
+        )
+        c.assign([TopicPartition(STATS, 0, 0), TopicPartition(ALERTS, 0, 0)])
+        printed: set[str] = set()
+        last_window_seen = time.monotonic()
+        deadline = time.monotonic() + 600
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise StreamError(
+                        f"streamdrift serve exited with {proc.returncode}; see {self.workdir / 'serve.log'}"
+                    )
+                for msg in c.consume(1000, 0.5):
+                    if msg.error():
+                        continue
+                    rec = json.loads(msg.value() or b"null")
+                    if msg.topic() == ALERTS:
+                        if rec["feature"] == "model_error":
+                            self.concept.append(rec)
+                        else:
+                            self.alerts.append(rec)
+                        continue
+                    last_window_seen = time.monotonic()
+                    if rec["segment"] or rec["feature"] == "model_error":
+                        continue
+                    self._keep(rec)
+                self._print_ready(features, printed)
+                counts = self._scrape() or {}
+                if counts:
+                    self.counts = dict(counts)
+                done = sum(counts.values()) >= expected
+                if done and time.monotonic() - last_window_seen > 2.0:
+                    break
+        finally:
+            c.close()
+        self._print_ready(features, printed, final=True)
+
+    def _keep(self, rec: dict[str, Any]) -> None:
+        from detectors.evaluate import SEVERITY_LEVEL
+
+        feats = self.windows[rec["window_start"]]
+        cur = feats.get(rec["feature"])
+        if cur is None or SEVERITY_LEVEL[rec["severity"]] > SEVERITY_LEVEL[cur["severity"]]:
+            feats[rec["feature"]] = rec
+
+    def _print_ready(self, features: list[str], printed: set[str], final: bool = False) -> None:
+        mark = {"ok": ".", "warning": "W", "critical": "C", "insufficient_data": "?"}
+        for start in sorted(self.windows):
+            feats = self.windows[start]
+            if start in printed or (len(feats) < len(features) and not final):
+                continue
+            printed.add(start)
+            cells = " ".join(f"{mark[feats[f]['severity']] if f in feats else '-':>11}" for f in features)
+            n_alerts = sum(1 for a in self.alerts if a["window_start"] == start)
+            _say(f"      {start}  {cells}   {n_alerts}")
+
+    def _stop_consumer(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        _say(
+            f"[6/6] consumer stopped (SIGTERM, exit code {proc.returncode}); checkpoint in {self.workdir / 'state'}"
+        )
+
+    def _summary(self, n_bad: int, seconds: float) -> None:
+        drift_start = iso_ms(self.spec.drift_start_ms)
+        flagged: dict[str, list[str]] = defaultdict(list)
+        for start, feats in sorted(self.windows.items()):
+            for f, rec in feats.items():
+                if rec["drift"]:
+                    flagged[f].append(start)
+        counts = self.counts
+        _say("")
+        _say("summary")
+        _say(f"  events produced        {self.spec.n_events:,} valid + {n_bad} malformed (-> {DLQ})")
+        if counts:
+            _say("  consumer counted       " + ", ".join(f"{k} {int(v):,}" for k, v in sorted(counts.items())))
+        _say(f"  windows closed         {len(self.windows)} (overall segment), plus per-country segments")
+        _say(f"  feature alerts         {len(self.alerts)} on '{ALERTS}'; concept-drift detections {len(self.concept)}")
+        _say(f"  drift injected at      {drift_start} into {', '.join(synthetic.DRIFTED_FEATURES)} (and the labels)")
+        for f in [*synthetic.NUMERIC, *synthetic.CATEGORICAL]:
+            starts = flagged.get(f, [])
+            where = f"first flagged in window {starts[0]} ({len(starts)} windows)" if starts else "never flagged"
+            expect = "drifted" if f in synthetic.DRIFTED_FEATURES else "stable "
+            _say(f"    {f:<12} {expect}  {where}")
+        if self.concept:
+            _say(f"    model error  ADWIN first detection at {self.concept[0]['window_end']}")
+        _say(f"  wall time              {seconds:.1f} s")
