@@ -211,4 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m stream.cli`: run the imported module so plugins register where main() looks
+    from stream.cli import main as _main
+
+    sys.exit(_main())
