@@ -183,9 +183,23 @@ class ConceptConfig(_Model):
     @field_validator("stream")
     @classmethod
     def _stream(cls, v: str) -> str:
-        if v != "model_error" and not v.startswith("feature:"):
+        if v != "model_error" and not (v.startswith("feature:") and len(v) > len("feature:")):
             raise ValueError(f"concept.stream must be 'model_error' or 'feature:<name>', not {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _params(self) -> ConceptConfig:
+        """Unknown or invalid detector parameters fail when the config is read, not at the first event."""
+        if self.detector != "none":
+            from detectors.sequential import make_detector  # config must not import river eagerly
+
+            try:
+                make_detector(self.detector, self.params)
+            except ConfigError as exc:
+                raise ValueError("params: " + str(exc).removeprefix("concept.params: ")) from None
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{self.detector} rejects {self.params}: {exc}") from None
+        return self
 
 
 class MonitorConfig(_Model):

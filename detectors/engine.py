@@ -269,7 +269,7 @@ class ConceptTracker:
             "value": det.estimation,
             "p_value": None,
             "p_value_adjusted": None,
-            "threshold": float(det.params.get("delta", det.params.get("alpha", 0.0))),
+            "threshold": float(det.params[det.threshold_param]),
             "drift": True,
             "severity": "warning",
             "window_start": iso_ms(self.since_ms),

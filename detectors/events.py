@@ -8,7 +8,7 @@ compares them).
 Rules
     * event time from ``events.time_field``: epoch milliseconds or seconds (``auto`` takes
       numbers of magnitude >= 1e11 as milliseconds), or an ISO-8601 string (UTC unless it
-      says otherwise). Absent -> the Kafka timestamp if ``time_missing: kafka_timestamp``,
+      says otherwise), or a ``datetime`` (Parquet/CSV timestamp columns; naive means UTC). Absent -> the Kafka timestamp if ``time_missing: kafka_timestamp``,
       else the event is rejected. ``time_field: null`` always uses the Kafka timestamp.
     * numeric features: a number; ``null``/absent/NaN is *missing* (never 0); +-inf is
       counted as invalid in the histogram; any other type rejects the event.
@@ -46,6 +46,13 @@ def parse_time_ms(value: Any, unit: str = "auto") -> int:
     """
     if isinstance(value, bool) or value is None:
         raise InputError(f"event time {value!r} is not a time")
+    if isinstance(value, datetime):
+        # Parquet/CSV timestamp columns arrive as datetime objects; naive ones are UTC
+        if unit in ("ms", "s"):
+            raise InputError(f"event time {value!r} is not a number of {unit}")
+        dt_value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        d = dt_value - datetime(1970, 1, 1, tzinfo=UTC)
+        return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
     if isinstance(value, str):
         s = value.strip()
         if unit != "iso" and _NUMERIC.match(s):
@@ -232,7 +239,7 @@ def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.
     if c.stream == "model_error":
         if c.error == "absolute":
             err_abs: npt.NDArray[np.float64] = np.abs(cols.prediction - cols.label)
-        return err_abs
+            return err_abs
         pred = (cols.prediction >= c.threshold).astype(np.float64)
         err = (pred != (cols.label >= 0.5)).astype(np.float64)
         err[np.isnan(cols.prediction) | np.isnan(cols.label)] = np.nan

@@ -9,6 +9,8 @@ Numeric feature
     +inf. Bin ``i`` is ``[edge[i-1], edge[i])``: a value equal to an edge goes to the bin
     above it. *Coarse* PSI bins (default 10) are unions of consecutive fine bins, cut where
     the reference CDF crosses ``j / coarse_bins``, so one histogram serves PSI and KS.
+    When the reference maximum is itself an edge (discrete data), an extra edge just above
+    it keeps values beyond the reference's range apart (see :func:`quantile_edges`).
     Missing values (None, NaN) and non-finite values (+-inf) are counted apart.
 
 Categorical feature
@@ -59,13 +61,15 @@ IntArray = npt.NDArray[np.int64]
 
 def to_float_array(values: Any) -> FloatArray:
     """Convert a column to float64 with None -> NaN; raise :class:`InputError` on non-numbers."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
         return values.astype(np.float64, copy=False)
+    if isinstance(values, np.ndarray) and values.dtype.kind == "b":
+        raise InputError("values are booleans, not numbers")
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
         if v is None:
             out[i] = np.nan
-        elif isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise InputError(f"value {v!r} at row {i} is not a number")
         else:
             out[i] = float(v)
@@ -217,13 +221,27 @@ FeatureProfile = NumericProfile | CategoricalProfile
 
 
 def quantile_edges(x: FloatArray, fine_bins: int) -> tuple[float, ...]:
-    """Interior fine-bin edges: reference quantiles ``i / fine_bins``, duplicates merged."""
+    """Interior fine-bin edges: reference quantiles ``i / fine_bins``, duplicates merged.
+
+    When the largest edge is the reference maximum itself (discrete or constant data: an
+    atom at the top), one more edge just above it (``nextafter(max, inf)``) closes the top
+    atom's bin, so values above everything the reference ever had land in an empty bin of
+    their own instead of being counted with the top atom. Without it a constant reference
+    would have one populated bin and could never show a shift upwards.
+
+    >>> quantile_edges(np.array([3.0, 3.0, 3.0]), 4)
+    (3.0, 3.0000000000000004)
+    """
     if x.size == 0:
         return ()
     qs = np.arange(1, fine_bins, dtype=np.float64) / fine_bins
     edges = np.quantile(x, qs, method="linear")
-    uniq = np.unique(edges)
-    return tuple(float(e) for e in uniq)
+    uniq = [float(e) for e in np.unique(edges)]
+    top = float(np.max(x))
+    above = float(np.nextafter(top, np.inf))
+    if uniq and uniq[-1] >= top and math.isfinite(above):
+        uniq = [e for e in uniq if e < top] + [top, above]
+    return tuple(uniq)
 
 
 def coarse_starts_from_counts(counts: Sequence[int], coarse_bins: int) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import base64
+import math
 import random
 from collections import deque
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ class ConceptDetector:
 
     kind: ClassVar[str]
     defaults: ClassVar[dict[str, float | int]]
+    #: the parameter that sets how readily the detector fires (reported as a record's threshold)
+    threshold_param: ClassVar[str]
 
     def __init__(self, **params: float | int) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -88,10 +91,17 @@ class ConceptDetector:
         }
 
 
+def _json_float(x: float) -> float | str:
+    """A float as strict JSON allows: non-finite values as the strings ``float()`` reads back."""
+    v = float(x)
+    return v if math.isfinite(v) else str(v)
+
+
 class ADWIN(ConceptDetector):
     """river's ADWIN: adaptive windowing on the stream mean (the default)."""
 
     kind = "adwin"
+    threshold_param = "delta"
     defaults: ClassVar[dict[str, float | int]] = {
         "delta": 0.002,
         "clock": 32,
@@ -127,6 +137,7 @@ class PageHinkley(ConceptDetector):
     """river's Page-Hinkley test for a change in the mean."""
 
     kind = "page_hinkley"
+    threshold_param = "threshold"
     defaults: ClassVar[dict[str, float | int]] = {
         "min_instances": 30,
         "delta": 0.005,
@@ -156,8 +167,9 @@ class PageHinkley(ConceptDetector):
             "mean": float(mean._mean),
             "sum_increase": float(r._sum_increase),
             "sum_decrease": float(r._sum_decrease),
-            "min_increase": float(r._min_increase),
-            "max_decrease": float(r._max_decrease),
+            # +inf before the first update: kept as a string so the snapshot is strict JSON
+            "min_increase": _json_float(r._min_increase),
+            "max_decrease": _json_float(r._max_decrease),
             "drift": bool(r._drift_detected),
         }
 
@@ -167,8 +179,8 @@ class PageHinkley(ConceptDetector):
         r._x_mean._mean = state["mean"]
         r._sum_increase = state["sum_increase"]
         r._sum_decrease = state["sum_decrease"]
-        r._min_increase = state["min_increase"]
-        r._max_decrease = state["max_decrease"]
+        r._min_increase = float(state["min_increase"])
+        r._max_decrease = float(state["max_decrease"])
         r._drift_detected = bool(state["drift"])
 
 
@@ -176,6 +188,7 @@ class KSWIN(ConceptDetector):
     """river's KSWIN: a KS test between a recent and an older sample of a sliding window."""
 
     kind = "kswin"
+    threshold_param = "alpha"
     defaults: ClassVar[dict[str, float | int]] = {"alpha": 0.005, "window_size": 100, "stat_size": 30, "seed": 42}
 
     def _make(self) -> Any:

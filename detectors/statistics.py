@@ -10,7 +10,9 @@ PSI
     infinite value; the floored proportions are *not* renormalised. Its p-value uses the
     fact that, with no drift, ``PSI / (1/n + 1/m)`` is approximately chi-square with
     ``bins - 1`` degrees of freedom (PSI is a symmetrised KL divergence, a Jeffreys
-    divergence, whose scaled value is asymptotically chi-square).
+    divergence, whose scaled value is asymptotically chi-square). ``bins`` counts only the
+    bins that are non-empty in the reference or the window (a bin empty in both adds
+    nothing to PSI and is no degree of freedom, e.g. ``__unseen__`` of a categorical).
 
 KS on fine bins
     ``D_binned = max_k |W(k) - R(k)|`` over the fine-bin boundaries, where ``W`` and ``R``
@@ -57,7 +59,7 @@ def psi(reference: ArrayLike, window: ArrayLike, epsilon: float = DEFAULT_EPSILO
     pr = np.maximum(r / m, epsilon)
     pw = np.maximum(w / n, epsilon)
     value = float(np.sum((pw - pr) * np.log(pw / pr)))
-    dof = max(len(r) - 1, 1)
+    dof = max(int(np.count_nonzero((r + w) > 0)) - 1, 1)
     scaled = value / (1.0 / n + 1.0 / m)
     p_value = float(_st.chi2.sf(scaled, dof))
     return value, p_value
