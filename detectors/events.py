@@ -8,8 +8,9 @@ compares them).
 Rules
     * event time from ``events.time_field``: epoch milliseconds or seconds (``auto`` takes
       numbers of magnitude >= 1e11 as milliseconds), or an ISO-8601 string (UTC unless it
-      says otherwise), or a ``datetime`` (Parquet/CSV timestamp columns; naive means UTC). Absent -> the Kafka timestamp if ``time_missing: kafka_timestamp``,
-      else the event is rejected. ``time_field: null`` always uses the Kafka timestamp.
+      says otherwise), or a ``datetime`` (Parquet/CSV timestamp columns; naive means UTC).
+      Absent -> the Kafka timestamp if ``time_missing: kafka_timestamp``, else the event
+      is rejected. ``time_field: null`` always uses the Kafka timestamp.
     * numeric features: a number; ``null``/absent/NaN is *missing* (never 0); +-inf is
       counted as invalid in the histogram; any other type rejects the event.
     * categorical features: a string, integer or boolean (as ``"true"``/``"false"``);
@@ -241,7 +242,7 @@ def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.
             err_abs: npt.NDArray[np.float64] = np.abs(cols.prediction - cols.label)
             return err_abs
         pred = (cols.prediction >= c.threshold).astype(np.float64)
-        err = (pred != (cols.label >= 0.5)).astype(np.float64)
+        err: npt.NDArray[np.float64] = (pred != (cols.label >= 0.5)).astype(np.float64)
         err[np.isnan(cols.prediction) | np.isnan(cols.label)] = np.nan
         return err
     name = c.stream.removeprefix("feature:")
