@@ -521,22 +521,6 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     fig = make_subplots(rows=len(stats) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     windows = sorted({(r["window_start"], r["window_end"]) for r in recs}, key=lambda w: _ms(w[0]))
     x0, x1 = _plot_time(windows[0][0]), _plot_time(windows[-1][0])
-    # drifted windows, shaded by the worst severity of this feature in the window
-    worst: dict[tuple[str, str], str] = {}
-    for r in recs:
-        if r.get("drift"):
-            key = (r["window_start"], r["window_end"])
-            if key not in worst or SEVERITY_LEVEL[r["severity"]] > SEVERITY_LEVEL[worst[key]]:
-                worst[key] = r["severity"]
-    for (ws, we), sev in worst.items():
-        fig.add_vrect(
-            x0=_plot_time(ws),
-            x1=_plot_time(we),
-            fillcolor=SEVERITY_COLOR[sev],
-            opacity=0.12,
-            line_width=0,
-            layer="below",
-        )
     lines = {
         "psi": [
             ("PSI warning", th.psi_warning, SEVERITY_COLOR["warning"]),
@@ -586,6 +570,23 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     alphas = {a for a in (th.ks_alpha if "ks" in stats else None, th.chi2_alpha if "chi2" in stats else None) if a}
     for a in sorted(alphas):
         _hline(fig, x0, x1, a, f"alpha {a:g}", SEVERITY_COLOR["warning"], prow, True)
+    # drifted windows, shaded by the feature's worst severity there (added after the traces:
+    # plotly leaves out subplots that are still empty)
+    worst: dict[tuple[str, str], str] = {}
+    for r in recs:
+        if r.get("drift"):
+            key = (r["window_start"], r["window_end"])
+            if key not in worst or SEVERITY_LEVEL[r["severity"]] > SEVERITY_LEVEL[worst[key]]:
+                worst[key] = r["severity"]
+    for (ws, we), sev in worst.items():
+        fig.add_vrect(
+            x0=_plot_time(ws),
+            x1=_plot_time(we),
+            fillcolor=SEVERITY_COLOR[sev],
+            opacity=0.12,
+            line_width=0,
+            layer="below",
+        )
     fig.update_yaxes(type="log", exponentformat="power", row=prow, col=1)
     fig.update_xaxes(title_text="window start (UTC)", row=prow, col=1)
     fig.update_layout(
