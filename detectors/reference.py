@@ -248,18 +248,34 @@ def coarse_starts_from_counts(counts: Sequence[int], coarse_bins: int) -> tuple[
     """First fine bin of each coarse bin, cutting where the reference CDF crosses j/coarse.
 
     Works from counts alone, so the Spark build (approximate quantiles) uses it too.
+
+    Outer fine bins that the reference left empty (below its minimum or above its maximum,
+    which happens with discrete data, see :func:`quantile_edges`) become coarse bins of
+    their own, so PSI sees values outside the reference's range too; this can give up to
+    two coarse bins more than ``coarse_bins``. Continuous data never has such bins.
+
+    >>> coarse_starts_from_counts([0, 60, 30, 10, 0], 10)
+    (0, 1, 2, 3, 4)
+    >>> coarse_starts_from_counts([10] * 10, 5)
+    (0, 2, 4, 6, 8)
     """
     c = np.asarray(counts, dtype=np.float64)
     total = c.sum()
-    starts = [0]
+    cuts = {0}
     if total > 0:
         cum = np.cumsum(c) / total
         for j in range(1, coarse_bins):
             # the first fine bin whose cumulative share has reached j / coarse_bins
             b = int(np.searchsorted(cum, j / coarse_bins - 1e-12, side="left")) + 1
-            if starts[-1] < b < len(c):
-                starts.append(b)
-    return tuple(starts)
+            if 0 < b < len(c):
+                cuts.add(b)
+        nonzero = np.flatnonzero(c)
+        first, last = int(nonzero[0]), int(nonzero[-1])
+        if first > 0:
+            cuts.add(first)  # bins below the reference minimum stand alone
+        if last + 1 < len(c):
+            cuts.add(last + 1)  # bins above the reference maximum stand alone
+    return tuple(sorted(cuts))
 
 
 def numeric_profile(
