@@ -517,7 +517,9 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         key=lambda r: _ms(r["window_start"]),
     )
     stats = [s for s in WINDOW_STATISTICS if any(r["statistic"] == s for r in recs)]
-    titles = [STAT_TITLE[s] for s in stats] + ["p-values (KS/chi-square adjusted; PSI approximate)"]
+    titles = [STAT_TITLE[s] for s in stats] + [
+        f"p-values (KS/chi-square adjusted, PSI approximate; below {P_FLOOR:g} drawn at {P_FLOOR:g})"
+    ]
     fig = make_subplots(rows=len(stats) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     windows = sorted({(r["window_start"], r["window_end"]) for r in recs}, key=lambda w: _ms(w[0]))
     x0, x1 = _plot_time(windows[0][0]), _plot_time(windows[-1][0])
