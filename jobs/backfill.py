@@ -1,0 +1,341 @@
+"""The Spark backfill: window statistic records over files or a Kafka offset range.
+
+Run it as a user would::
+
+    spark-submit --master local[2] jobs/backfill.py --config monitor.yaml --input events.jsonl --output stats.jsonl
+    spark-submit jobs/backfill.py --config monitor.yaml --input kafka \\
+        --starting-offsets earliest --ending-offsets '{"events": {"0": 5000}}' --output stats.parquet
+    streamdrift backfill --engine spark --config monitor.yaml --input events.parquet --output stats.jsonl
+
+Spark settings (master, memory, ``spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods``)
+belong to spark-submit; the job sets none of them.
+
+How it computes (the same records as :func:`detectors.engine.run_local`)
+    1. executors decode each partition in chunks with :func:`detectors.events.decode_events`
+       and bin every valid event with the reference's edges; per partition they emit one
+       count vector per (raw segment, pane), the first appearance ``(event time, input
+       position)`` of every segment, the rejected-event count and the concept stream;
+    2. the driver caps segments: the first ``segments.max_segments`` by first appearance keep
+       their own key, the others share ``__other__``. First appearance is the smallest
+       ``(event time, input position)``; on in-order data this is the input order the local
+       engine uses, so the segments agree exactly;
+    3. Spark sums the count vectors per (segment, pane) and the driver collects them (never
+       raw events); a window is the sum of its panes; the driver evaluates it with
+       :func:`detectors.evaluate.evaluate_counts`;
+    4. the concept detector runs on the driver over the one-dimensional concept stream,
+       sorted by (event time, input position) — the order of the local engine.
+
+Input position: a file's partition index then row number (for one file, the file order);
+for Kafka, (partition, offset). Inputs: ``.parquet``/``.pq``, ``.csv`` (header, types
+inferred by Spark), ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a line that is not JSON is
+rejected, not fatal), a directory of one of them (``--format``), or ``kafka`` (the config's
+``kafka.bootstrap_servers`` and ``kafka.topic``). Count windows are not supported here
+(they depend on a global per-segment event order); use ``--engine local`` for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.engine import ConceptTracker, record_sort_key
+from detectors.evaluate import evaluate_counts, window_records
+from detectors.exceptions import StreamdriftError
+from detectors.sequential import make_detector
+from jobs.common import (
+    JobError,
+    Monitor,
+    chunks,
+    concept_stream,
+    decode_chunk,
+    parse_json_value,
+    route_segments,
+    segment_dict,
+    write_records,
+)
+
+SEQ_SHIFT = 40  # input position = (partition << 40) + row
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+# -- input -----------------------------------------------------------------------------------------
+def input_rdd(
+    spark: Any, monitor: Monitor, source: str, fmt: str | None = None, kafka: Mapping[str, str] | None = None
+) -> Any:
+    """An RDD of ``(event object, input position, kafka timestamp ms or None)``."""
+    if source == "kafka":
+        from pyspark.sql import functions as F
+
+        from jobs.kafka_source import read_kafka
+
+        df = read_kafka(
+            spark, kafka_options(monitor, kafka or {}), fmt=(kafka or {}).get("format", "streamdrift-kafka")
+        )
+        df = df.select("value", "partition", "offset", F.unix_millis("timestamp").alias("ts"))
+        return df.rdd.map(lambda r: (parse_json_value(r.value), (r.partition << SEQ_SHIFT) + r.offset, r.ts))
+    p = Path(source)
+    if not p.exists():
+        raise JobError(f"--input {source}: no such file or directory")
+    kind = fmt or FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise JobError(f"--input {source}: unknown file type {p.suffix!r}; use .parquet, .csv or .jsonl, or --format")
+    if kind == "jsonl":
+        rdd = spark.read.text(str(p)).rdd
+
+        def lines(idx: int, it: Iterator[Any]) -> Iterator[tuple[Any, int, None]]:
+            for i, r in enumerate(it):
+                if r.value.strip():
+                    yield (parse_json_value(r.value), (idx << SEQ_SHIFT) + i, None)
+
+        return rdd.mapPartitionsWithIndex(lines)
+    if kind == "parquet":
+        df = spark.read.parquet(str(p))
+    elif kind == "csv":
+        df = spark.read.option("header", True).option("inferSchema", True).csv(str(p))
+    else:
+        raise JobError(f"--format {kind!r}: use parquet, csv or jsonl")
+    return df.rdd.mapPartitionsWithIndex(
+        lambda idx, it: ((r.asDict(recursive=True), (idx << SEQ_SHIFT) + i, None) for i, r in enumerate(it))
+    )
+
+
+def kafka_options(monitor: Monitor, given: Mapping[str, str]) -> dict[str, str]:
+    """Data source options from the config's ``kafka`` section and the offset arguments."""
+    k = monitor.section("kafka")
+    if not k.get("bootstrap_servers") or not k.get("topic"):
+        raise JobError("--input kafka needs kafka.bootstrap_servers and kafka.topic in the config")
+    opts = {"kafka.bootstrap.servers": str(k["bootstrap_servers"]), "subscribe": str(k["topic"])}
+    for ours, theirs in (
+        ("security_protocol", "security.protocol"),
+        ("sasl_mechanism", "sasl.mechanism"),
+        ("sasl_username", "sasl.username"),
+        ("sasl_password", "sasl.password"),
+        ("ssl_ca_location", "ssl.ca.location"),
+        ("ssl_certificate_location", "ssl.certificate.location"),
+        ("ssl_key_location", "ssl.key.location"),
+    ):
+        if k.get(ours):
+            opts[f"kafka.{theirs}"] = str(k[ours])
+    for key, value in (k.get("extra") or {}).items():
+        opts[f"kafka.{key}"] = str(value)
+    opts["startingOffsets"] = given.get("startingOffsets", "earliest")
+    opts["endingOffsets"] = given.get("endingOffsets", "latest")
+    return opts
+
+
+# -- executors -------------------------------------------------------------------------------------
+def partition_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) -> Iterator[tuple[Any, ...]]:
+    """Tagged partial results of one partition (see the module docstring, step 1)."""
+    spec = monitor.spec
+    size = monitor.layout.size
+    segmented = bool(monitor.segment_fields)
+    counts: dict[tuple[Any, int], np.ndarray] = {}
+    first: dict[tuple[str, ...], tuple[int, int]] = {}
+    n_rejected = 0
+    first_error: tuple[int, str] | None = None
+    n_valid = 0
+    for chunk in chunks(items):
+        rows = [c[0] for c in chunk]
+        seqs = [c[1] for c in chunk]
+        kts = [c[2] for c in chunk] if any(c[2] is not None for c in chunk) else None
+        d = decode_chunk(monitor, rows, seqs, kts)
+        if d.rejected:
+            n_rejected += len(d.rejected)
+            e = min(d.rejected)
+            first_error = e if first_error is None else min(first_error, e)
+        n = len(d.cols)
+        if n == 0:
+            continue
+        n_valid += n
+        t = d.cols.time_ms
+        panes = spec.pane_of(t)
+        groups: list[tuple[list[Any], np.ndarray]] = []
+        if monitor.overall:
+            groups.append(([None], np.zeros(n, dtype=np.int64)))
+        if segmented:
+            keys: dict[tuple[str, ...], int] = {}
+            sid = np.fromiter((keys.setdefault(k, len(keys)) for k in d.cols.segments), dtype=np.int64, count=n)
+            key_list = list(keys)
+            order = np.lexsort((d.seq, t))
+            _, pos = np.unique(sid[order], return_index=True)
+            for j in pos:
+                i = order[j]
+                k = key_list[sid[i]]
+                cand = (int(t[i]), int(d.seq[i]))
+                if k not in first or cand < first[k]:
+                    first[k] = cand
+            groups.append((key_list, sid))
+        for key_list, gid in groups:
+            pairs = np.stack([gid, panes], axis=1)
+            uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
+            idx = d.slots + (inv * size)[:, None]
+            hist = np.bincount(idx.reshape(-1), minlength=len(uniq) * size).reshape(len(uniq), size)
+            for g, (k, pane) in enumerate(uniq.tolist()):
+                ck = (key_list[k], pane)
+                if ck in counts:
+                    counts[ck] += hist[g]
+                else:
+                    counts[ck] = hist[g].astype(np.int64)
+        cv = concept_stream(monitor, d)
+        if cv is not None:
+            keep = ~np.isnan(cv)
+            yield ("v", t[keep], d.seq[keep], cv[keep])
+    for (k, pane), c in counts.items():
+        yield ("c", k, pane, c)
+    for k, fs in first.items():
+        yield ("s", k, fs)
+    yield ("e", n_valid, n_rejected, first_error)
+
+
+# -- driver ----------------------------------------------------------------------------------------
+def run_backfill(
+    spark: Any,
+    monitor: Monitor,
+    source: str,
+    *,
+    fmt: str | None = None,
+    kafka: Mapping[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every window statistic record (then the concept records) and a summary of the input."""
+    config = monitor.config
+    if config.window.kind == "count":
+        raise JobError("window.kind: count windows are not supported by the Spark backfill; use --engine local")
+    sc = spark.sparkContext
+    bc = sc.broadcast(monitor)
+    tagged = input_rdd(spark, monitor, source, fmt, kafka).mapPartitions(lambda it: partition_summary(bc.value, it))
+    tagged = tagged.persist()
+    try:
+        first = tagged.filter(lambda x: x[0] == "s").map(lambda x: (x[1], x[2])).reduceByKey(min).collectAsMap()
+        route = route_segments(monitor, first)
+        bc_route = sc.broadcast(route)
+        summed = (
+            tagged.filter(lambda x: x[0] == "c")
+            .map(lambda x: ((None if x[1] is None else bc_route.value[x[1]], x[2]), x[3]))
+            .reduceByKey(np.add)
+            .collect()
+        )
+        stats = tagged.filter(lambda x: x[0] == "e").map(lambda x: x[1:]).collect()
+        concept = tagged.filter(lambda x: x[0] == "v").map(lambda x: x[1:]).collect()
+    finally:
+        tagged.unpersist()
+    panes: dict[Any, dict[int, np.ndarray]] = {}
+    for (seg, pane), c in summed:
+        panes.setdefault(seg, {})[int(pane)] = c
+    spec = monitor.spec
+    records: list[dict[str, Any]] = []
+    for seg, by_pane in panes.items():
+        segment = {} if seg is None else segment_dict(monitor, seg)
+        k = spec.panes_per_window
+        for first_pane in spec.windows_of_panes(sorted(by_pane)):
+            members = [by_pane[p] for p in range(first_pane, first_pane + k) if p in by_pane]
+            start, end = spec.window_bounds(first_pane)
+            results = evaluate_counts(monitor.layout, np.sum(members, axis=0), config.statistics)
+            records.extend(
+                window_records(
+                    results,
+                    monitor=config.monitor,
+                    segment=segment,
+                    window_start_ms=start,
+                    window_end_ms=end,
+                    fingerprint=monitor.reference.fingerprint,
+                )
+            )
+    records.sort(key=record_sort_key)
+    records.extend(concept_records(monitor, concept))
+    errors = [e for _, _, e in stats if e is not None]
+    summary = {
+        "valid": sum(s[0] for s in stats),
+        "rejected": sum(s[1] for s in stats),
+        "first_error": min(errors) if errors else None,
+        "segments": len(first),
+        "overflowed_segments": sum(1 for k, v in route.items() if k != v),
+    }
+    return records, summary
+
+
+def concept_records(monitor: Monitor, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    """The sequential detector over the concept stream in (event time, input position) order."""
+    config = monitor.config
+    if not config.concept_active or not parts:
+        return []
+    t = np.concatenate([p[0] for p in parts])
+    seq = np.concatenate([p[1] for p in parts])
+    x = np.concatenate([p[2] for p in parts])
+    order = np.lexsort((seq, t))
+    det = make_detector(config.concept.detector, config.concept.params)
+    tracker = ConceptTracker(config, monitor.reference.fingerprint)
+    out = []
+    for i in order:
+        rec = tracker.update(det, float(x[i]), int(t[i]))
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+# -- command line ----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="backfill.py", description="streamdrift backfill on Spark (run with spark-submit)")
+    p.add_argument("--config", required=True, help="monitor YAML")
+    p.add_argument("--input", required=True, help="events file or directory (.parquet, .csv, .jsonl), or 'kafka'")
+    p.add_argument("--output", required=True, help="window statistic records: .jsonl or .parquet")
+    p.add_argument("--format", choices=["parquet", "csv", "jsonl"], help="input format when the extension does not say")
+    p.add_argument("--starting-offsets", default="earliest", help="--input kafka: earliest, latest or JSON offsets")
+    p.add_argument("--ending-offsets", default="latest", help="--input kafka: latest or JSON offsets (exclusive)")
+    p.add_argument(
+        "--kafka-format", default="streamdrift-kafka", help="streamdrift-kafka (default) or kafka (JVM connector)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        monitor = Monitor.load(args.config)
+        if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet", ".pq"):
+            raise JobError(f"--output {args.output}: records are written as .jsonl or .parquet")
+    except StreamdriftError as exc:
+        print(f"backfill: error: {exc}", file=sys.stderr)
+        return 2
+    except JobError as exc:
+        print(f"backfill: error: {exc}", file=sys.stderr)
+        return 2
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(f"streamdrift-backfill-{monitor.config.monitor}").getOrCreate()
+    try:
+        kafka = {
+            "startingOffsets": args.starting_offsets,
+            "endingOffsets": args.ending_offsets,
+            "format": args.kafka_format,
+        }
+        records, summary = run_backfill(spark, monitor, args.input, fmt=args.format, kafka=kafka)
+        write_records(args.output, records)
+    except (JobError, StreamdriftError) as exc:
+        print(f"backfill: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    if summary["rejected"]:
+        _pos, reason = summary["first_error"]
+        print(f"{summary['rejected']} of {summary['valid'] + summary['rejected']} events rejected; first: {reason}")
+    if summary["overflowed_segments"]:
+        print(f"{summary['overflowed_segments']} segments beyond segments.max_segments share __other__")
+    print(f"{len(records)} records from {summary['valid']} events -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""What the Spark jobs share: the monitor, decoding + binning on executors, records out.
+
+Executors decode events with :func:`detectors.events.decode_events` (the reference
+validation semantics) and turn every valid event into its histogram slot indices with
+:meth:`detectors.histogram.Layout.flat_indices`, so Spark aggregates exactly the counts
+the local engine and the consumer compute. The driver only ever sees count vectors,
+segment keys and (for the sequential detectors) the one-dimensional concept stream.
+
+This module imports nothing from ``stream`` (the two packages never depend on each other):
+the record writers below produce the same JSON lines and the same Parquet schema as
+``stream/files.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from detectors.config import MonitorConfig
+from detectors.engine import OTHER_SEGMENT, WindowSpec
+from detectors.events import EventColumns, concept_values, decode_events
+from detectors.histogram import Layout
+from detectors.reference import ReferenceProfile
+
+#: rows decoded at a time on an executor
+CHUNK = 20_000
+
+
+class JobError(ValueError):
+    """A bad argument or input of a Spark job; the message names it."""
+
+
+@dataclass
+class Monitor:
+    """The monitor config, its reference and layout, plus the raw YAML (for the foreign sections)."""
+
+    config: MonitorConfig
+    reference: ReferenceProfile
+    layout: Layout
+    raw: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Monitor:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise JobError(f"--config: cannot read {p}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise JobError(f"--config: {p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise JobError(f"--config: {p}: the top level must be a mapping of settings")
+        config = MonitorConfig.from_mapping(data, base_dir=p.parent)
+        reference = ReferenceProfile.load(config.reference)
+        return cls(config, reference, Layout(reference, config.features.include), data)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A foreign section (kafka, outputs, spark, ...) with STREAMDRIFT_<SECTION>__<KEY> overrides."""
+        sec = dict(self.raw.get(name) or {})
+        prefix = f"STREAMDRIFT_{name.upper()}__"
+        for k, v in os.environ.items():
+            if k.startswith(prefix):
+                sec[k[len(prefix) :].lower()] = v
+        return sec
+
+    @property
+    def spec(self) -> WindowSpec:
+        return WindowSpec.from_config(self.config)
+
+    @property
+    def segment_fields(self) -> tuple[str, ...]:
+        return self.config.events.segment_fields
+
+    @property
+    def overall(self) -> bool:
+        """Every event also counts in segment ``{}`` (as in :class:`detectors.engine.SegmentRouter`)."""
+        return self.config.segments.overall or not self.segment_fields
+
+
+# -- decoding on executors -------------------------------------------------------------------------
+def parse_json_value(raw: bytes | str | None) -> Any:
+    """A Kafka value or JSON-lines line as an object; undecodable text is kept, so validation rejects it."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else raw
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text.rstrip("\n")
+
+
+@dataclass
+class Decoded:
+    """One chunk of events after validation: columns plus per-event slot indices."""
+
+    cols: EventColumns
+    seq: np.ndarray  # input position of each valid event
+    slots: np.ndarray  # (n, features) absolute slot indices
+    rejected: list[tuple[int, str]]  # (input position, reason)
+
+
+def decode_chunk(
+    monitor: Monitor, rows: Sequence[Any], seqs: Sequence[int], kafka_ts: Sequence[int | None] | None = None
+) -> Decoded:
+    cols, errors = decode_events(rows, monitor.config, monitor.reference, monitor.layout.features, kafka_ts)
+    n = len(cols)
+    seq = np.asarray(seqs, dtype=np.int64)[np.asarray(cols.rows, dtype=np.int64)] if n else np.zeros(0, np.int64)
+    slots = monitor.layout.flat_indices(cols.features, n).reshape(n, -1)
+    return Decoded(cols, seq, slots, [(int(seqs[i]), msg) for i, msg in errors])
+
+
+def chunks(it: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    buf: list[Any] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def concept_stream(monitor: Monitor, d: Decoded) -> np.ndarray | None:
+    if not monitor.config.concept_active or len(d.cols) == 0:
+        return None
+    return concept_values(d.cols, monitor.config)
+
+
+# -- segments --------------------------------------------------------------------------------------
+def route_segments(
+    monitor: Monitor, first_seen: Mapping[tuple[str, ...], Any]
+) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Raw segment key -> reported key: the first ``max_segments`` keys by first appearance keep
+    their own, later ones share ``__other__`` (:class:`detectors.engine.SegmentRouter`).
+
+    ``first_seen`` maps each key to a sortable "time of first appearance"; the jobs use
+    ``(event time, input position)`` of the key's first event.
+    """
+    cap = monitor.config.segments.max_segments
+    other = tuple(OTHER_SEGMENT for _ in monitor.segment_fields)
+    ordered = sorted(first_seen, key=lambda k: first_seen[k])
+    return {k: (k if i < cap else other) for i, k in enumerate(ordered)}
+
+
+def segment_dict(monitor: Monitor, key: tuple[str, ...]) -> dict[str, str]:
+    return dict(zip(monitor.segment_fields, key, strict=True)) if key else {}
+
+
+# -- records out -----------------------------------------------------------------------------------
+#: the same fields and types as stream/files.py RECORD_SCHEMA (the one record schema of DESIGN.md)
+RECORD_SCHEMA = pa.schema(
+    [
+        ("monitor", pa.string()),
+        ("segment", pa.map_(pa.string(), pa.string())),
+        ("feature", pa.string()),
+        ("statistic", pa.string()),
+        ("method", pa.string()),
+        ("value", pa.float64()),
+        ("p_value", pa.float64()),
+        ("p_value_adjusted", pa.float64()),
+        ("threshold", pa.float64()),
+        ("drift", pa.bool_()),
+        ("severity", pa.string()),
+        ("window_start", pa.string()),
+        ("window_end", pa.string()),
+        ("n_reference", pa.int64()),
+        ("n_window", pa.int64()),
+        ("n_missing", pa.int64()),
+        ("reference_fingerprint", pa.string()),
+    ]
+)
+
+
+def record_line(rec: Mapping[str, Any]) -> str:
+    return json.dumps(rec, separators=(",", ":"), allow_nan=False)
+
+
+def write_records(path: str | Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Atomically write records as JSON lines (.jsonl/.ndjson/.json) or Parquet (.parquet/.pq)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".parquet", ".pq"):
+        raise JobError(f"--output {p}: records are written as .jsonl or .parquet, not {suffix!r}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if suffix in (".parquet", ".pq"):
+                rows = [{**r, "segment": list(dict(r["segment"]).items())} for r in records]
+                pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), fh)
+            else:
+                for rec in records:
+                    fh.write(record_line(rec).encode() + b"\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,395 @@
+"""A Kafka source for pyspark 4 written in Python (confluent-kafka), so no JVM connector is needed.
+
+Register it and read like Spark's own Kafka source::
+
+    from jobs.kafka_source import register, read_kafka
+    register(spark)
+    df = (spark.read.format("streamdrift-kafka")
+          .option("kafka.bootstrap.servers", "127.0.0.1:9092")
+          .option("subscribe", "events")
+          .option("startingOffsets", "earliest")            # or "latest", or JSON
+          .option("endingOffsets", '{"events": {"0": 100}}')  # batch only
+          .load())
+
+Columns: ``key binary, value binary, topic string, partition int, offset long, timestamp
+timestamp`` (the same names and types as Spark's ``kafka`` source, without ``headers``).
+
+Offsets follow Spark's Kafka source: ``"earliest"``, ``"latest"`` or JSON
+``{"topic": {"partition": offset}}`` where ``-2`` means earliest and ``-1`` latest. A batch
+read covers ``[startingOffsets, endingOffsets)`` per partition (default earliest..latest).
+A streaming read keeps ``{"topic": {"partition": next_offset}}`` as its offset, so Spark's
+checkpoint holds the offsets and a restarted query resumes exactly where it stopped.
+
+End offsets ("latest") come from the high watermark of a fetch response, not from
+ListOffsets: both agree on Apache Kafka, and the fetch response is also right on brokers
+whose ListOffsets(latest) answers the base offset of the last batch + 1 (the embedded
+tansu broker). Options starting with ``kafka.`` are passed to librdkafka without the
+prefix (``kafka.security.protocol``, ``kafka.sasl.mechanism``...). Option ``pollTimeoutMs``
+(default 10000) bounds how long a task waits for a record it knows exists.
+
+:func:`read_kafka` picks this source or Spark's native ``kafka`` format (option
+``format="kafka"``, where the JVM connector is on the classpath); both give the same columns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
+
+NAME = "streamdrift-kafka"
+SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
+EARLIEST, LATEST = -2, -1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class KafkaSourceError(ValueError):
+    """Bad options of the Kafka data source (the message names the option)."""
+
+
+# -- options ---------------------------------------------------------------------------------------
+def client_config(options: Mapping[str, str]) -> dict[str, Any]:
+    """librdkafka settings from the ``kafka.*`` options."""
+    conf = {k[len("kafka.") :]: v for k, v in options.items() if k.lower().startswith("kafka.")}
+    if "bootstrap.servers" not in conf:
+        raise KafkaSourceError("option kafka.bootstrap.servers is required (host:port of the Kafka brokers)")
+    return conf
+
+
+def topics_of(options: Mapping[str, str]) -> list[str]:
+    if "subscribepattern" in options or "assign" in options:
+        raise KafkaSourceError("options subscribePattern and assign are not supported; use subscribe=topic[,topic]")
+    raw = options.get("subscribe")
+    topics = [t.strip() for t in (raw or "").split(",") if t.strip()]
+    if not topics:
+        raise KafkaSourceError("option subscribe is required: the topic(s) to read, comma-separated")
+    return topics
+
+
+def parse_offsets(spec: str | None, default: int, name: str) -> dict[str, dict[str, int]] | int:
+    """``"earliest"``/``"latest"`` -> -2/-1, JSON -> ``{topic: {partition: offset}}``."""
+    if spec is None or spec.strip() == "":
+        return default
+    s = spec.strip()
+    if s.lower() == "earliest":
+        return EARLIEST
+    if s.lower() == "latest":
+        return LATEST
+    try:
+        doc = json.loads(s)
+    except json.JSONDecodeError:
+        raise KafkaSourceError(f"option {name}: {spec!r} is not 'earliest', 'latest' or JSON offsets") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise KafkaSourceError(f'option {name}: expected JSON like {{"topic": {{"0": 23}}}}, got {spec!r}')
+    out: dict[str, dict[str, int]] = {}
+    for topic, parts in doc.items():
+        out[topic] = {}
+        for p, off in parts.items():
+            if isinstance(off, bool) or not isinstance(off, int) or off < -2:
+                raise KafkaSourceError(f"option {name}: offset {off!r} of {topic}/{p} is not an offset, -1 or -2")
+            out[topic][str(int(p))] = off
+    return out
+
+
+# -- broker queries --------------------------------------------------------------------------------
+def _consumer(conf: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Any:
+    from confluent_kafka import Consumer
+
+    c = {
+        "group.id": "streamdrift-spark-source",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        **conf,
+        **(extra or {}),
+    }
+    return Consumer(c)
+
+
+def partitions_of(conf: Mapping[str, Any], topics: list[str], timeout: float = 10.0) -> dict[str, list[int]]:
+    """Partition ids of every topic (an unknown topic is an error that names it)."""
+    c = _consumer(conf)
+    try:
+        out = {}
+        for t in topics:
+            md = c.list_topics(t, timeout=timeout)
+            tm = md.topics.get(t)
+            if tm is None or tm.error is not None or not tm.partitions:
+                raise KafkaSourceError(f"option subscribe: topic {t!r} does not exist or has no partitions")
+            out[t] = sorted(tm.partitions)
+        return out
+    finally:
+        c.close()
+
+
+def watermarks(
+    conf: Mapping[str, Any], tps: list[tuple[str, int]], timeout: float = 10.0
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) per partition; ``high`` is the high watermark of a fetch response.
+
+    ListOffsets gives low and a first high; then each partition is fetched from just before
+    that high (the last batch) and the fetch response's high watermark replaces it.
+    """
+    from confluent_kafka import TopicPartition
+
+    if not tps:
+        return {}
+    c = _consumer(conf, {"fetch.wait.max.ms": 10})
+    try:
+        listed = {tp: c.get_watermark_offsets(TopicPartition(*tp), timeout=timeout) for tp in tps}
+        todo = {tp for tp, (lo, hi) in listed.items() if hi > lo}
+        out = {tp: (int(lo), int(hi)) for tp, (lo, hi) in listed.items()}
+        if not todo:
+            return out
+        c.assign([TopicPartition(t, p, max(listed[(t, p)][1] - 1, listed[(t, p)][0])) for t, p in todo])
+        import time
+
+        deadline = time.monotonic() + timeout
+        pending = set(todo)
+        while pending and time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error() is not None and msg.error().code() != _eof_code():
+                raise KafkaSourceError(f"fetching {tp}: {msg.error()}")
+            if tp in pending:
+                _lo, hi = c.get_watermark_offsets(TopicPartition(*tp), cached=True)
+                if hi >= 0:
+                    out[tp] = (out[tp][0], int(hi))
+                    pending.discard(tp)
+        if pending:
+            raise KafkaSourceError(f"no fetch response for {sorted(pending)} within {timeout}s")
+        return out
+    finally:
+        c.close()
+
+
+def _eof_code() -> int:
+    from confluent_kafka import KafkaError
+
+    return int(KafkaError._PARTITION_EOF)
+
+
+def resolve(
+    spec: dict[str, dict[str, int]] | int, marks: Mapping[tuple[str, int], tuple[int, int]], name: str
+) -> dict[str, dict[str, int]]:
+    """Concrete offsets per partition; partitions missing from a JSON spec start at earliest."""
+    out: dict[str, dict[str, int]] = {}
+    for (t, p), (lo, hi) in sorted(marks.items()):
+        if isinstance(spec, int):
+            off = spec
+        else:
+            off = spec.get(t, {}).get(str(p), EARLIEST if name == "startingOffsets" else LATEST)
+        off = lo if off == EARLIEST else hi if off == LATEST else off
+        if not lo <= off <= hi:
+            raise KafkaSourceError(f"option {name}: offset {off} of {t}/{p} is outside the available [{lo}, {hi}]")
+        out.setdefault(t, {})[str(p)] = off
+    if not isinstance(spec, int):
+        unknown = [f"{t}/{p}" for t, ps in spec.items() for p in ps if (t, int(p)) not in marks]
+        if unknown:
+            raise KafkaSourceError(f"option {name}: unknown partition(s) {unknown}")
+    return out
+
+
+# -- reading ---------------------------------------------------------------------------------------
+class KafkaRange(InputPartition):
+    """``[start, end)`` of one topic partition."""
+
+    def __init__(self, topic: str, partition: int, start: int, end: int) -> None:
+        super().__init__((topic, partition, start, end))
+        self.topic, self.partition, self.start, self.end = topic, partition, start, end
+
+
+def ranges(start: Mapping[str, Mapping[str, int]], end: Mapping[str, Mapping[str, int]]) -> list[KafkaRange]:
+    out = []
+    for t, parts in sorted(end.items()):
+        for p, e in sorted(parts.items(), key=lambda kv: int(kv[0])):
+            s = start.get(t, {}).get(p, 0)
+            if e > s:
+                out.append(KafkaRange(t, int(p), s, e))
+    return out
+
+
+def _ts(ms: int) -> datetime:
+    from datetime import timedelta
+
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def read_range(conf: Mapping[str, Any], r: KafkaRange, poll_timeout_ms: int) -> Iterator[tuple[Any, ...]]:
+    """Every record of ``[r.start, r.end)``; offsets missing from the log (compaction,
+    transaction markers) are skipped, and a stall longer than ``poll_timeout_ms`` is an error."""
+    import time
+
+    from confluent_kafka import TopicPartition
+
+    c = _consumer(conf, {"fetch.wait.max.ms": 50})
+    try:
+        c.assign([TopicPartition(r.topic, r.partition, r.start)])
+        next_off = r.start
+        last_progress = time.monotonic()
+        eof = _eof_code()
+        while next_off < r.end:
+            msgs = c.consume(10_000, timeout=0.2)
+            progressed = False
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == eof:
+                        # nothing beyond this point: the rest of the range is gone (compaction, markers)
+                        hi = c.get_watermark_offsets(TopicPartition(r.topic, r.partition), cached=True)[1]
+                        if hi >= r.end:
+                            next_off = r.end
+                        continue
+                    raise KafkaSourceError(f"reading {r.topic}/{r.partition}: {err}")
+                off = m.offset()
+                if off >= r.end:
+                    next_off = r.end
+                    break
+                ts_type, ts = m.timestamp()
+                yield (m.key(), m.value(), r.topic, r.partition, off, _ts(ts) if ts_type != 0 else None)
+                next_off = off + 1
+                progressed = True
+            if progressed:
+                last_progress = time.monotonic()
+            elif (time.monotonic() - last_progress) * 1000 > poll_timeout_ms:
+                raise KafkaSourceError(
+                    f"{r.topic}/{r.partition}: no record at offset {next_off} (range ends at {r.end}) "
+                    f"within pollTimeoutMs={poll_timeout_ms}"
+                )
+    finally:
+        c.close()
+
+
+def _poll_timeout(options: Mapping[str, str]) -> int:
+    raw = options.get("polltimeoutms", "10000")
+    try:
+        v = int(raw)
+    except ValueError:
+        raise KafkaSourceError(f"option pollTimeoutMs: {raw!r} is not a number of milliseconds") from None
+    if v <= 0:
+        raise KafkaSourceError("option pollTimeoutMs must be positive")
+    return v
+
+
+class KafkaBatchReader(DataSourceReader):
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self.conf = client_config(options)
+        self.topics = topics_of(options)
+        self.poll_timeout_ms = _poll_timeout(options)
+        starting = parse_offsets(options.get("startingoffsets"), EARLIEST, "startingOffsets")
+        ending = parse_offsets(options.get("endingoffsets"), LATEST, "endingOffsets")
+        if ending == EARLIEST:
+            raise KafkaSourceError("option endingOffsets: 'earliest' is not allowed (the range would be empty)")
+        parts = partitions_of(self.conf, self.topics)
+        marks = watermarks(self.conf, [(t, p) for t, ps in parts.items() for p in ps])
+        self.start = resolve(starting, marks, "startingOffsets")
+        self.end = resolve(ending, marks, "endingOffsets")
+        for t, ps in self.start.items():
+            for p, s in ps.items():
+                if s > self.end[t][p]:
+                    raise KafkaSourceError(f"startingOffsets {s} of {t}/{p} is after endingOffsets {self.end[t][p]}")
+
+    def partitions(self) -> list[KafkaRange]:
+        return ranges(self.start, self.end)
+
+    def read(self, partition: InputPartition) -> Iterator[tuple[Any, ...]]:
+        assert isinstance(partition, KafkaRange)
+        yield from read_range(self.conf, partition, self.poll_timeout_ms)
+
+
+class KafkaStreamReader(DataSourceStreamReader):
+    """Offsets are ``{topic: {partition: next offset}}``; Spark checkpoints them."""
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self.conf = client_config(options)
+        self.topics = topics_of(options)
+        self.poll_timeout_ms = _poll_timeout(options)
+        self.starting = parse_offsets(options.get("startingoffsets"), LATEST, "startingOffsets")
+        raw_max = options.get("maxoffsetspertrigger")
+        self.max_per_trigger = int(raw_max) if raw_max else None
+        if self.max_per_trigger is not None and self.max_per_trigger <= 0:
+            raise KafkaSourceError("option maxOffsetsPerTrigger must be positive")
+
+    def _marks(self) -> dict[tuple[str, int], tuple[int, int]]:
+        parts = partitions_of(self.conf, self.topics)
+        return watermarks(self.conf, [(t, p) for t, ps in parts.items() for p in ps])
+
+    def initialOffset(self) -> dict[str, dict[str, int]]:
+        return resolve(self.starting, self._marks(), "startingOffsets")
+
+    def getDefaultReadLimit(self) -> Any:
+        from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
+
+        return ReadMaxRows(self.max_per_trigger) if self.max_per_trigger else ReadAllAvailable()
+
+    def latestOffset(self, start: dict[str, Any] | None = None, limit: Any = None) -> dict[str, dict[str, int]]:
+        marks = self._marks()
+        latest = resolve(LATEST, marks, "latest")
+        max_rows = getattr(limit, "maxRows", None)
+        if start is None or max_rows is None:
+            return latest
+        budget = int(max_rows)
+        out: dict[str, dict[str, int]] = {}
+        for t, ps in sorted(latest.items()):
+            for p, hi in sorted(ps.items(), key=lambda kv: int(kv[0])):
+                # a partition added since the start begins at its earliest offset
+                s = start.get(t, {}).get(p, marks[(t, int(p))][0])
+                take = min(max(hi - s, 0), budget)
+                budget -= take
+                out.setdefault(t, {})[p] = s + take
+        return out
+
+    def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> list[KafkaRange]:
+        return ranges(start, end)
+
+    def read(self, partition: InputPartition) -> Iterator[tuple[Any, ...]]:
+        assert isinstance(partition, KafkaRange)
+        yield from read_range(self.conf, partition, self.poll_timeout_ms)
+
+    def commit(self, end: dict[str, Any]) -> None:
+        """Nothing to do: the offsets live in Spark's checkpoint, not in a consumer group."""
+
+
+class KafkaDataSource(DataSource):
+    """``spark.read.format("streamdrift-kafka")`` / ``spark.readStream.format(...)``."""
+
+    @classmethod
+    def name(cls) -> str:
+        return NAME
+
+    def schema(self) -> str:
+        return SCHEMA
+
+    def reader(self, schema: Any) -> KafkaBatchReader:
+        return KafkaBatchReader(_lower(self.options))
+
+    def streamReader(self, schema: Any) -> KafkaStreamReader:
+        return KafkaStreamReader(_lower(self.options))
+
+
+def _lower(options: Mapping[str, str]) -> dict[str, str]:
+    """Spark's options are case-insensitive: look them up by their lower-case names."""
+    return {k.lower(): v for k, v in options.items()}
+
+
+def register(spark: Any) -> None:
+    spark.dataSource.register(KafkaDataSource)
+
+
+def read_kafka(spark: Any, options: Mapping[str, str], *, streaming: bool = False, fmt: str = NAME) -> Any:
+    """A DataFrame of the topic with this source (default) or Spark's native ``kafka`` format."""
+    if fmt not in (NAME, "kafka"):
+        raise KafkaSourceError(f"format {fmt!r}: use {NAME!r} or 'kafka' (the JVM connector)")
+    reader = spark.readStream if streaming else spark.read
+    if fmt == NAME:
+        register(spark)
+        return reader.format(NAME).options(**options).load()
+    opts = {k: v for k, v in options.items() if k not in ("pollTimeoutMs",)}
+    df = reader.format("kafka").options(**opts).load()
+    return df.select("key", "value", "topic", "partition", "offset", "timestamp")
