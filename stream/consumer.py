@@ -1,0 +1,456 @@
+"""The consumer loop of ``streamdrift serve``.
+
+consume a batch -> decode to columns (bad records to the dead-letter topic, counted) ->
+route by segment and update histograms (vectorised) and the concept detector -> close the
+windows the watermark passed -> evaluate -> publish records/alerts and set metrics ->
+every ``state.checkpoint_interval``: flush outputs, write the checkpoint, commit offsets.
+
+Exactly-the-same-statistics after a crash: the checkpoint holds the window and detector
+states together with the next offset of every partition, outputs are flushed before it is
+written, and Kafka offsets are committed only after it. On assignment each partition is
+sought to the checkpoint's offset (else the committed one), so whatever was processed
+after the last checkpoint is processed again from the same state. Re-sent records of a
+re-closed window are identical and keyed identically.
+
+In-process use (the demo, tests)::
+
+    consumer = DriftConsumer(ServeConfig.from_mapping(data), on_output=print_window)
+    stats = consumer.run(stop_event)          # returns when stop_event is set
+
+One consumer process per monitored topic and group: the window state covers every
+partition the process reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from detectors.config import MonitorConfig
+from detectors.engine import ConceptTracker
+from detectors.evaluate import evaluate_counts, make_alert, window_records
+from detectors.events import EventColumns
+from detectors.histogram import Layout
+from detectors.reference import ReferenceProfile
+from detectors.sequential import ConceptDetector, make_detector, restore
+from stream import __version__
+from stream.checkpoint import CheckpointStore
+from stream.decode import EventDecoder
+from stream.exceptions import CheckpointError, StreamError
+from stream.metrics import Metrics, serve_http
+from stream.publish import Publisher
+from stream.settings import ServeConfig
+from stream.windows import ClosedWindow, WindowManager
+
+log = logging.getLogger("streamdrift.consumer")
+
+
+@dataclass
+class WindowOutput:
+    """What one processing step produced: records of closed windows, concept records, alerts."""
+
+    records: list[dict[str, Any]]
+    concept: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    messages: int = 0
+    valid: int = 0
+    invalid: int = 0
+    late: int = 0
+    windows_closed: int = 0
+    records: int = 0
+    alerts: int = 0
+    concept_detections: int = 0
+    checkpoints: int = 0
+    metrics_port: int | None = None
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.float64]:
+    """The per-event value of the concept detector (NaN where it cannot be computed).
+
+    Same definition as :func:`detectors.events.concept_values`, computed here because that
+    function never reaches its ``misclassification`` branch (reported upstream).
+    """
+    c = config.concept
+    if c.stream == "model_error":
+        if c.error == "absolute":
+            return np.asarray(np.abs(cols.prediction - cols.label), dtype=np.float64)
+        pred = (cols.prediction >= c.threshold).astype(np.float64)
+        err: npt.NDArray[np.float64] = (pred != (cols.label >= 0.5)).astype(np.float64)
+        err[np.isnan(cols.prediction) | np.isnan(cols.label)] = np.nan
+        return err
+    name = c.stream.removeprefix("feature:")
+    col = cols.features.get(name)
+    if col is None or not isinstance(col, np.ndarray):
+        raise StreamError(f"concept.stream {c.stream!r}: not a monitored numeric feature")
+    return np.asarray(col, dtype=np.float64)
+
+
+class DriftConsumer:
+    """One monitor's consumer: Kafka in, window records / alerts / metrics out, checkpoints on disk.
+
+    ``on_output`` is called (in the loop's thread) after every step that closed a window or
+    detected a concept drift. ``clock`` (monotonic seconds) drives idle timeouts and the
+    checkpoint interval; ``wall_clock`` (epoch seconds) stamps alerts and metrics.
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        on_output: Callable[[WindowOutput], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        serve_metrics: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.monitor = config.monitor
+        self.on_output = on_output
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.serve_metrics = config.metrics.enabled if serve_metrics is None else serve_metrics
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.reference = ReferenceProfile.load(self.monitor.reference)
+        self.layout = Layout(self.reference, self.monitor.features.include)
+        self.decoder = EventDecoder(self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes)
+        self.windows = WindowManager(self.monitor, self.layout, clock=clock)
+        self.detector: ConceptDetector | None = None
+        self.tracker: ConceptTracker | None = None
+        if self.monitor.concept_active:
+            self.detector = make_detector(self.monitor.concept.detector, self.monitor.concept.params)
+            self.tracker = ConceptTracker(self.monitor, self.reference.fingerprint)
+        self.metrics = Metrics(self.registry, self.monitor.monitor, __version__)
+        size_s = None if self.monitor.window.kind == "count" else self.monitor.window.size_ms / 1000.0
+        self.metrics.set_config(self.layout, self.monitor.statistics, size_s)
+        self.store = CheckpointStore(config.state.dir, self.monitor.monitor, self.reference.fingerprint)
+        self.topic = config.kafka.topic
+        self.next_offset: dict[int, int] = {}  # partition -> next offset to read
+        self.assigned: set[int] = set()
+        self.stats = RunStats()
+        self._dirty = False
+        self._last_checkpoint = clock()
+        self._consumer: Consumer | None = None
+        self._publisher: Publisher | None = None
+        self._overflowed = 0
+        self.metrics_port: int | None = None
+        self._restore()
+
+    # -- state ----------------------------------------------------------------------------
+    def _restore(self) -> None:
+        snap = self.store.load()
+        if snap is None:
+            log.info("no checkpoint in %s: starting from the committed offsets", self.store.dir)
+            return
+        self.windows.restore(snap["windows"])
+        self._overflowed = self.windows.router.overflowed
+        if self.detector is not None and self.tracker is not None and snap.get("detector") is not None:
+            self.detector = restore(snap["detector"])
+            self.tracker.restore(snap["tracker"])
+        if snap["topic"] != self.topic:
+            raise CheckpointError(
+                f"the checkpoint in {self.store.dir} is of topic {snap['topic']!r}, not kafka.topic={self.topic!r}"
+            )
+        self.next_offset = {int(p): int(o) for p, o in snap["offsets"]}
+        log.info("restored state: next offsets %s", self.next_offset)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "offsets": [[p, o] for p, o in sorted(self.next_offset.items())],
+            "windows": self.windows.snapshot(),
+            "detector": self.detector.snapshot() if self.detector is not None else None,
+            "tracker": self.tracker.snapshot() if self.tracker is not None else None,
+        }
+
+    def checkpoint(self, reason: str) -> bool:
+        """Flush outputs, write the snapshot, then commit offsets. False if the snapshot failed."""
+        if self._publisher is not None:
+            self._publisher.flush()
+        try:
+            path = self.store.save(self.snapshot())
+        except CheckpointError as exc:
+            self.metrics.checkpoints.labels(self.monitor.monitor, "failed").inc()
+            log.error("checkpoint (%s) failed, offsets not committed; will retry: %s", reason, exc)
+            return False
+        self.metrics.checkpoints.labels(self.monitor.monitor, "ok").inc()
+        self.metrics.last_checkpoint.labels(self.monitor.monitor).set(self.wall_clock())
+        self.stats.checkpoints += 1
+        self._dirty = False
+        self._last_checkpoint = self.clock()
+        log.debug("checkpoint (%s) %s", reason, path)
+        self._commit()
+        return True
+
+    def _commit(self) -> None:
+        if self._consumer is None:
+            return
+        offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self.next_offset.items()) if p in self.assigned]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # the checkpoint already holds these offsets; the commit only helps other tools
+            log.warning("offset commit failed (the checkpoint has the offsets): %s", exc)
+
+    # -- rebalance callbacks ---------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.topic == self.topic and tp.partition in self.next_offset:
+                tp.offset = self.next_offset[tp.partition]
+        self.assigned = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self.windows.assign(self.assigned)
+        self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
+        log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", [tp.partition for tp in partitions])
+        if self._dirty:
+            self.checkpoint("revoke")
+        self._drop(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost %s (no commit)", [tp.partition for tp in partitions])
+        if self._dirty:
+            self.checkpoint_quietly("lost")
+        self._drop(partitions)
+
+    def checkpoint_quietly(self, reason: str) -> None:
+        saved = self._consumer
+        self._consumer = None  # snapshot without commit
+        try:
+            self.checkpoint(reason)
+        finally:
+            self._consumer = saved
+
+    def _drop(self, partitions: Sequence[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self.assigned -= gone
+        self.windows.revoke(gone)
+        self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> RunStats:
+        """Consume until ``stop`` is set; always end with a checkpoint, a commit and a close."""
+        cfg = self.config
+        server = None
+        try:
+            if self.serve_metrics:
+                server, self.metrics_port = serve_http(self.registry, cfg.metrics.address, cfg.metrics.port)
+                self.stats.metrics_port = self.metrics_port
+            self._publisher = Publisher(
+                cfg.kafka.producer_conf(),
+                cfg.outputs.statistics_topic,
+                cfg.outputs.alerts_topic,
+                cfg.outputs.dead_letter_topic,
+                cfg.outputs.statistics_file,
+            )
+            self._consumer = Consumer(cfg.kafka.consumer_conf(), logger=log)
+            self._consumer.subscribe(
+                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            log.info("consuming %s as group %s", self.topic, cfg.kafka.group_id)
+            interval = cfg.state.checkpoint_interval_s
+            batch, timeout = cfg.kafka.batch_size, cfg.kafka.poll_timeout_s
+            while not stop.is_set():
+                msgs = self._consumer.consume(batch, timeout)
+                self.process(msgs)
+                if self._dirty and self.clock() - self._last_checkpoint >= interval:
+                    self.checkpoint("interval")
+            if self.next_offset:
+                self.checkpoint("shutdown")
+        finally:
+            try:
+                if self._consumer is not None:
+                    self._dirty = False  # the final checkpoint is written; close() must not write another
+                    self._consumer.close()
+            finally:
+                if self._publisher is not None:
+                    self._publisher.close()
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
+        return self.stats
+
+    def process(self, msgs: Sequence[Message]) -> WindowOutput:
+        """One step: a batch of messages (possibly empty) in, closed windows out."""
+        t0 = time.perf_counter()
+        mon = self.monitor.monitor
+        values: list[bytes | None] = []
+        parts: list[int] = []
+        offsets: list[int] = []
+        kts: list[int | None] = []
+        data: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error: %s", err)
+                continue
+            data.append(m)
+            values.append(m.value())
+            parts.append(m.partition() or 0)
+            offsets.append(m.offset() or 0)
+            ts_type, ts = m.timestamp()
+            kts.append(ts if ts_type != 0 and ts >= 0 else None)
+        out = WindowOutput([], [], [])
+        if data:
+            out = self._process_data(data, values, parts, offsets, kts)
+        closed = self.windows.advance()
+        if closed:
+            out.records.extend(self._emit(closed, out))
+        if out.records or out.concept:
+            self._publish(out)
+        if msgs:
+            self.metrics.batch_seconds.labels(mon).observe(time.perf_counter() - t0)
+        return out
+
+    def _process_data(
+        self,
+        data: list[Message],
+        values: list[bytes | None],
+        parts: list[int],
+        offsets: list[int],
+        kts: list[int | None],
+    ) -> WindowOutput:
+        mon = self.monitor.monitor
+        st = self.stats
+        st.batches += 1
+        st.messages += len(data)
+        cols, rejected = self.decoder.decode(values, kts)
+        pub = self._publisher
+        for r in rejected:
+            m = data[r.index]
+            if pub is not None:
+                pub.dead_letter(
+                    values[r.index], m.key(), r.reason, r.code, m.topic() or "", parts[r.index], offsets[r.index]
+                )
+            self.metrics.dead_letters.labels(mon, r.code).inc()
+        if rejected:
+            self.metrics.events.labels(mon, "invalid").inc(len(rejected))
+            st.invalid += len(rejected)
+            log.debug("%d invalid events; first: %s", len(rejected), rejected[0].reason)
+        self.windows.touch(set(parts))
+        part_arr = np.asarray(parts, dtype=np.int64)[np.asarray(cols.rows, dtype=np.int64)]
+        res = self.windows.add(cols, part_arr)
+        self.metrics.events.labels(mon, "valid").inc(res.n_added)
+        st.valid += res.n_added
+        if res.n_late:
+            self.metrics.events.labels(mon, "late").inc(res.n_late)
+            st.late += res.n_late
+        over = self.windows.router.overflowed
+        if over > self._overflowed:
+            self.metrics.segments_overflow.labels(mon).inc(over - self._overflowed)
+            self._overflowed = over
+        out = WindowOutput([], self._concept(cols), [])
+        if res.closed:
+            out.records.extend(self._emit(res.closed, out))
+        # next offsets and lag
+        for p, o in zip(parts, offsets, strict=True):
+            if o + 1 > self.next_offset.get(p, -1):
+                self.next_offset[p] = o + 1
+        self._dirty = True
+        self._lag(set(parts))
+        return out
+
+    def _concept(self, cols: EventColumns) -> list[dict[str, Any]]:
+        det, tracker = self.detector, self.tracker
+        if det is None or tracker is None or len(cols) == 0:
+            return []
+        vals = concept_values(cols, self.monitor).tolist()
+        times = cols.time_ms.tolist()
+        out = []
+        for x, t in zip(vals, times, strict=True):
+            if math.isnan(x):
+                continue
+            rec = tracker.update(det, x, t)
+            if rec is not None:
+                out.append(rec)
+        if out:
+            c = self.monitor.concept
+            self.metrics.concept.labels(self.monitor.monitor, c.detector, c.stream).inc(len(out))
+            self.stats.concept_detections += len(out)
+        return out
+
+    def _emit(self, closed: list[ClosedWindow], out: WindowOutput) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        cfg = self.monitor
+        for w in closed:
+            results = evaluate_counts(self.layout, w.counts, cfg.statistics, w.raw)
+            records.extend(
+                window_records(
+                    results,
+                    monitor=cfg.monitor,
+                    segment=w.segment,
+                    window_start_ms=w.start_ms,
+                    window_end_ms=w.end_ms,
+                    fingerprint=self.reference.fingerprint,
+                )
+            )
+        mon = cfg.monitor
+        self.metrics.windows_closed.labels(mon).inc(len(closed))
+        self.metrics.last_window_end.labels(mon).set(max(w.end_ms for w in closed) / 1000.0)
+        self.metrics.last_window_closed.labels(mon).set(self.wall_clock())
+        self.metrics.window_records(records)
+        self.stats.windows_closed += len(closed)
+        return records
+
+    def _publish(self, out: WindowOutput) -> None:
+        now_ms = int(self.wall_clock() * 1000)
+        drifted = [r for r in out.records if r["drift"]] + out.concept
+        out.alerts = [make_alert(r, now_ms) for r in drifted]
+        mon = self.monitor.monitor
+        for a in out.alerts:
+            self.metrics.alerts.labels(mon, a["severity"]).inc()
+        self.stats.records += len(out.records) + len(out.concept)
+        self.stats.alerts += len(out.alerts)
+        if self._publisher is not None:
+            self._publisher.records(out.records + out.concept)
+            self._publisher.alerts(out.alerts)
+        self._dirty = True
+        if self.on_output is not None:
+            self.on_output(out)
+
+    def _lag(self, partitions: set[int]) -> None:
+        if self._consumer is None:
+            return
+        for p in partitions:
+            try:
+                _lo, hi = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except KafkaException:
+                continue
+            if hi is None or hi < 0:
+                continue
+            self.metrics.lag.labels(self.monitor.monitor, self.topic, str(p)).set(max(0, hi - self.next_offset[p]))
+
+
+def run_consumer(
+    config: ServeConfig,
+    stop: threading.Event,
+    *,
+    on_output: Callable[[WindowOutput], None] | None = None,
+    registry: CollectorRegistry | None = None,
+    serve_metrics: bool | None = None,
+) -> RunStats:
+    """Run the consumer loop in this thread until ``stop`` is set (the demo's entry point)."""
+    return DriftConsumer(config, registry=registry, on_output=on_output, serve_metrics=serve_metrics).run(stop)

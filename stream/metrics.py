@@ -1,0 +1,181 @@
+"""Prometheus metrics of the consumer, registered in an injected ``CollectorRegistry``.
+
+Names and labels are a contract (DESIGN.md "Metrics"): rules in ``deploy/`` query them and a
+test checks that every name a rule uses is in :data:`METRIC_NAMES`. A verdict that does not
+exist (too little data) is NaN, never 0. A scrape only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from detectors.config import StatisticsConfig
+from detectors.evaluate import SEVERITY_LEVEL, segment_label
+from detectors.histogram import Layout
+from detectors.reference import NumericProfile
+
+log = logging.getLogger("streamdrift.metrics")
+
+#: every metric name this module exports, as it appears in a scrape (counters with ``_total``;
+#: the histogram also exports ``_bucket``/``_sum``/``_count`` series under its name)
+METRIC_NAMES: tuple[str, ...] = (
+    "streamdrift_statistic_value",
+    "streamdrift_statistic_p_value",
+    "streamdrift_drift_detected",
+    "streamdrift_drift_severity",
+    "streamdrift_threshold",
+    "streamdrift_events_total",
+    "streamdrift_dead_letters_total",
+    "streamdrift_windows_closed_total",
+    "streamdrift_alerts_total",
+    "streamdrift_concept_drift_detections_total",
+    "streamdrift_last_window_end_timestamp_seconds",
+    "streamdrift_last_window_closed_timestamp_seconds",
+    "streamdrift_window_size_seconds",
+    "streamdrift_consumer_lag_messages",
+    "streamdrift_batch_processing_seconds",
+    "streamdrift_checkpoints_total",
+    "streamdrift_last_checkpoint_timestamp_seconds",
+    "streamdrift_segments_overflow_total",
+    "streamdrift_assigned_partitions",
+    "streamdrift_build_info",
+)
+
+DEAD_LETTER_REASONS = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+_STAT = ("monitor", "segment", "feature", "statistic")
+_NAN = math.nan
+
+
+class Metrics:
+    """The consumer's metrics for one monitor."""
+
+    def __init__(self, registry: CollectorRegistry, monitor: str, version: str = "0.1.0") -> None:
+        self.registry = registry
+        self.monitor = monitor
+        r = registry
+        self.statistic_value = Gauge(
+            "streamdrift_statistic_value", "statistic of the last closed window (NaN: no verdict)", _STAT, registry=r
+        )
+        self.statistic_p_value = Gauge(
+            "streamdrift_statistic_p_value", "p-value of the last closed window (NaN: undefined)", _STAT, registry=r
+        )
+        self.drift_detected = Gauge(
+            "streamdrift_drift_detected", "1 if the last closed window drifted (NaN: no verdict)", _STAT, registry=r
+        )
+        self.drift_severity = Gauge(
+            "streamdrift_drift_severity", "0 ok, 1 warning, 2 critical (NaN: no verdict)", _STAT, registry=r
+        )
+        self.threshold = Gauge(
+            "streamdrift_threshold",
+            "configured thresholds (level = warning, critical or alpha)",
+            ("monitor", "feature", "statistic", "level"),
+            registry=r,
+        )
+        self.events = Counter("streamdrift_events", "events by outcome", ("monitor", "outcome"), registry=r)
+        self.dead_letters = Counter(
+            "streamdrift_dead_letters", "messages sent to the dead-letter topic", ("monitor", "reason"), registry=r
+        )
+        self.windows_closed = Counter("streamdrift_windows_closed", "windows closed", ("monitor",), registry=r)
+        self.alerts = Counter("streamdrift_alerts", "alerts published", ("monitor", "severity"), registry=r)
+        self.concept = Counter(
+            "streamdrift_concept_drift_detections",
+            "concept-drift detections",
+            ("monitor", "detector", "stream"),
+            registry=r,
+        )
+        self.last_window_end = Gauge(
+            "streamdrift_last_window_end_timestamp_seconds",
+            "event time of the last closed window's end",
+            ("monitor",),
+            registry=r,
+        )
+        self.last_window_closed = Gauge(
+            "streamdrift_last_window_closed_timestamp_seconds",
+            "wall-clock time when the last window closed",
+            ("monitor",),
+            registry=r,
+        )
+        self.window_size = Gauge(
+            "streamdrift_window_size_seconds", "window size (NaN for count windows)", ("monitor",), registry=r
+        )
+        self.lag = Gauge(
+            "streamdrift_consumer_lag_messages",
+            "high watermark minus next offset",
+            ("monitor", "topic", "partition"),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "streamdrift_batch_processing_seconds",
+            "time to process one consumed batch",
+            ("monitor",),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.checkpoints = Counter("streamdrift_checkpoints", "checkpoints", ("monitor", "outcome"), registry=r)
+        self.last_checkpoint = Gauge(
+            "streamdrift_last_checkpoint_timestamp_seconds",
+            "time of the last good checkpoint",
+            ("monitor",),
+            registry=r,
+        )
+        self.segments_overflow = Counter(
+            "streamdrift_segments_overflow", "events routed to the __other__ segment", ("monitor",), registry=r
+        )
+        self.assigned = Gauge("streamdrift_assigned_partitions", "partitions assigned", ("monitor",), registry=r)
+        self.build_info = Gauge("streamdrift_build_info", "build information", ("version",), registry=r)
+        self.build_info.labels(version).set(1)
+        # children exist from the start, so a scrape shows zeros rather than nothing
+        m = monitor
+        for outcome in ("valid", "invalid", "late"):
+            self.events.labels(m, outcome)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(m, reason)
+        for outcome in ("ok", "failed"):
+            self.checkpoints.labels(m, outcome)
+        self.windows_closed.labels(m)
+        self.segments_overflow.labels(m)
+        self.assigned.labels(m).set(0)
+        self.last_window_end.labels(m).set(_NAN)
+        self.last_window_closed.labels(m).set(_NAN)
+        self.last_checkpoint.labels(m).set(_NAN)
+
+    def set_config(self, layout: Layout, cfg: StatisticsConfig, window_size_s: float | None) -> None:
+        """Thresholds and window size, once at start."""
+        m = self.monitor
+        self.window_size.labels(m).set(_NAN if window_size_s is None else window_size_s)
+        for name in layout.features:
+            numeric = isinstance(layout.reference.features[name], NumericProfile)
+            if cfg.psi.enabled:
+                self.threshold.labels(m, name, "psi", "warning").set(cfg.psi.warning)
+                self.threshold.labels(m, name, "psi", "critical").set(cfg.psi.critical)
+            if numeric and cfg.ks.enabled:
+                self.threshold.labels(m, name, "ks", "alpha").set(cfg.ks.alpha)
+                self.threshold.labels(m, name, "ks", "critical").set(cfg.ks.critical_statistic)
+            if not numeric and cfg.chi2.enabled:
+                self.threshold.labels(m, name, "chi2", "alpha").set(cfg.chi2.alpha)
+                self.threshold.labels(m, name, "chi2", "critical").set(cfg.chi2.critical_cramers_v)
+
+    def window_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Set the per-statistic gauges from a closed window's records."""
+        m = self.monitor
+        for rec in records:
+            labels = (m, segment_label(rec["segment"]), rec["feature"], rec["statistic"])
+            value, p, drift = rec["value"], rec["p_value"], rec["drift"]
+            self.statistic_value.labels(*labels).set(_NAN if value is None else float(value))
+            self.statistic_p_value.labels(*labels).set(_NAN if p is None else float(p))
+            self.drift_detected.labels(*labels).set(_NAN if drift is None else float(bool(drift)))
+            level = SEVERITY_LEVEL.get(rec["severity"], -1)
+            self.drift_severity.labels(*labels).set(_NAN if level < 0 else float(level))
+
+
+def serve_http(registry: CollectorRegistry, address: str, port: int) -> tuple[Any, int]:
+    """Serve ``/metrics`` on ``address:port`` (0 = a free port); return the server and its port."""
+    server, _thread = start_http_server(port, addr=address, registry=registry)
+    actual = int(server.server_port)
+    log.info("metrics on http://%s:%d/metrics", address, actual)
+    return server, actual

@@ -1,0 +1,55 @@
+"""``streamdrift serve --config FILE``: the long-running consumer (one per monitored topic).
+
+SIGTERM or SIGINT: finish the current batch, write a final checkpoint, commit, close, exit 0.
+``--check`` validates the config and prints it (secrets masked) without connecting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from stream.cli import command
+from stream.settings import ServeConfig
+
+log = logging.getLogger("streamdrift.serve")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="monitor YAML with kafka/outputs/metrics/state sections")
+    p.add_argument("--check", action="store_true", help="validate the config, print it (secrets masked) and exit")
+
+
+@command("serve", "consume a Kafka topic and publish window drift statistics, alerts and metrics", _serve_args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = ServeConfig.load(args.config)
+    if args.check:
+        print(f"config ok: {config!r}")
+        return 0
+    from stream.consumer import DriftConsumer
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing the batch, then checkpoint, commit and close", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    consumer = DriftConsumer(config)
+    log.info("serving monitor %s: %r", config.monitor.monitor, config)
+    stats = consumer.run(stop)
+    log.info(
+        "stopped: %d messages, %d valid, %d invalid, %d late, %d windows closed, %d alerts, %d checkpoints",
+        stats.messages,
+        stats.valid,
+        stats.invalid,
+        stats.late,
+        stats.windows_closed,
+        stats.alerts,
+        stats.checkpoints,
+    )
+    return 0

@@ -1,0 +1,200 @@
+"""The fast decoder equals the reference semantics (json.loads + decode_events) message by message."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors.config import MonitorConfig
+from detectors.reference import ReferenceProfile
+from stream.decode import REASON_CODES, EventDecoder, reference_decode
+
+pytestmark = pytest.mark.unit
+
+
+def _reference() -> ReferenceProfile:
+    rng = np.random.default_rng(7)
+    return ReferenceProfile.build(
+        {
+            "x": rng.normal(0, 1, 2000),
+            "y": rng.exponential(2.0, 2000),
+            "c": rng.choice(["a", "b", "c", "1", "true"], 2000).tolist(),
+        },
+        features=["x", "y", "c"],
+        categorical=["c"],
+        fine_bins=20,
+        coarse_bins=5,
+    )
+
+
+def _config(**events: object) -> MonitorConfig:
+    ev = {"segment_fields": ["country"], "prediction_field": "score", "label_field": "label"}
+    ev.update(events)
+    return MonitorConfig.from_mapping({"monitor": "m", "reference": "unused.json", "events": ev})
+
+
+REF = _reference()
+FEATURES = ["x", "y", "c"]
+
+
+def assert_same(values: list[bytes | None], config: MonitorConfig, kts: list[int | None] | None = None) -> None:
+    fast, rejected = EventDecoder(config, REF, FEATURES, max_event_bytes=10_000).decode(values, kts)
+    slow, errors = reference_decode(values, config, REF, FEATURES, kts)
+    # the size limit is the only rejection the reference path does not know about
+    too_large = {r.index for r in rejected if r.code == "too_large"}
+    assert sorted((r.index, r.reason) for r in rejected if r.code != "too_large") == [
+        e for e in errors if e[0] not in too_large
+    ]
+    assert all(r.code in REASON_CODES for r in rejected)
+    keep = [i for i, r in enumerate(slow.rows) if r not in too_large]
+    assert fast.rows == [slow.rows[i] for i in keep]
+    np.testing.assert_array_equal(fast.time_ms, slow.time_ms[keep])
+    for f in FEATURES:
+        a, b = fast.features[f], slow.features[f]
+        if isinstance(b, np.ndarray):
+            np.testing.assert_array_equal(a, b[keep])  # NaN == NaN here
+            assert a.dtype == np.float64
+        else:
+            assert a == [b[i] for i in keep]
+    assert fast.segments == [slow.segments[i] for i in keep]
+    np.testing.assert_array_equal(fast.prediction, slow.prediction[keep])
+    np.testing.assert_array_equal(fast.label, slow.label[keep])
+
+
+def ev(t: object = 1_700_000_000_000, **kw: object) -> dict[str, object]:
+    d: dict[str, object] = {"timestamp": t, "features": {"x": 0.5, "y": 1.0, "c": "a"}, "country": "de"}
+    d.update(kw)
+    return d
+
+
+VARIED: list[bytes | None] = [
+    json.dumps(ev()).encode(),
+    json.dumps(ev(1_700_000_000)).encode(),  # seconds
+    json.dumps(ev(1_700_000_000.4567)).encode(),
+    json.dumps(ev("2023-11-14T22:13:20.5Z")).encode(),
+    json.dumps(ev("2023-11-14T22:13:20+02:00")).encode(),
+    json.dumps(ev("1700000000")).encode(),  # numeric string
+    json.dumps(ev("yesterday")).encode(),  # bad time
+    json.dumps(ev(True)).encode(),  # bad time
+    json.dumps(ev(None)).encode(),  # missing time
+    json.dumps({k: v for k, v in ev().items() if k != "timestamp"}).encode(),
+    json.dumps(ev(features={"x": None, "c": ""})).encode(),  # missing values
+    json.dumps(ev(features={"x": 3, "y": -2, "c": 1})).encode(),  # ints
+    json.dumps(ev(features={"x": "3", "y": 1.0, "c": "a"})).encode(),  # wrong type
+    json.dumps(ev(features={"x": True})).encode(),  # bool is not a number
+    json.dumps(ev(features={"x": 1.0, "c": 2.5})).encode(),  # float category
+    json.dumps(ev(features={"x": 1.0, "c": True})).encode(),  # bool category
+    json.dumps(ev(features={"x": 1.0, "c": ["a"]})).encode(),
+    json.dumps(ev(features=None)).encode(),
+    json.dumps(ev(features=[1, 2])).encode(),
+    json.dumps({k: v for k, v in ev().items() if k != "features"}).encode(),
+    json.dumps(ev(country=None)).encode(),
+    json.dumps(ev(country=3)).encode(),
+    json.dumps(ev(country=False)).encode(),
+    json.dumps(ev(country=1.5)).encode(),
+    json.dumps(ev(score=0.7, label=1)).encode(),
+    json.dumps(ev(score=True, label=False)).encode(),
+    json.dumps(ev(score="0.7", label=1)).encode(),
+    json.dumps(ev(score=None, label=None)).encode(),
+    b'{"timestamp": 1700000000000, "features": {"x": NaN, "y": Infinity, "c": "b"}}',
+    b'{"timestamp": 1e400, "features": {}}',
+    b'{"timestamp": 123456789012345678901234567890, "features": {}}',
+    b'{"timestamp": NaN, "features": {}}',
+    b'{"timestamp": 1700000000000, "features": {"x": 1e400}}',
+    b"[1, 2, 3]",
+    b'"a string"',
+    b"null",
+    b"not json at all",
+    b"\xff\xfe garbage",
+    b'{"timestamp": 1700000000000, "features": {"x": 1.0}',  # truncated
+    b"",
+    None,
+    json.dumps(ev(features={"x": 1.0, "pad": "p" * 20_000})).encode(),  # too large
+    json.dumps(ev(extra={"nested": [1, {"a": None}]})).encode(),
+]
+
+
+def test_varied_messages_match_reference() -> None:
+    assert_same(VARIED, _config())
+
+
+def test_kafka_timestamp_fallback_and_time_units() -> None:
+    kts = [1_600_000_000_000 + i for i in range(len(VARIED))]
+    assert_same(VARIED, _config(time_missing="kafka_timestamp"), kts)
+    assert_same(VARIED, _config(time_field=None), kts)
+    assert_same(VARIED, _config(time_unit="s"), kts)
+    assert_same(VARIED, _config(time_unit="ms"), kts)
+    assert_same(VARIED, _config(time_unit="iso"), kts)
+
+
+def test_features_at_top_level() -> None:
+    msgs = [
+        json.dumps({"timestamp": 1_700_000_000_000 + i, **e["features"]}).encode()
+        for i, e in enumerate(
+            [ev(), ev(features={"x": None, "c": 1}), ev(features={"x": "bad"}), ev(features={"y": 2})]
+        )
+    ]
+    assert_same(msgs, _config(features_field=None, segment_fields=[]))
+
+
+def test_rejections_are_coded() -> None:
+    cfg = _config()
+    _cols, rejected = EventDecoder(cfg, REF, FEATURES, max_event_bytes=10_000).decode(VARIED)
+    codes = {r.code for r in rejected}
+    assert codes == set(REASON_CODES)
+    by_index = {r.index: r for r in rejected}
+    assert by_index[VARIED.index(b"not json at all")].code == "not_json"
+    assert by_index[VARIED.index(b"[1, 2, 3]")].code == "not_object"
+    assert "too_large" == by_index[len(VARIED) - 2].code
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+    st.sampled_from(["a", "b", "1", "", "2023-11-14T22:13:20Z", "1700000000", "true"]),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=4,
+)
+feature_obj = st.fixed_dictionaries(
+    {}, optional={"x": json_values, "y": json_values, "c": json_values, "z": json_values}
+)
+event_obj = st.fixed_dictionaries(
+    {},
+    optional={
+        "timestamp": st.one_of(json_scalars, st.integers(min_value=0, max_value=2 * 10**12)),
+        "features": st.one_of(feature_obj, json_values),
+        "country": json_values,
+        "score": json_values,
+        "label": json_values,
+    },
+)
+message = st.one_of(
+    event_obj.map(lambda d: json.dumps(d).encode()),
+    json_values.map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(message, min_size=1, max_size=20))
+def test_hypothesis_messages_match_reference(msgs: list[bytes]) -> None:
+    assert_same(list(msgs), _config())
+    assert_same(list(msgs), _config(time_missing="kafka_timestamp"), [1_650_000_000_000] * len(msgs))
+
+
+def test_missing_is_not_zero() -> None:
+    msgs = [json.dumps(ev(features={"x": None, "y": 0.0, "c": None})).encode()]
+    cols, rejected = EventDecoder(_config(), REF, FEATURES).decode(msgs)
+    assert not rejected
+    assert math.isnan(cols.features["x"][0]) and cols.features["y"][0] == 0.0 and cols.features["c"] == [None]
