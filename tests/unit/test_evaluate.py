@@ -1,0 +1,287 @@
+"""Evaluating a window: verdicts, no verdict on too little data, corrections, records and alerts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from detectors.config import StatisticsConfig
+from detectors.evaluate import (
+    CRITICAL,
+    INSUFFICIENT,
+    OK,
+    RECORD_FIELDS,
+    WARNING,
+    StatisticResult,
+    evaluate_counts,
+    iso_ms,
+    make_alert,
+    parse_iso_ms,
+    segment_label,
+    window_records,
+)
+from detectors.histogram import Layout, coarse_counts
+from detectors.reference import NumericProfile, ReferenceProfile
+from detectors.statistics import chi_square, ks_binned, psi
+
+pytestmark = pytest.mark.unit
+
+
+def _ref(seed: int = 0, m: int = 5000, keep_values: int = 0) -> ReferenceProfile:
+    rng = np.random.default_rng(seed)
+    return ReferenceProfile.build(
+        {
+            "x": rng.normal(size=m),
+            "y": rng.exponential(size=m),
+            "c": rng.choice(["a", "b", "c"], size=m, p=[0.5, 0.3, 0.2]).tolist(),
+        },
+        categorical=["c"],
+        keep_values=keep_values,
+    )
+
+
+def _cfg(**kw: object) -> StatisticsConfig:
+    return StatisticsConfig.model_validate(kw)
+
+
+def _window(layout: Layout, rng: np.random.Generator, n: int, shift: float = 0.0, cats: list[str] | None = None):
+    cols = {
+        "x": rng.normal(shift, 1.0, n),
+        "y": rng.exponential(size=n),
+        "c": rng.choice(cats or ["a", "b", "c"], size=n, p=None if cats else [0.5, 0.3, 0.2]).tolist(),
+    }
+    return cols, layout.histogram(cols).counts
+
+
+def _by(results: list[StatisticResult]) -> dict[tuple[str, str], StatisticResult]:
+    return {(r.feature, r.statistic): r for r in results}
+
+
+def test_empty_window_gives_no_verdict_never_zero() -> None:
+    ref = _ref()
+    layout = Layout(ref)
+    results = evaluate_counts(layout, layout.empty().counts, _cfg())
+    assert {(r.feature, r.statistic) for r in results} == {
+        ("x", "psi"),
+        ("x", "ks"),
+        ("y", "psi"),
+        ("y", "ks"),
+        ("c", "psi"),
+        ("c", "chi2"),
+    }
+    for r in results:
+        assert r.severity == INSUFFICIENT
+        assert r.value is None and r.p_value is None and r.p_value_adjusted is None and r.drift is None
+        assert r.n_window == 0 and r.n_reference == 5000
+
+
+def test_min_events_boundary_and_missing_values_do_not_count() -> None:
+    ref = _ref()
+    layout = Layout(ref, ["x"])
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=99), [np.nan] * 30, [np.inf, -np.inf]])
+    r = _by(evaluate_counts(layout, layout.histogram({"x": x}).counts, _cfg(min_events=100)))
+    assert r["x", "ks"].severity == INSUFFICIENT and r["x", "ks"].value is None
+    assert r["x", "ks"].n_window == 99 and r["x", "ks"].n_missing == 32
+    x = np.concatenate([x, [0.0]])
+    r = _by(evaluate_counts(layout, layout.histogram({"x": x}).counts, _cfg(min_events=100)))
+    assert r["x", "ks"].severity in (OK, WARNING, CRITICAL) and r["x", "ks"].value is not None
+
+
+def test_too_small_reference_gives_no_verdict() -> None:
+    ref = ReferenceProfile.build({"x": np.arange(50.0)})
+    layout = Layout(ref)
+    counts = layout.histogram({"x": np.arange(500.0) % 50}).counts
+    assert all(r.severity == INSUFFICIENT for r in evaluate_counts(layout, counts, _cfg(min_events=100)))
+
+
+def test_values_match_the_statistic_functions_and_bonferroni_family() -> None:
+    ref = _ref()
+    layout = Layout(ref)
+    rng = np.random.default_rng(2)
+    _, counts = _window(layout, rng, 400, shift=0.15)
+    cfg = _cfg(min_events=50)
+    res = _by(evaluate_counts(layout, counts, cfg))
+    px = ref.features["x"]
+    assert isinstance(px, NumericProfile)
+    wx = layout.slot(counts, "x")[: px.n_bins]
+    rx = np.asarray(px.counts)
+    assert res["x", "psi"].value == psi(coarse_counts(px, rx), coarse_counts(px, wx))[0]
+    kb = ks_binned(rx, wx)
+    assert (res["x", "ks"].value, res["x", "ks"].p_value) == (kb.statistic, kb.p_value)
+    pc = ref.features["c"]
+    wc = layout.slot(counts, "c")[: pc.n_bins]
+    c = chi_square(np.asarray(pc.counts), wc)
+    assert (res["c", "chi2"].value, res["c", "chi2"].p_value) == (c.statistic, c.p_value)
+    # the family is the three KS / chi-square tests; PSI is not part of it
+    family = [res["x", "ks"], res["y", "ks"], res["c", "chi2"]]
+    for r in family:
+        assert r.p_value is not None
+        assert r.p_value_adjusted == pytest.approx(min(1.0, 3 * r.p_value))
+        assert r.drift == (r.p_value_adjusted < cfg.ks.alpha)
+    assert res["x", "psi"].p_value_adjusted is None
+
+
+def test_bh_correction_is_applied_across_the_window() -> None:
+    ref = _ref()
+    layout = Layout(ref)
+    _, counts = _window(layout, np.random.default_rng(3), 400, shift=0.2)
+    res = evaluate_counts(layout, counts, _cfg(min_events=50, correction="bh"))
+    fam = [r for r in res if r.statistic in ("ks", "chi2")]
+    ps = [r.p_value for r in fam]
+    k = len(ps)
+    ranks = np.argsort(np.argsort(ps, kind="stable"), kind="stable") + 1
+    for r, rank in zip(fam, ranks, strict=True):
+        bigger = [p * k / (rr) for p, rr in zip(ps, ranks, strict=True) if rr >= rank]
+        assert r.p_value_adjusted == pytest.approx(min(1.0, min(bigger)))
+
+
+def test_psi_severity_thresholds() -> None:
+    ref = _ref()
+    layout = Layout(ref, ["x"])
+    rng = np.random.default_rng(4)
+    cfg = _cfg(min_events=50, psi={"warning": 0.1, "critical": 0.25})
+    for shift in (0.0, 0.45, 1.5):
+        counts = layout.histogram({"x": rng.normal(shift, 1, 2000)}).counts
+        r = _by(evaluate_counts(layout, counts, cfg))["x", "psi"]
+        assert r.value is not None
+        expected = CRITICAL if r.value >= 0.25 else WARNING if r.value >= 0.1 else OK
+        assert r.severity == expected and r.drift == (expected != OK)
+        assert r.threshold == 0.1
+    # the 1.5 sigma shift is critical, no shift is ok (independent expectations)
+    assert r.severity == CRITICAL
+
+
+def test_half_sigma_shift_is_flagged_by_ks_through_evaluate() -> None:
+    ref = _ref(m=5000)
+    layout = Layout(ref)
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        _, counts = _window(layout, rng, 300, shift=0.5)
+        r = _by(evaluate_counts(layout, counts, _cfg()))
+        assert r["x", "ks"].drift is True
+        # D of a 0.5 sigma shift is 2 * Phi(0.25) - 1 = 0.197, right at critical_statistic 0.2
+        assert r["x", "ks"].severity in (WARNING, CRITICAL)
+        assert r["y", "ks"].value is not None
+
+
+def test_no_change_false_alarm_rate_within_alpha() -> None:
+    """Bonferroni keeps the per-window family-wise false-alarm rate at or below alpha."""
+    alpha, windows = 0.05, 600
+    ref = _ref(seed=6, m=20000)
+    layout = Layout(ref)
+    rng = np.random.default_rng(7)
+    cfg = _cfg(min_events=50, ks={"alpha": alpha}, chi2={"alpha": alpha})
+    any_drift = 0
+    per_test = []
+    for _ in range(windows):
+        _, counts = _window(layout, rng, 250)
+        res = [r for r in evaluate_counts(layout, counts, cfg) if r.statistic != "psi"]
+        any_drift += any(r.drift for r in res)
+        per_test.extend(r.p_value for r in res)
+    rate = any_drift / windows
+    sd = math.sqrt(alpha * (1 - alpha) / windows)
+    assert rate <= alpha + 3 * sd, rate
+    # the raw p-values are not degenerate: about alpha of them fall below alpha (binned KS is a
+    # little conservative, chi-square is not)
+    raw_rate = float(np.mean(np.asarray(per_test) < alpha))
+    assert 0.3 * alpha < raw_rate < alpha + 3 * math.sqrt(alpha * (1 - alpha) / len(per_test)), raw_rate
+
+
+def test_unseen_categories_are_flagged_by_chi_square_and_psi() -> None:
+    ref = _ref()
+    layout = Layout(ref, ["c"])
+    rng = np.random.default_rng(8)
+    values = rng.choice(["a", "b", "c", "brand-new"], size=500, p=[0.4, 0.25, 0.15, 0.2]).tolist()
+    counts = layout.histogram({"c": values}).counts
+    pc = ref.features["c"]
+    assert layout.slot(counts, "c")[pc.n_bins - 1] == values.count("brand-new")  # the __unseen__ bucket
+    r = _by(evaluate_counts(layout, counts, _cfg()))
+    assert r["c", "chi2"].drift is True and r["c", "chi2"].p_value < 1e-20
+    assert r["c", "psi"].severity == CRITICAL
+
+
+def test_all_missing_categorical_window_is_insufficient() -> None:
+    ref = _ref()
+    layout = Layout(ref, ["c"])
+    counts = layout.histogram({"c": [None] * 500}).counts
+    for r in evaluate_counts(layout, counts, _cfg()):
+        assert r.severity == INSUFFICIENT and r.n_missing == 500 and r.value is None
+
+
+def test_constant_reference_feature_defined_results() -> None:
+    ref = ReferenceProfile.build({"x": np.full(1000, 3.0)})
+    layout = Layout(ref)
+    same = _by(evaluate_counts(layout, layout.histogram({"x": np.full(200, 3.0)}).counts, _cfg()))
+    assert same["x", "psi"].value == 0.0 and same["x", "ks"].value == 0.0
+    assert same["x", "ks"].drift is False and same["x", "psi"].severity == OK
+    for moved in (3.5, 2.5):
+        r = _by(evaluate_counts(layout, layout.histogram({"x": np.full(200, moved)}).counts, _cfg()))
+        assert r["x", "ks"].value == 1.0 and r["x", "ks"].drift is True
+        assert r["x", "psi"].severity == CRITICAL
+
+
+def test_exact_ks_when_raw_values_are_kept() -> None:
+    ref = _ref(m=3000, keep_values=5000)
+    layout = Layout(ref, ["x"])
+    rng = np.random.default_rng(9)
+    x = rng.normal(0.1, 1, 300)
+    x[:5] = np.nan
+    counts = layout.histogram({"x": x}).counts
+    r = _by(evaluate_counts(layout, counts, _cfg(), raw={"x": x}))["x", "ks"]
+    assert r.method == "ks_exact"
+    px = ref.features["x"]
+    assert isinstance(px, NumericProfile) and px.values is not None
+    exact = stats.ks_2samp(np.asarray(px.values), x[5:])
+    assert (r.value, r.p_value) == (float(exact.statistic), float(exact.pvalue))
+    # without raw values the same window uses the binned statistic
+    assert _by(evaluate_counts(layout, counts, _cfg()))["x", "ks"].method == "ks_binned"
+
+
+def test_disabled_statistics_are_not_computed() -> None:
+    ref = _ref()
+    layout = Layout(ref)
+    res = evaluate_counts(layout, layout.empty().counts, _cfg(psi={"enabled": False}, chi2={"enabled": False}))
+    assert {(r.feature, r.statistic) for r in res} == {("x", "ks"), ("y", "ks")}
+
+
+# -- records and alerts -------------------------------------------------------------------
+def test_window_records_schema_and_alert_ids() -> None:
+    ref = _ref()
+    layout = Layout(ref)
+    _, counts = _window(layout, np.random.default_rng(10), 300, shift=0.6)
+    results = evaluate_counts(layout, counts, _cfg())
+    recs = window_records(
+        results,
+        monitor="m",
+        segment={"z": "1", "a": "2"},
+        window_start_ms=1_700_000_000_000,
+        window_end_ms=1_700_000_300_000,
+        fingerprint=ref.fingerprint,
+    )
+    assert len(recs) == len(results)
+    for rec, res in zip(recs, results, strict=True):
+        assert tuple(rec) == RECORD_FIELDS
+        assert list(rec["segment"]) == ["a", "z"]
+        assert rec["window_start"] == "2023-11-14T22:13:20.000Z"
+        assert parse_iso_ms(rec["window_end"]) == 1_700_000_300_000
+        assert (rec["value"], rec["drift"], rec["severity"]) == (res.value, res.drift, res.severity)
+        assert rec["reference_fingerprint"] == ref.fingerprint
+    drifted = [r for r in recs if r["drift"]]
+    assert drifted
+    a1 = make_alert(drifted[0], 1_700_000_400_000)
+    a2 = make_alert(dict(drifted[0], value=123.0), 1_700_000_999_000)
+    assert a1["alert_id"] == a2["alert_id"]  # idempotent: same window, same key
+    assert a1["detected_at"] == iso_ms(1_700_000_400_000)
+    other = make_alert(dict(drifted[0], reference_fingerprint="sha256:x"), 0)
+    assert other["alert_id"] != a1["alert_id"]
+    ids = {make_alert(r, 0)["alert_id"] for r in recs}
+    assert len(ids) == len(recs)
+
+
+def test_segment_label() -> None:
+    assert segment_label({}) == "__all__"
+    assert segment_label({"b": "2", "a": "1"}) == "a=1,b=2"
