@@ -1,0 +1,1 @@
+"""The performance benchmark (``make bench``); not collected by pytest (see conftest.py)."""

@@ -1,0 +1,166 @@
+"""The ceiling and the floor: raw confluent-kafka consumption, and consumption + the fastest decode.
+
+Run as a subprocess by run.py (one process per measurement, like ``streamdrift serve``)::
+
+    python -m tests.benchmarks.bench_kafka {ceiling|floor} --bootstrap H:P --topic T --n N [--mixed]
+
+It prints one JSON object: messages, the steady-state rate (timed from the end of the first
+non-empty batch, so group/connection set-up is excluded, as for serve), wall time including
+set-up, VmHWM, and for the floor the sum of every decoded numeric value (the caller compares
+it with the sum of the data it produced, so a decoder that drops or garbles values fails).
+
+The floor's decoder is the fastest found here (ENVIRONMENT.md): msgspec typed Structs with
+``gc=False``, one ``decode`` call per batch on the batch's messages joined into a JSON array,
+then one ``np.array`` per batch into a float64 (n, 20) matrix; timestamps into int64.
+Missing numeric values decode as None and become NaN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, fast_fetch_config
+
+BATCH = 10_000
+
+
+def vm_hwm_kb(pid: str | int = "self") -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def _consumer(bootstrap: str, topic: str) -> Any:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(fast_fetch_config(bootstrap))
+    c.assign([TopicPartition(topic, 0, 0)])
+    return c
+
+
+def _loop(c: Any, n: int, handle: Any) -> tuple[float, float, int]:
+    """Consume until n messages; returns (steady seconds, wall seconds, messages in the steady part)."""
+    t_wall = time.perf_counter()
+    seen = 0
+    t_first = 0.0
+    n_first = 0
+    consume = c.consume
+    while seen < n:
+        msgs = consume(BATCH, 1.0)
+        if not msgs:
+            if time.perf_counter() - t_wall > 120:
+                raise RuntimeError(f"only {seen} of {n} messages after 120 s")
+            continue
+        for m in msgs[:1]:
+            if m.error():
+                raise RuntimeError(str(m.error()))
+        handle(msgs)
+        seen += len(msgs)
+        if not t_first:
+            t_first = time.perf_counter()
+            n_first = seen
+    t_end = time.perf_counter()
+    if seen != n:
+        raise RuntimeError(f"consumed {seen} messages, expected {n}")
+    return t_end - t_first, t_end - t_wall, n - n_first
+
+
+def ceiling(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    total = 0
+
+    def handle(msgs: list[Any]) -> None:
+        nonlocal total
+        for m in msgs:  # touch every payload, nothing more
+            total += len(m.value())
+
+    c = _consumer(bootstrap, topic)
+    try:
+        steady, wall, n_steady = _loop(c, n, handle)
+    finally:
+        c.close()
+    return {"messages": n, "rate": n_steady / steady, "wall_s": wall, "bytes": total, "vm_hwm_kb": vm_hwm_kb()}
+
+
+def make_decoder(mixed: bool) -> tuple[Any, Any]:
+    fields: list[Any] = [(f, float | None, None) for f in NUMERIC]
+    if mixed:
+        fields += [(c, str | None, None) for c in CATEGORICAL]
+    feats = msgspec.defstruct("Features", fields, gc=False)
+    ev_fields: list[Any] = [("timestamp", int), ("features", feats)]
+    if mixed:
+        ev_fields.append(("segment", str | None, None))
+    event = msgspec.defstruct("Event", ev_fields, gc=False)
+    return msgspec.json.Decoder(list[event]), feats
+
+
+def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
+    decoder, _ = make_decoder(mixed)
+    decode = decoder.decode
+    astuple = msgspec.structs.astuple
+    k = len(NUMERIC)
+    sums = np.zeros(k)
+    n_cat = 0
+    rows = 0
+    last_ts = 0
+
+    def handle(msgs: list[Any]) -> None:
+        nonlocal rows, last_ts, n_cat
+        events = decode(b"[" + b",".join([m.value() for m in msgs]) + b"]")
+        ts = np.array([e.timestamp for e in events], dtype=np.int64)
+        if mixed:
+            table = [astuple(e.features) for e in events]
+            x = np.array([t[:k] for t in table], dtype=np.float64)
+            cats = [[t[k + j] for t in table] for j in range(len(CATEGORICAL))]
+            seg = [e.segment for e in events]
+            n_cat += sum(len(c) for c in cats) + len(seg)
+        else:
+            x = np.array([astuple(e.features) for e in events], dtype=np.float64)
+        sums.__iadd__(x.sum(axis=0))
+        rows += len(x)
+        last_ts = int(ts[-1])
+
+    gc.collect()
+    gc.freeze()
+    c = _consumer(bootstrap, topic)
+    try:
+        steady, wall, n_steady = _loop(c, n, handle)
+    finally:
+        c.close()
+    return {
+        "messages": n,
+        "rate": n_steady / steady,
+        "wall_s": wall,
+        "rows": rows,
+        "value_sum": float(sums.sum()),
+        "categorical_values": n_cat,
+        "last_timestamp": last_ts,
+        "vm_hwm_kb": vm_hwm_kb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("mode", choices=["ceiling", "floor"])
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--mixed", action="store_true", help="the variant with categoricals and a segment")
+    a = p.parse_args(argv)
+    out = ceiling(a.bootstrap, a.topic, a.n) if a.mode == "ceiling" else floor(a.bootstrap, a.topic, a.n, a.mixed)
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""``streamdrift serve`` end to end, as a subprocess, on a topic produced beforehand.
+
+The consumer runs with the same fetch settings as the floor (``kafka.extra``), one
+partition, tumbling 60 s event-time windows (1M events = 1000 s of event time = 17 windows),
+PSI + KS on every feature (chi-square on categoricals), the statistics and alerts topics,
+/metrics, and a checkpoint every 10 s. No concept detector (the data has no predictions).
+
+Completion: the benchmark scrapes /metrics every 0.1 s and stops the clock when
+``streamdrift_events_total`` (all outcomes) reaches N. The steady rate is timed from the
+first scrape that shows any event, like the floor's (group join and start-up excluded);
+the wall time from process start is reported too. Peak memory is ``VmHWM`` of the serve
+process, read from ``/proc/<pid>/status`` before SIGTERM; ``VmRSS`` is sampled along the way.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stream.broker import free_port
+from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, REFERENCE_SEED, Variant, columns
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_reference(workdir: Path, variant: Variant) -> Path:
+    from detectors.reference import ReferenceProfile
+
+    cols = columns(100_000, REFERENCE_SEED, variant)
+    ref = ReferenceProfile.build(
+        cols, features=list(variant.features), categorical=list(CATEGORICAL) if variant.categorical else []
+    )
+    path = workdir / f"reference-{variant.name}.json"
+    ref.save(path)
+    return path
+
+
+def write_config(
+    workdir: Path, reference: Path, variant: Variant, bootstrap: str, topic: str, port: int, tag: str
+) -> Path:
+    cfg: dict[str, Any] = {
+        "monitor": "bench",
+        "reference": str(reference),
+        "events": {
+            "time_field": "timestamp",
+            "time_unit": "ms",
+            "features_field": "features",
+            "segment_fields": ["segment"] if variant.categorical else [],
+        },
+        "features": {
+            "include": list(variant.features),
+            "categorical": list(CATEGORICAL) if variant.categorical else [],
+        },
+        "window": {"kind": "tumbling", "size": "60s", "allowed_lateness": "0s", "idle_timeout": "60s"},
+        "segments": {"overall": True, "max_segments": 100},
+        "concept": {"detector": "none"},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topic": topic,
+            "group_id": f"bench-serve-{tag}",
+            "extra": {
+                "session.timeout.ms": 6000,
+                "fetch.queue.backoff.ms": 10,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+                "fetch.wait.max.ms": 10,
+            },
+        },
+        "outputs": {"statistics_topic": f"{topic}-stats", "alerts_topic": f"{topic}-alerts"},
+        "metrics": {"address": "127.0.0.1", "port": port},
+        "state": {"dir": str(workdir / f"state-{tag}"), "checkpoint_interval": "10s"},
+    }
+    path = workdir / f"serve-{tag}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def scrape(port: int) -> dict[str, float] | None:
+    """Samples of the streamdrift_* metrics this benchmark reads, summed over other labels."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("streamdrift_"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        if name in ("streamdrift_events_total", "streamdrift_windows_closed_total", "streamdrift_checkpoints_total"):
+            out[name] = out.get(name, 0.0) + float(value)
+            if name == "streamdrift_events_total":
+                outcome = name_labels.split('outcome="', 1)[1].split('"', 1)[0]
+                out[f"events_{outcome}"] = out.get(f"events_{outcome}", 0.0) + float(value)
+    return out
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(line.split()[1])
+    return out
+
+
+def run_serve(
+    workdir: Path, reference: Path, variant: Variant, bootstrap: str, topic: str, n: int, timeout: float = 600.0
+) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    port = free_port()
+    config = write_config(workdir, reference, variant, bootstrap, topic, port, tag)
+    log_path = workdir / f"serve-{tag}.log"
+    with log_path.open("wb") as log:
+        t_start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            return _watch(proc, port, n, t_start, timeout, log_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], port: int, n: int, t_start: float, timeout: float, log_path: Path
+) -> dict[str, Any]:
+    first: tuple[float, float] | None = None
+    rss: list[tuple[float, int]] = []  # (fraction of the stream consumed, VmRSS kB)
+    hwm = 0
+    last: dict[str, float] = {}
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"streamdrift serve exited with {proc.returncode} before consuming {n} events:\n{tail}")
+        now = time.perf_counter()
+        if now - t_start > timeout:
+            seen = last.get("streamdrift_events_total", 0)
+            raise RuntimeError(f"streamdrift serve consumed {seen:.0f} of {n} events in {timeout:.0f} s")
+        m = scrape(port)
+        if m is not None:
+            last = m
+            seen = m.get("streamdrift_events_total", 0.0)
+            st = proc_status(proc.pid)
+            hwm = max(hwm, st["VmHWM"])
+            if seen > 0:
+                rss.append((seen / n, st["VmRSS"]))
+                if first is None:
+                    first = (now, seen)
+            if seen >= n:
+                t_done = now
+                break
+        time.sleep(0.1)
+    assert first is not None
+    hwm = max(hwm, proc_status(proc.pid)["VmHWM"])
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+        raise RuntimeError("streamdrift serve did not stop within 60 s of SIGTERM") from None
+    if rc != 0:
+        raise RuntimeError(f"streamdrift serve exited with {rc} after SIGTERM; see {log_path}")
+    steady_s = t_done - first[0]
+    steady_n = n - first[1]
+    rate = steady_n / steady_s if steady_s > 0 and steady_n > 0 else float("nan")
+    rss_20 = next((kb for frac, kb in rss if frac >= 0.2), None)
+    return {
+        "messages": n,
+        "rate": rate,
+        "wall_s": t_done - t_start,
+        "startup_s": first[0] - t_start,
+        "vm_hwm_kb": hwm,
+        "rss_at_20pct_kb": rss_20,
+        "rss_at_end_kb": rss[-1][1] if rss else None,
+        "events_valid": last.get("events_valid", 0.0),
+        "events_invalid": last.get("events_invalid", 0.0),
+        "events_late": last.get("events_late", 0.0),
+        "windows_closed": last.get("streamdrift_windows_closed_total", 0.0),
+        "checkpoints": last.get("streamdrift_checkpoints_total", 0.0),
+        "exit_code": rc,
+    }
+
+
+def features_per_event(variant: Variant) -> int:
+    return len(NUMERIC) + (len(CATEGORICAL) if variant.categorical else 0)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"features": features_per_event(Variant("x", True))}))

@@ -1,0 +1,341 @@
+"""streamdrift's performance benchmark: ``make bench`` or ``.venv/bin/python tests/benchmarks/run.py``.
+
+One run, one machine, one broker (the embedded tansu, ``stream.broker.EmbeddedBroker``), the
+same data for every contender: N JSON events with 20 numeric features, and a variant with 5
+categorical features and a segment field. For each repeat and variant the data is drawn
+afresh (its own seed) and produced to a fresh topic; the ceiling, the floor and
+``streamdrift serve`` each consume that topic in their own process (the order rotates per
+repeat). Medians over the repeats; ratios are of medians measured in this run.
+
+Sections (``--sections``, default all):
+  kafka  ceiling (raw confluent-kafka consume), floor (consume + msgspec decode to numpy),
+         serve (``streamdrift serve`` end to end); ``--long`` adds a 10 x N stream for memory
+  batch  one 100k x 20 window: streamdrift vs Evidently's data drift report vs naive scipy
+  spark  the Spark backfill at local[1] and local[2]
+
+Prints Markdown tables and writes every figure to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from tests.benchmarks import bench_batch, bench_serve, bench_spark  # noqa: E402
+from tests.benchmarks.bench_common import (  # noqa: E402
+    MIXED,
+    NUMERIC,
+    NUMERIC_ONLY,
+    Variant,
+    columns,
+    delete_topic,
+    encode_events,
+    fresh_topic,
+    machine,
+    median,
+    produce,
+    self_check,
+)
+
+SECTIONS = ("kafka", "batch", "spark")
+TARGETS = {
+    "consumer_vs_floor": 0.75,
+    "memory_growth": 1.10,  # VmHWM(10 x N) / VmHWM(N), or RSS end / RSS at 20% without --long
+    "batch_vs_evidently": 50.0,
+    "spark_scaling": 1.6,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def serve_available() -> str | None:
+    r = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "serve", "--help"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    return None if r.returncode == 0 else f"`streamdrift serve` is not available (exit {r.returncode})"
+
+
+def consumer_proc(mode: str, bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "tests.benchmarks.bench_kafka", mode, "--bootstrap", bootstrap]
+    cmd += ["--topic", topic, "--n", str(n)] + (["--mixed"] if mixed else [])
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"{mode} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def kafka_section(
+    bootstrap: str, workdir: Path, variants: list[Variant], n: int, repeats: int, long: bool, serve_why: str | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for vi, variant in enumerate(variants):
+        reference = bench_serve.build_reference(workdir, variant)
+        runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "floor": [], "serve": []}
+        modes = ["ceiling", "floor"] + ([] if serve_why else ["serve"])
+        produce_rates = []
+        for rep in range(repeats):
+            seed = 1 + rep + 1000 * vi
+            cols = columns(n, seed, variant)
+            values = encode_events(cols, variant)
+            expected_sum = float(np.column_stack([cols[f] for f in NUMERIC]).sum())
+            scale = float(np.abs(np.column_stack([cols[f] for f in NUMERIC])).sum())
+            del cols
+            topic = fresh_topic(bootstrap, f"bench-{variant.name.split('+')[0]}")
+            produce_rates.append(produce(bootstrap, topic, values))
+            del values
+            order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
+            for mode in order:
+                if mode == "serve":
+                    res = bench_serve.run_serve(workdir, reference, variant, bootstrap, topic, n)
+                    if res["events_valid"] != n:
+                        raise RuntimeError(f"serve counted {res['events_valid']} valid events of {n}: {res}")
+                else:
+                    res = consumer_proc(mode, bootstrap, topic, n, variant.categorical)
+                    if mode == "floor" and abs(res["value_sum"] - expected_sum) > 1e-9 * scale:
+                        raise RuntimeError(f"floor decoded sum {res['value_sum']} != produced {expected_sum}")
+                runs[mode].append(res)
+            for t in (topic, f"{topic}-stats", f"{topic}-alerts"):
+                err = delete_topic(bootstrap, t)
+                if err and t == topic:
+                    log(f"  note: could not delete topic {t}: {err}")
+            log(
+                f"  {variant.name} repeat {rep + 1}/{repeats}: "
+                + ", ".join(f"{m} {runs[m][-1]['rate'] / 1000:.0f}k/s" for m in modes)
+            )
+        v: dict[str, Any] = {
+            "runs": runs,
+            "produce_rate": median(produce_rates),
+            "features_per_event": len(variant.features),
+        }
+        for m in modes:
+            v[f"{m}_rate"] = median(r["rate"] for r in runs[m])
+        if not serve_why:
+            v["serve_feature_values_rate"] = v["serve_rate"] * len(variant.features)
+            v["serve_vs_floor"] = v["serve_rate"] / v["floor_rate"]
+            v["serve_vm_hwm_kb"] = median(r["vm_hwm_kb"] for r in runs["serve"])
+            v["serve_startup_s"] = median(r["startup_s"] for r in runs["serve"])
+            growth = [r["rss_at_end_kb"] / r["rss_at_20pct_kb"] for r in runs["serve"] if r["rss_at_20pct_kb"]]
+            v["serve_rss_growth_20_to_100pct"] = median(growth)
+        v["floor_vs_ceiling"] = v["floor_rate"] / v["ceiling_rate"]
+        out[variant.name] = v
+    if long and not serve_why:
+        out["long"] = long_run(bootstrap, workdir, n, out[NUMERIC_ONLY.name])
+    return out
+
+
+def long_run(bootstrap: str, workdir: Path, n: int, base: dict[str, Any]) -> dict[str, Any]:
+    """serve on a 10 x N stream (produced in chunks of N): is its peak memory that of N?"""
+    variant = NUMERIC_ONLY
+    reference = bench_serve.build_reference(workdir, variant)
+    topic = fresh_topic(bootstrap, "bench-long")
+    total = 10 * n
+    for k in range(10):
+        cols = columns(n, 500 + k, variant)
+        produce(bootstrap, topic, encode_events(cols, variant, start_ms=1_767_225_600_000 + k * n))
+        log(f"  long: produced {(k + 1) * n:,} of {total:,}")
+    res = bench_serve.run_serve(workdir, reference, variant, bootstrap, topic, total, timeout=1800)
+    for t in (topic, f"{topic}-stats", f"{topic}-alerts"):
+        delete_topic(bootstrap, t)
+    res["vm_hwm_ratio_vs_n"] = res["vm_hwm_kb"] / base["serve_vm_hwm_kb"]
+    log(f"  long: {total:,} events at {res['rate'] / 1000:.0f}k/s, VmHWM {res['vm_hwm_kb'] / 1024:.0f} MiB")
+    return res
+
+
+# -- report ------------------------------------------------------------------------------------------
+def fmt_rate(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x / 1000:,.0f}k"
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    lines: list[str] = []
+    m = res["machine"]
+    lines.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Linux {m['kernel']}; Python {m['python']}, "
+        f"numpy {m['numpy']}, confluent-kafka {m['confluent_kafka']} (librdkafka {m['librdkafka']}); {m['java']}; "
+        f"broker: {m['broker']}. {res['events']:,} events, median of {res['repeats']} repeats."
+    )
+    targets: dict[str, Any] = {}
+    k = res.get("kafka")
+    if k:
+        names = [v for v in k if v != "long"]
+        lines += ["", "| consume path (msgs/s) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+
+        def row(label: str, key: str, f: Any = fmt_rate) -> None:
+            lines.append(f"| {label} | " + " | ".join(f(k[v].get(key)) for v in names) + " |")
+
+        row("produce (setup, not a contender)", "produce_rate")
+        row("ceiling: raw confluent-kafka consume", "ceiling_rate")
+        row("floor: consume + msgspec decode to numpy", "floor_rate")
+        row("`streamdrift serve` end to end", "serve_rate")
+        row("serve feature-values/s", "serve_feature_values_rate", lambda x: "n/a" if x is None else f"{x / 1e6:.2f}M")
+        row("floor / ceiling", "floor_vs_ceiling", lambda x: fmt(x, ".2f") + "x" if x else "n/a")
+        row("serve / floor", "serve_vs_floor", lambda x: fmt(x, ".2f") + "x" if x else "n/a")
+        row("serve peak RSS (VmHWM, MiB)", "serve_vm_hwm_kb", lambda x: "n/a" if x is None else f"{x / 1024:.0f}")
+        row("serve RSS growth, 20% -> 100% of stream", "serve_rss_growth_20_to_100pct", lambda x: fmt(x, ".3f") + "x")
+        row("serve start-up to first event (s)", "serve_startup_s", lambda x: fmt(x, ".1f"))
+        first = k[names[0]]
+        if "serve_vs_floor" in first:
+            ratios = [k[v]["serve_vs_floor"] for v in names]
+            targets["consumer >= 0.75 x floor"] = (
+                ", ".join(f"{v}: {r:.2f}x" for v, r in zip(names, ratios, strict=True)),
+                min(ratios) >= TARGETS["consumer_vs_floor"],
+            )
+            if "long" in k:
+                ratio = k["long"]["vm_hwm_ratio_vs_n"]
+                targets["memory flat (VmHWM 10xN / N <= 1.10)"] = (f"{ratio:.3f}x", ratio <= TARGETS["memory_growth"])
+            else:
+                g = first["serve_rss_growth_20_to_100pct"]
+                targets["memory flat (RSS end / RSS at 20% <= 1.10; run --long for 10xN)"] = (
+                    f"{g:.3f}x",
+                    g <= TARGETS["memory_growth"],
+                )
+        else:
+            targets["consumer >= 0.75 x floor"] = (res.get("serve_unavailable", "serve not measured"), None)
+        if "long" in k:
+            lg = k["long"]
+            lines.append(
+                f"\nLong run: {lg['messages']:,} events through serve at {fmt_rate(lg['rate'])} msgs/s, "
+                f"VmHWM {lg['vm_hwm_kb'] / 1024:.0f} MiB = {lg['vm_hwm_ratio_vs_n']:.3f}x "
+                f"the {res['events']:,}-event run."
+            )
+    b = res.get("batch")
+    if b:
+        med = b["median_s"]
+        lines += [
+            "",
+            f"| batch: one {b['rows'] // 1000}k x {b['columns']} window vs a {b['rows'] // 1000}k reference "
+            "| median ms | streamdrift is faster by | drifted columns (expected f00) |",
+            "|---|---:|---:|---|",
+        ]
+        for name, label in (
+            ("streamdrift", "streamdrift: Layout.histogram + evaluate_counts"),
+            ("evidently", f"Evidently {b['evidently_version'] or '(not installed)'} DataDriftPreset report"),
+            ("naive", "naive: np.quantile + np.histogram PSI + ks_2samp per column"),
+        ):
+            t = med.get(name)
+            speed = "-" if name == "streamdrift" else fmt(t / med["streamdrift"] if t == t else None, ".1f") + "x"
+            ok = b["verdicts_correct"].get(name)
+            verdict = "all repeats correct" if ok else "n/a" if ok is None else f"WRONG: {b['drifted_columns'][name]}"
+            lines.append(f"| {label} | {fmt(t * 1000 if t == t else None, '.1f')} | {speed} | {verdict} |")
+        lines.append(f"\nReference build (once, 100k x 20): {b['reference_build_s'] * 1000:.0f} ms.")
+        sp = b["speedup_vs_evidently"]
+        targets["batch statistics >= 50x Evidently"] = (
+            f"{sp:.1f}x" if sp else (b["evidently_error"] or "n/a"),
+            None if sp is None else sp >= TARGETS["batch_vs_evidently"],
+        )
+    s = res.get("spark")
+    if s and "seconds" in s:
+        n, n0 = s["events"], s["small_events"]
+        lines += [
+            "",
+            "| Spark backfill (spark-submit jobs/backfill.py) | median s | rows/s (wall) | rows/s net of start-up |",
+            "|---|---:|---:|---:|",
+        ]
+        net = {}
+        for master, secs in s["seconds"].items():
+            t = median(secs)
+            net[master] = (n - n0) / (t - s["startup_s"][master])
+            lines.append(f"| {master} | {t:.1f} | {fmt_rate(n / t)} | {fmt_rate(net[master])} |")
+        s["net_rate"] = net
+        scaling = net["local[2]"] / net["local[1]"]
+        s["scaling"] = scaling
+        lines.append(
+            f"\nSpark start-up (same command on {n0:,} events): "
+            + ", ".join(f"{mm} {v:.1f} s" for mm, v in s["startup_s"].items())
+            + "."
+        )
+        targets["Spark local[2] >= 1.6x local[1]"] = (f"{scaling:.2f}x (net)", scaling >= TARGETS["spark_scaling"])
+    elif s:
+        targets["Spark local[2] >= 1.6x local[1]"] = (s.get("unavailable", "n/a"), None)
+    lines += ["", "| target | measured | result |", "|---|---|---|"]
+    for name, (val, ok) in targets.items():
+        lines.append(f"| {name} | {val} | {'PASS' if ok else ('FAIL' if ok is False else 'not measured')} |")
+    return "\n".join(lines), targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="streamdrift performance benchmark")
+    p.add_argument("--events", type=int, default=1_000_000, help="events per stream (default 1,000,000)")
+    p.add_argument("--repeats", type=int, default=5, help="repetitions; medians are reported (default 5)")
+    p.add_argument("--spark-repeats", type=int, help="repetitions of the Spark runs (default: --repeats)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--variants", default="numeric,mixed", help="numeric (20 numeric) and/or mixed (+5 cat +segment)")
+    p.add_argument("--long", action="store_true", help="also stream 10 x --events through serve (memory flatness)")
+    p.add_argument("--json", help="where to write the results (default /tmp/streamdrift-bench-<time>.json)")
+    p.add_argument("--workdir", help="scratch directory (default: a temp dir)")
+    a = p.parse_args(argv)
+    sections = [s.strip() for s in a.sections.split(",") if s.strip()]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        p.error(f"--sections: unknown {bad}; choose from {list(SECTIONS)}")
+    if a.events < 10_000 or a.repeats < 1:
+        p.error("--events must be >= 10000 and --repeats >= 1")
+    chosen = {"numeric": NUMERIC_ONLY, "mixed": MIXED}
+    variants = []
+    for v in (x.strip() for x in a.variants.split(",") if x.strip()):
+        if v not in chosen:
+            p.error(f"--variants: unknown {v!r}; use numeric and/or mixed")
+        variants.append(chosen[v])
+    json_path = Path(a.json or f"/tmp/streamdrift-bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
+
+    from stream.broker import EmbeddedBroker
+
+    self_check()
+    res: dict[str, Any] = {
+        "events": a.events,
+        "repeats": a.repeats,
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    with tempfile.TemporaryDirectory(prefix="streamdrift-bench-", dir=a.workdir) as tmp:
+        workdir = Path(tmp)
+        if "kafka" in sections:
+            why = serve_available()
+            if why:
+                res["serve_unavailable"] = why
+                log(f"note: {why}; measuring the ceiling and the floor only")
+            with EmbeddedBroker() as broker:
+                log(f"broker at {broker.bootstrap}")
+                res["kafka"] = kafka_section(broker.bootstrap, workdir, variants, a.events, a.repeats, a.long, why)
+        if "batch" in sections:
+            log("batch statistics")
+            res["batch"] = bench_batch.run(a.repeats, log)
+        if "spark" in sections:
+            why = bench_spark.available()
+            if why:
+                res["spark"] = {"unavailable": why}
+                log(f"note: {why}")
+            else:
+                log("spark backfill")
+                reference = bench_serve.build_reference(workdir, NUMERIC_ONLY)
+                res["spark"] = bench_spark.run(workdir, reference, a.events, a.spark_repeats or a.repeats, log)
+    text, targets = report(res)
+    res["targets"] = {k: {"measured": v, "pass": ok} for k, (v, ok) in targets.items()}
+    res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    json_path.write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
+    print(text)
+    print(f"\nJSON: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
