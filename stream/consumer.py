@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,6 @@ from detectors.events import EventColumns
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
-from stream import __version__
 from stream.checkpoint import CheckpointStore
 from stream.decode import EventDecoder
 from stream.exceptions import CheckpointError, StreamError
@@ -53,6 +53,13 @@ from stream.settings import ServeConfig
 from stream.windows import ClosedWindow, WindowManager
 
 log = logging.getLogger("streamdrift.consumer")
+
+
+def _version() -> str:
+    try:
+        return version("streamdrift")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass
@@ -101,6 +108,24 @@ def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.
     return np.asarray(col, dtype=np.float64)
 
 
+def closed_records(layout: Layout, config: MonitorConfig, closed: Sequence[ClosedWindow]) -> list[dict[str, Any]]:
+    """Window statistic records of closed windows (evaluation, correction, verdicts)."""
+    records: list[dict[str, Any]] = []
+    for w in closed:
+        results = evaluate_counts(layout, w.counts, config.statistics, w.raw)
+        records.extend(
+            window_records(
+                results,
+                monitor=config.monitor,
+                segment=w.segment,
+                window_start_ms=w.start_ms,
+                window_end_ms=w.end_ms,
+                fingerprint=layout.fingerprint,
+            )
+        )
+    return records
+
+
 class DriftConsumer:
     """One monitor's consumer: Kafka in, window records / alerts / metrics out, checkpoints on disk.
 
@@ -135,7 +160,7 @@ class DriftConsumer:
         if self.monitor.concept_active:
             self.detector = make_detector(self.monitor.concept.detector, self.monitor.concept.params)
             self.tracker = ConceptTracker(self.monitor, self.reference.fingerprint)
-        self.metrics = Metrics(self.registry, self.monitor.monitor, __version__)
+        self.metrics = Metrics(self.registry, self.monitor.monitor, _version())
         size_s = None if self.monitor.window.kind == "count" else self.monitor.window.size_ms / 1000.0
         self.metrics.set_config(self.layout, self.monitor.statistics, size_s)
         self.store = CheckpointStore(config.state.dir, self.monitor.monitor, self.reference.fingerprint)
@@ -393,20 +418,8 @@ class DriftConsumer:
         return out
 
     def _emit(self, closed: list[ClosedWindow], out: WindowOutput) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
         cfg = self.monitor
-        for w in closed:
-            results = evaluate_counts(self.layout, w.counts, cfg.statistics, w.raw)
-            records.extend(
-                window_records(
-                    results,
-                    monitor=cfg.monitor,
-                    segment=w.segment,
-                    window_start_ms=w.start_ms,
-                    window_end_ms=w.end_ms,
-                    fingerprint=self.reference.fingerprint,
-                )
-            )
+        records = closed_records(self.layout, cfg, closed)
         mon = cfg.monitor
         self.metrics.windows_closed.labels(mon).inc(len(closed))
         self.metrics.last_window_end.labels(mon).set(max(w.end_ms for w in closed) / 1000.0)
