@@ -58,6 +58,7 @@ from jobs.common import (
     segment_dict,
     write_records,
 )
+from jobs.kafka_source import KafkaSourceError
 
 SEQ_SHIFT = 40  # input position = (partition << 40) + row
 FORMATS = {
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         records, summary = run_backfill(spark, monitor, args.input, fmt=args.format, kafka=kafka)
         write_records(args.output, records)
-    except (JobError, StreamdriftError) as exc:
+    except (JobError, StreamdriftError, KafkaSourceError) as exc:
         print(f"backfill: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -331,7 +331,7 @@ class KafkaStreamReader(DataSourceStreamReader):
     def latestOffset(self, start: dict[str, Any] | None = None, limit: Any = None) -> dict[str, dict[str, int]]:
         marks = self._marks()
         latest = resolve(LATEST, marks, "latest")
-        max_rows = getattr(limit, "maxRows", None)
+        max_rows = getattr(limit, "max_rows", None)  # ReadMaxRows
         if start is None or max_rows is None:
             return latest
         budget = int(max_rows)
