@@ -272,9 +272,7 @@ class Demo:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        _say(
-            f"[6/6] consumer stopped (SIGTERM, exit code {proc.returncode}); checkpoint in {self.workdir / 'state'}"
-        )
+        _say(f"[6/6] consumer stopped (SIGTERM, exit code {proc.returncode}); checkpoint in {self.workdir / 'state'}")
 
     def _summary(self, n_bad: int, seconds: float) -> None:
         drift_start = iso_ms(self.spec.drift_start_ms)
@@ -289,7 +287,10 @@ class Demo:
         _say(f"  events produced        {self.spec.n_events:,} valid + {n_bad} malformed (-> {DLQ})")
         if counts:
             _say("  consumer counted       " + ", ".join(f"{k} {int(v):,}" for k, v in sorted(counts.items())))
-        _say(f"  windows closed         {len(self.windows)} (overall segment), plus per-country segments")
+        _say(
+            f"  windows closed         {len(self.windows)} (overall segment), plus per-country segments; the last "
+            "window stays open until later events move the watermark past its end"
+        )
         _say(f"  feature alerts         {len(self.alerts)} on '{ALERTS}'; concept-drift detections {len(self.concept)}")
         _say(f"  drift injected at      {drift_start} into {', '.join(synthetic.DRIFTED_FEATURES)} (and the labels)")
         for f in [*synthetic.NUMERIC, *synthetic.CATEGORICAL]:

@@ -104,3 +104,10 @@ def events(spec: StreamSpec, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
                 },
             }
         i += n
+
+
+def iso_ms_window_start(t_ms: int, size_ms: int) -> str:
+    """ISO start of the tumbling window of ``size_ms`` containing ``t_ms``."""
+    from detectors.evaluate import iso_ms
+
+    return iso_ms(t_ms - t_ms % size_ms)
