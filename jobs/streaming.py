@@ -144,7 +144,6 @@ class BatchWriter:
             raise JobError("outputs.statistics_topic/alerts_topic need kafka.bootstrap_servers in the config")
         if not (self.statistics_topic or self.alerts_topic or self.statistics_file):
             raise JobError("outputs: set statistics_topic, alerts_topic or statistics_file (nothing would be written)")
-        self._producer: Any = None
 
     # state: the last delivered batch id and the segment keys in order of first appearance
     def load_state(self) -> dict[str, Any]:
@@ -233,7 +232,10 @@ class BatchWriter:
                 fh.writelines(record_line(r) + "\n" for r in records)
         if not (self.statistics_topic or self.alerts_topic):
             return
-        producer = self.producer()
+        from confluent_kafka import Producer
+
+        # one producer per batch: flushed and dropped here, so none outlives the query
+        producer = Producer({"acks": "all", "linger.ms": 5, **self.producer_conf})
         now_ms = int(time.time() * 1000)
         failures: list[str] = []
 
@@ -251,13 +253,6 @@ class BatchWriter:
         remaining = producer.flush(30)
         if remaining or failures:
             raise JobError(f"publishing window records failed ({remaining} undelivered): {failures[:3]}")
-
-    def producer(self) -> Any:
-        if self._producer is None:
-            from confluent_kafka import Producer
-
-            self._producer = Producer({"acks": "all", "linger.ms": 5, **self.producer_conf})
-        return self._producer
 
 
 def producer_config(monitor: Monitor) -> dict[str, Any]:
