@@ -84,7 +84,7 @@ def naive_window(ref_cols: dict[str, np.ndarray], cols: dict[str, np.ndarray], a
     return drifted
 
 
-def run(repeats: int, log: Any = print) -> dict[str, Any]:
+def run(repeats: int, log: Any = print, quiet: Any = None) -> dict[str, Any]:
     import pandas as pd
 
     ref_cols = columns(ROWS, REFERENCE_SEED, NUMERIC_ONLY)
@@ -101,9 +101,11 @@ def run(repeats: int, log: Any = print) -> dict[str, Any]:
         log(evidently_error)
     times: dict[str, list[float]] = {"streamdrift": [], "evidently": [], "naive": []}
     verdicts: dict[str, list[list[str]]] = {k: [] for k in times}
+    idle: list[float] = []
     for rep in range(repeats):
         cols = window(seed=10_000 + rep)
         cur_df = pd.DataFrame(cols)
+        idle.append(quiet() if quiet else float("nan"))
         t0 = time.perf_counter()
         got = streamdrift_window(layout, cfg, cols)
         times["streamdrift"].append(time.perf_counter() - t0)
@@ -135,4 +137,5 @@ def run(repeats: int, log: Any = print) -> dict[str, Any]:
         "evidently_error": evidently_error,
         "drifted_columns": verdicts,
         "verdicts_correct": correct,
+        "cpu_idle_before_repeat": idle,
     }

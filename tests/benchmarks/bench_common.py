@@ -215,3 +215,37 @@ def machine() -> dict[str, Any]:
         "java": java[0] if java else "not found",
         "broker": "tansu 0.6.0 (stream.broker.EmbeddedBroker, in-memory storage, loopback TCP)",
     }
+
+
+# -- a quiet machine ------------------------------------------------------------------------------
+def cpu_idle(interval: float = 1.0) -> float:
+    """Fraction of all CPUs' time that was idle over ``interval`` seconds (from /proc/stat)."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            parts = [int(x) for x in f.readline().split()[1:]]
+        return parts[3] + parts[4], sum(parts)  # idle + iowait, total
+
+    i0, t0 = read()
+    time.sleep(interval)
+    i1, t1 = read()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(min_idle: float, timeout: float, log: Callable[[str], None]) -> float:
+    """Wait until the machine is at least ``min_idle`` idle (other work would skew the timings).
+
+    Returns the last idle fraction seen; after ``timeout`` seconds it gives up and says so,
+    and the caller records the figure with the repeat.
+    """
+    deadline = time.monotonic() + timeout
+    idle = cpu_idle()
+    warned = False
+    while idle < min_idle and time.monotonic() < deadline:
+        if not warned:
+            log(f"  waiting for a quiet machine (idle {idle:.0%} < {min_idle:.0%})")
+            warned = True
+        idle = cpu_idle()
+    if idle < min_idle:
+        log(f"  machine still busy after {timeout:.0f} s (idle {idle:.0%}); measuring anyway")
+    return idle

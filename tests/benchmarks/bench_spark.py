@@ -103,7 +103,7 @@ def submit(workdir: Path, monitor: Path, events: Path, master: str, tag: str) ->
     return dt
 
 
-def run(workdir: Path, reference: Path, n: int, repeats: int, log: Any = print) -> dict[str, Any]:
+def run(workdir: Path, reference: Path, n: int, repeats: int, log: Any = print, quiet: Any = None) -> dict[str, Any]:
     monitor = write_monitor(workdir, reference, NUMERIC_ONLY)
     small = workdir / "spark-small.jsonl"
     write_events(small, SMALL, REFERENCE_SEED + 7)
@@ -111,12 +111,14 @@ def run(workdir: Path, reference: Path, n: int, repeats: int, log: Any = print) 
     startup = {m: submit(workdir, monitor, small, m, f"small-{i}") for i, m in enumerate(masters)}
     log("  spark start-up (1,000 events): " + ", ".join(f"{m} {s:.1f} s" for m, s in startup.items()))
     seconds: dict[str, list[float]] = {m: [] for m in masters}
+    idle: list[float] = []
     for rep in range(repeats):
         events = workdir / f"spark-events-{rep}.jsonl"
         write_events(events, n, 20_000 + rep)
         order = masters if rep % 2 == 0 else masters[::-1]
         for m in order:
+            idle.append(quiet() if quiet else float("nan"))
             seconds[m].append(submit(workdir, monitor, events, m, f"{rep}-{m[-2]}"))
         events.unlink()
         log(f"  spark repeat {rep + 1}/{repeats}: " + ", ".join(f"{m} {seconds[m][-1]:.1f} s" for m in masters))
-    return {"events": n, "startup_s": startup, "seconds": seconds, "small_events": SMALL}
+    return {"events": n, "startup_s": startup, "seconds": seconds, "small_events": SMALL, "cpu_idle_before_run": idle}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from tests.benchmarks.bench_common import (  # noqa: E402
     median,
     produce,
     self_check,
+    wait_quiet,
 )
 
 SECTIONS = ("kafka", "batch", "spark")
@@ -78,6 +80,13 @@ def consumer_proc(mode: str, bootstrap: str, topic: str, n: int, mixed: bool) ->
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
+QUIET = {"min_idle": 0.8, "timeout": 120.0}
+
+
+def quiet() -> float:
+    return wait_quiet(QUIET["min_idle"], QUIET["timeout"], log)
+
+
 def kafka_section(
     bootstrap: str, workdir: Path, variants: list[Variant], n: int, repeats: int, long: bool, serve_why: str | None
 ) -> dict[str, Any]:
@@ -87,6 +96,7 @@ def kafka_section(
         runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "floor": [], "serve": []}
         modes = ["ceiling", "floor"] + ([] if serve_why else ["serve"])
         produce_rates = []
+        idle: list[float] = []
         for rep in range(repeats):
             seed = 1 + rep + 1000 * vi
             cols = columns(n, seed, variant)
@@ -98,6 +108,7 @@ def kafka_section(
             produce_rates.append(produce(bootstrap, topic, values))
             del values
             order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
+            idle.append(quiet())
             for mode in order:
                 if mode == "serve":
                     res = bench_serve.run_serve(workdir, reference, variant, bootstrap, topic, n)
@@ -120,6 +131,7 @@ def kafka_section(
             "runs": runs,
             "produce_rate": median(produce_rates),
             "features_per_event": len(variant.features),
+            "cpu_idle_before_repeat": idle,
         }
         for m in modes:
             v[f"{m}_rate"] = median(r["rate"] for r in runs[m])
@@ -172,6 +184,15 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"numpy {m['numpy']}, confluent-kafka {m['confluent_kafka']} (librdkafka {m['librdkafka']}); {m['java']}; "
         f"broker: {m['broker']}. {res['events']:,} events, median of {res['repeats']} repeats."
     )
+    idle = [x for v in (res.get("kafka") or {}).values() for x in v.get("cpu_idle_before_repeat", [])]
+    idle += (res.get("batch") or {}).get("cpu_idle_before_repeat", [])
+    idle += (res.get("spark") or {}).get("cpu_idle_before_run", [])
+    idle = [x for x in idle if x == x]
+    if idle:
+        lines.append(
+            f"CPU idle just before each repeat (other work on the machine skews timings): "
+            f"min {min(idle):.0%}, median {median(idle):.0%}."
+        )
     targets: dict[str, Any] = {}
     k = res.get("kafka")
     if k:
@@ -281,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", action="store_true", help="also stream 10 x --events through serve (memory flatness)")
     p.add_argument("--json", help="where to write the results (default /tmp/streamdrift-bench-<time>.json)")
     p.add_argument("--workdir", help="scratch directory (default: a temp dir)")
+    p.add_argument(
+        "--min-idle",
+        type=float,
+        default=0.8,
+        help="before each repeat wait until the CPUs are this idle (0 = never wait; default 0.8)",
+    )
+    p.add_argument("--quiet-timeout", type=float, default=120.0, help="give up waiting for idle after this many s")
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
@@ -294,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         if v not in chosen:
             p.error(f"--variants: unknown {v!r}; use numeric and/or mixed")
         variants.append(chosen[v])
+    QUIET.update(min_idle=a.min_idle, timeout=a.quiet_timeout)
+    # SIGTERM unwinds like Ctrl-C, so the broker and any serve subprocess are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     json_path = Path(a.json or f"/tmp/streamdrift-bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
 
     from stream.broker import EmbeddedBroker
@@ -318,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["kafka"] = kafka_section(broker.bootstrap, workdir, variants, a.events, a.repeats, a.long, why)
         if "batch" in sections:
             log("batch statistics")
-            res["batch"] = bench_batch.run(a.repeats, log)
+            res["batch"] = bench_batch.run(a.repeats, log, quiet)
         if "spark" in sections:
             why = bench_spark.available()
             if why:
@@ -327,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log("spark backfill")
                 reference = bench_serve.build_reference(workdir, NUMERIC_ONLY)
-                res["spark"] = bench_spark.run(workdir, reference, a.events, a.spark_repeats or a.repeats, log)
+                res["spark"] = bench_spark.run(workdir, reference, a.events, a.spark_repeats or a.repeats, log, quiet)
     text, targets = report(res)
     res["targets"] = {k: {"measured": v, "pass": ok} for k, (v, ok) in targets.items()}
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
