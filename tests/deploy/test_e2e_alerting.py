@@ -351,14 +351,19 @@ def test_drift_alert_reaches_the_webhook_and_steady_stream_stays_quiet(
     want_critical = want("StreamdriftFeatureDriftCritical", "critical")
     # a warning under a critical of the same series is inhibited in Alertmanager
     want_warning = want("StreamdriftFeatureDriftWarning", "warning")
-    services.wait_until(
-        lambda: (
-            drift_alerts().get("StreamdriftFeatureDriftCritical") == want_critical
-            and drift_alerts().get("StreamdriftFeatureDriftWarning") == want_warning
-        ),
-        60,
-        "the drift alerts at the webhook",
-    )
+    try:
+        services.wait_until(
+            lambda: (
+                drift_alerts().get("StreamdriftFeatureDriftCritical") == want_critical
+                and drift_alerts().get("StreamdriftFeatureDriftWarning") == want_warning
+            ),
+            60,
+            "the drift alerts at the webhook",
+        )
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nwant critical {sorted(want_critical)}\nwant warning {sorted(want_warning)}\ngot {drift_alerts()}"
+        ) from None
     if concept["drifting"] > 0:
         services.wait_until(
             lambda: any(a["labels"]["alertname"] == "StreamdriftConceptDrift" for _, _, a in webhook.alerts()),
