@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -73,12 +73,12 @@ class EventDecoder:
         ev = config.events
         self.numeric = [f for f in self.features if isinstance(reference.features[f], NumericProfile)]
         self.categorical = [f for f in self.features if f not in self.numeric]
-        self._decoder, self._getter = self._build()
+        self._decoder = self._build()
         self._unit = ev.time_unit
         self._kafka_ok = ev.time_missing == "kafka_timestamp"
 
     # -- building the typed struct ------------------------------------------------------
-    def _build(self) -> tuple[msgspec.json.Decoder[Any] | None, Any]:
+    def _build(self) -> msgspec.json.Decoder[Any] | None:
         ev = self.config.events
         cat_t: Any = bool | int | str | None
         num_t: Any = float | None
@@ -95,10 +95,10 @@ class EventDecoder:
         if ev.features_field is None:
             for k, t in feats.items():
                 if k in top and top[k] != t:
-                    return None, None  # one key read two ways: leave it all to the reference path
+                    return None  # one key read two ways: leave it all to the reference path
                 top[k] = t
         elif ev.features_field in top:
-            return None, None
+            return None
 
         def struct(name: str, fields: dict[str, Any], required: dict[str, Any]) -> tuple[Any, dict[str, str]]:
             attrs = {key: f"f{i}" for i, key in enumerate([*required, *fields])}
@@ -113,44 +113,37 @@ class EventDecoder:
             required[ev.features_field] = feat_cls
         top_cls, top_attrs = struct("Event", top, required)
 
-        # attribute paths of every column, in the row layout of `_row`
-        def path(key: str, nested: bool) -> str:
-            if nested:
-                return f"{top_attrs[ev.features_field or '']}.{feat_attrs[key]}"
-            return top_attrs[key]
-
+        # two flat getters: the top-level fields, and the features (from the nested struct or the top)
         nested = ev.features_field is not None
-        paths = [top_attrs[ev.time_field] if ev.time_field is not None else None]
-        paths += [path(f, nested) for f in self.numeric]
-        paths += [path(f, nested) for f in self.categorical]
-        paths += [top_attrs[s] for s in ev.segment_fields]
-        paths += [top_attrs[n] if n is not None else None for n in (ev.prediction_field, ev.label_field)]
-        getter = attrgetter(*[p for p in paths if p is not None]) if any(paths) else None
-        self._has_time = ev.time_field is not None
-        self._has_pred = ev.prediction_field is not None
-        self._has_label = ev.label_field is not None
-        return msgspec.json.Decoder(top_cls), getter
+        src = feat_attrs if nested else top_attrs
+        self._feat_attr = top_attrs[ev.features_field] if ev.features_field is not None else None
+        self._fget = _tuple_getter([src[f] for f in (*self.numeric, *self.categorical)])
+        top_names = [top_attrs[ev.time_field]] if ev.time_field is not None else []
+        top_names += [top_attrs[s] for s in ev.segment_fields]
+        top_names += [top_attrs[n] for n in (ev.prediction_field, ev.label_field) if n is not None]
+        self._tget = _tuple_getter(top_names)
+        return msgspec.json.Decoder(top_cls)
 
     # -- decoding -----------------------------------------------------------------------
     def decode(
         self, values: Sequence[bytes | None], kafka_timestamps_ms: Sequence[int | None] | None = None
     ) -> tuple[EventColumns, list[Rejection]]:
         """Columns of the valid messages (``rows`` = their positions) and the rejections."""
-        n_num, n_cat = len(self.numeric), len(self.categorical)
-        n_seg = len(self.config.events.segment_fields)
+        ev = self.config.events
+        n_num, n_cat, n_seg = len(self.numeric), len(self.categorical), len(ev.segment_fields)
+        has_time = ev.time_field is not None
+        has_pred, has_label = ev.prediction_field is not None, ev.label_field is not None
         times: list[int] = []
-        nums: list[Any] = []
-        cats: list[Any] = []
-        segs: list[tuple[str, ...]] = []
-        preds: list[Any] = []
-        labels: list[Any] = []
+        numflat: list[Any] = []  # numeric values row after row (floats are not GC-tracked: cheap to keep)
+        cats: list[tuple[Any, ...]] = []
+        tops: list[tuple[Any, ...]] = []  # segments, prediction, label (after the time)
         kept: list[int] = []
         rejected: list[Rejection] = []
-        dec = self._decoder
-        get = self._getter
+        dec, tget, fget, fattr = self._decoder, self._tget, self._fget, self._feat_attr
         limit = self.max_event_bytes
-        has_pred, has_label = self._has_pred, self._has_label
-        nan = math.nan
+        unit_ms, unit_s = self._unit == "ms", self._unit == "s"
+        kafka_ok = self._kafka_ok
+        floor, isfinite = math.floor, math.isfinite
         for i, value in enumerate(values):
             kts = kafka_timestamps_ms[i] if kafka_timestamps_ms is not None else None
             try:
@@ -161,34 +154,64 @@ class EventDecoder:
                 row = None
                 if dec is not None:
                     try:
-                        ev = dec.decode(value)
+                        obj = dec.decode(value)
                     except (msgspec.ValidationError, msgspec.DecodeError):
-                        ev = None
-                    if ev is not None:
-                        row = self._fast_row(get(ev) if get is not None else (), kts)
+                        obj = None
+                    if obj is not None:
+                        top = tget(obj)
+                        t: int | None
+                        if has_time:
+                            raw = top[0]
+                            top = top[1:]
+                            tr = type(raw)
+                            if tr is int or tr is float:
+                                v = float(raw)
+                                if unit_ms or (not unit_s and (v >= MS_THRESHOLD or v <= -MS_THRESHOLD)):
+                                    ms = v
+                                else:
+                                    ms = v * 1000.0
+                                t = floor(ms + 0.5) if isfinite(ms) and -(2**62) <= ms <= 2**62 else None
+                                if self._unit == "iso":
+                                    t = None
+                            elif raw is None:
+                                t = int(kts) if kafka_ok and kts is not None else None
+                            else:
+                                try:
+                                    t = parse_time_ms(raw, self._unit)
+                                except InputError:
+                                    t = None
+                        else:
+                            t = int(kts) if kts is not None else None
+                        if t is not None:
+                            f = fget(getattr(obj, fattr) if fattr is not None else obj)
+                            row = (t, f, top)
                 if row is None:
                     row = self._slow_row(value, kts)
             except _Reject as r:
                 rejected.append(Rejection(i, r.code, r.reason))
                 continue
-            t, fields = row
-            times.append(t)
-            p = 0
-            nums.append(fields[p : p + n_num])
-            p += n_num
-            cats.append(fields[p : p + n_cat])
-            p += n_cat
-            segs.append(tuple(fields[p : p + n_seg]))
-            p += n_seg
-            preds.append(fields[p] if has_pred else nan)
-            p += 1 if has_pred else 0
-            labels.append(fields[p] if has_label else nan)
+            times.append(row[0])
+            if n_cat:
+                numflat.extend(row[1][:n_num])
+                cats.append(row[1][n_num:])
+            else:
+                numflat.extend(row[1])
+            tops.append(row[2])
             kept.append(i)
         n = len(kept)
-        num_arr = np.array(nums, dtype=np.float64).reshape(n, n_num) if n else np.empty((0, n_num))
-        columns: dict[str, Any] = {f: np.ascontiguousarray(num_arr[:, j]) for j, f in enumerate(self.numeric)}
-        for j, f in enumerate(self.categorical):
-            columns[f] = [c[j] for c in cats]
+        columns: dict[str, Any] = {}
+        if n_num:
+            num_arr = np.array(numflat, dtype=np.float64).reshape(n, n_num)
+            for j, name in enumerate(self.numeric):
+                columns[name] = np.ascontiguousarray(num_arr[:, j])
+        for j, name in enumerate(self.categorical):
+            columns[name] = [_cat_value(c[j]) for c in cats]
+        segs: list[tuple[str, ...]] = [tuple(_seg_value(x) for x in top[:n_seg]) for top in tops] if n_seg else [()] * n
+        nan = math.nan
+        k = n_seg
+        preds = [top[k] for top in tops] if has_pred else [nan] * n
+        k += 1 if has_pred else 0
+        labels = [top[k] for top in tops] if has_label else [nan] * n
         cols = EventColumns(
             time_ms=np.asarray(times, dtype=np.int64),
             features={f: columns[f] for f in self.features},
@@ -199,50 +222,7 @@ class EventDecoder:
         )
         return cols, rejected
 
-    def _fast_row(self, got: Any, kts: int | None) -> tuple[int, list[Any]] | None:
-        """A decoded struct's values in row layout; None sends the message to the reference path."""
-        vals = list(got) if isinstance(got, tuple) else [got]
-        ev = self.config.events
-        if self._has_time:
-            raw = vals.pop(0)
-            if raw is None:
-                if not (self._kafka_ok and kts is not None):
-                    return None
-                t = int(kts)
-            elif type(raw) is int or type(raw) is float:
-                v = float(raw)
-                unit = self._unit
-                if unit == "iso" or not math.isfinite(v):
-                    return None
-                ms = v if unit == "ms" or (unit == "auto" and abs(v) >= MS_THRESHOLD) else v * 1000.0
-                if abs(ms) > 2**62:
-                    return None
-                t = math.floor(ms + 0.5)
-            else:
-                try:
-                    t = parse_time_ms(raw, self._unit)
-                except InputError:
-                    return None
-        else:
-            if kts is None:
-                return None
-            t = int(kts)
-        n_num, n_cat, n_seg = len(self.numeric), len(self.categorical), len(ev.segment_fields)
-        out = vals[:n_num]
-        for j in range(n_num, n_num + n_cat):
-            c = vals[j]
-            if type(c) is not str or not c:
-                c = None if c is None or c == "" else ("true" if c else "false") if type(c) is bool else str(c)
-            out.append(c)
-        for j in range(n_num + n_cat, n_num + n_cat + n_seg):
-            c = vals[j]
-            if type(c) is not str or not c:
-                c = MISSING if c is None or c == "" else ("true" if c else "false") if type(c) is bool else str(c)
-            out.append(c)
-        out.extend(vals[n_num + n_cat + n_seg :])  # prediction / label: float, bool or None
-        return t, out
-
-    def _slow_row(self, value: bytes, kts: int | None) -> tuple[int, list[Any]]:
+    def _slow_row(self, value: bytes, kts: int | None) -> tuple[int, tuple[Any, ...], tuple[Any, ...]]:
         """The reference path for one message; raises :class:`_Reject` with its reason."""
         try:
             obj = json.loads(value)
@@ -252,14 +232,39 @@ class EventDecoder:
         if errors:
             reason = errors[0][1]
             raise _Reject(reason_code(reason), reason)
-        out: list[Any] = [float(cols.features[f][0]) for f in self.numeric]
-        out += [cols.features[f][0] for f in self.categorical]
-        out += list(cols.segments[0])
-        if self._has_pred:
-            out.append(float(cols.prediction[0]))
-        if self._has_label:
-            out.append(float(cols.label[0]))
-        return int(cols.time_ms[0]), out
+        feats: tuple[Any, ...] = tuple(float(cols.features[f][0]) for f in self.numeric)
+        feats += tuple(cols.features[f][0] for f in self.categorical)
+        top: tuple[Any, ...] = tuple(cols.segments[0])
+        if self.config.events.prediction_field is not None:
+            top += (float(cols.prediction[0]),)
+        if self.config.events.label_field is not None:
+            top += (float(cols.label[0]),)
+        return int(cols.time_ms[0]), feats, top
+
+
+def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    if not names:
+        return lambda _obj: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda obj: (one(obj),)
+    return attrgetter(*names)
+
+
+def _cat_value(c: Any) -> str | None:
+    """A decoded categorical value as decode_events has it (already final for the reference path)."""
+    if type(c) is str:
+        return c or None
+    if c is None:
+        return None
+    if type(c) is bool:
+        return "true" if c else "false"
+    return str(c)
+
+
+def _seg_value(c: Any) -> str:
+    v = _cat_value(c)
+    return MISSING if v is None else v
 
 
 def reference_decode(
