@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -342,6 +341,6 @@ def test_runbook_commands_use_existing_subcommands():
     from stream import cli
 
     cli._load_plugins()
-    for m in re.finditer(r"`streamdrift ([a-z]+)", text):
-        assert m.group(1) in cli.COMMANDS, m.group(0)
-    assert shlex.split("streamdrift serve --config x")[1] in cli.COMMANDS
+    found = {m.group(1) for m in re.finditer(r"`streamdrift ([a-z]+)", text)}
+    assert found >= {"report", "reference"}
+    assert found <= set(cli.COMMANDS), found - set(cli.COMMANDS)
