@@ -235,12 +235,15 @@ def decode_events(
 
 
 def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.float64]:
-    """The per-event value a concept detector consumes (NaN where it cannot be computed)."""
+    """The per-event value a concept detector consumes (NaN where it cannot be computed).
+
+    Non-finite values (a missing feature, +-inf, a missing score or label) are NaN: callers
+    skip NaN, so an infinite value never reaches (and poisons) a detector's running mean.
+    """
     c = config.concept
     if c.stream == "model_error":
         if c.error == "absolute":
-            err_abs: npt.NDArray[np.float64] = np.abs(cols.prediction - cols.label)
-            return err_abs
+            return _finite_or_nan(np.abs(cols.prediction - cols.label))
         pred = (cols.prediction >= c.threshold).astype(np.float64)
         err: npt.NDArray[np.float64] = (pred != (cols.label >= 0.5)).astype(np.float64)
         err[np.isnan(cols.prediction) | np.isnan(cols.label)] = np.nan
@@ -249,4 +252,10 @@ def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.
     col = cols.features.get(name)
     if col is None or not isinstance(col, np.ndarray):
         raise InputError(f"concept.stream {c.stream!r}: not a monitored numeric feature")
-    return np.asarray(col, dtype=np.float64)
+    return _finite_or_nan(np.asarray(col, dtype=np.float64))
+
+
+def _finite_or_nan(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    out = np.array(x, dtype=np.float64)
+    out[~np.isfinite(out)] = np.nan
+    return out

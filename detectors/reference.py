@@ -182,7 +182,7 @@ class CategoricalProfile:
         """Slot index of one value."""
         if is_missing_category(v):
             return self.n_bins
-        if isinstance(v, bool):
+        if isinstance(v, (bool, np.bool_)):
             v = "true" if v else "false"
         elif isinstance(v, (int, np.integer)):
             v = str(v)
@@ -330,7 +330,7 @@ def categorical_profile(name: str, values: Iterable[Any], *, top_n: int = 50) ->
     for v in values:
         if is_missing_category(v):
             n_missing += 1
-        elif isinstance(v, bool):
+        elif isinstance(v, (bool, np.bool_)):
             counter["true" if v else "false"] += 1
         elif isinstance(v, (str, int, np.integer)):
             counter[str(v)] += 1

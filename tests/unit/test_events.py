@@ -159,3 +159,20 @@ def test_concept_values_for_every_stream_kind() -> None:
         cfg = MonitorConfig.from_mapping({**base, "concept": {"stream": bad}})
         with pytest.raises(InputError, match=bad):
             concept_values(cols, cfg)
+
+
+def test_concept_values_never_pass_infinities_to_a_detector() -> None:
+    rows = [
+        {"timestamp": 1, "features": {"x": float("inf"), "c": "a"}, "s": float("inf"), "y": 1},
+        {"timestamp": 2, "features": {"x": -float("inf"), "c": "a"}, "s": 0.5, "y": 0},
+    ]
+    base = {"monitor": "m", "reference": "r", "events": {"prediction_field": "s", "label_field": "y"}}
+    for concept in ({}, {"stream": "feature:x"}):
+        cfg = MonitorConfig.from_mapping({**base, "concept": concept})
+        cols, errors = decode_events(rows, cfg, REF, ["x", "c"])
+        assert not errors
+        got = concept_values(cols, cfg)
+        if concept:
+            assert np.isnan(got).all()
+        else:
+            assert math.isnan(got[0]) and got[1] == 0.5

@@ -289,3 +289,11 @@ def test_select_restricts_features_and_rejects_unknown() -> None:
     assert list(ref.select(["y"]).features) == ["y"]
     with pytest.raises(ConfigError, match="'z'"):
         ref.select(["z"])
+
+
+def test_boolean_dataframe_column_as_categorical() -> None:
+    df = pd.DataFrame({"flag": [True, False, True, True], "x": [1.0, 2.0, 3.0, 4.0]})
+    ref = ReferenceProfile.build(df, categorical=["flag"])
+    p = _cat(ref, "flag")
+    assert p.categories == ("true", "false") and p.counts == (3, 1, 0, 0)
+    assert p.bin_index([np.bool_(False), True]).tolist() == [1, 0]
