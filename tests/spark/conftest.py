@@ -39,6 +39,7 @@ SPARK_CONF = {
 def spark() -> Iterator[Any]:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # loopback only
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master("local[2]").appName("streamdrift-tests")
