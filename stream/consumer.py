@@ -309,6 +309,8 @@ class DriftConsumer:
             finally:
                 if self._publisher is not None:
                     self._publisher.close()
+                    self._publisher = None
+                self._consumer = None
                 if server is not None:
                     server.shutdown()
                     server.server_close()

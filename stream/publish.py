@@ -115,6 +115,8 @@ class Publisher:
             os.fsync(self._file.fileno())
 
     def close(self) -> None:
+        """Release the producer (after :meth:`flush`) and the file."""
+        self.producer = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -1,0 +1,91 @@
+"""The in-process API (what ``streamdrift demo`` builds on) and a rebalance: revoke writes a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from detectors.evaluate import alert_id
+from stream.consumer import DriftConsumer, WindowOutput
+from stream.settings import ServeConfig
+from tests.conftest import create_topics
+from tests.integration.test_serve import (
+    assert_same_records,
+    build_reference,
+    expected_records,
+    make_events,
+    produce,
+    topics_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_in_process_consumer_outputs_and_checkpoint_on_revoke(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref = build_reference(tmp_path / "ref.json")
+    topics = topics_for(f"inproc-{uuid.uuid4().hex[:8]}")
+    create_topics(kafka_bootstrap, *topics.values())
+    events = make_events(3000, drift_at=1500, seed=33)
+    produce(kafka_bootstrap, topics["events"], [json.dumps(e).encode() for e in events])
+    path, data = write_config(tmp_path, kafka_bootstrap, topics, state={"checkpoint_interval": "1h"})
+    want = [
+        r
+        for r in expected_records(events, data, ref, events[-1]["timestamp"])
+        if r["statistic"] in ("psi", "ks", "chi2")
+    ]
+    config = ServeConfig.from_mapping(yaml.safe_load(path.read_text()), base_dir=tmp_path, env={})
+    outputs: list[WindowOutput] = []
+    registry = CollectorRegistry()
+    consumer = DriftConsumer(config, registry=registry, on_output=outputs.append, serve_metrics=False)
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("stats", consumer.run(stop)))
+    caplog.set_level(logging.INFO, logger="streamdrift")
+    thread.start()
+    other = None
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(o.records) for o in outputs) < len(want) and time.monotonic() < deadline:
+            assert thread.is_alive(), "the consumer stopped"
+            time.sleep(0.05)
+        got = [r for o in outputs for r in o.records]
+        assert_same_records(got, want)
+        alerts = [a for o in outputs for a in o.alerts if a["statistic"] != "adwin"]
+        assert {a["alert_id"] for a in alerts} == {alert_id(r) for r in want if r["drift"]}
+        assert {a["feature"] for a in alerts} == {"x"}
+        ok = {"monitor": "it", "outcome": "ok"}
+        assert registry.get_sample_value("streamdrift_checkpoints_total", ok) == 0  # interval is 1h
+
+        # a second member joins the group: the rebalance revokes the partition -> checkpoint + commit
+        other = Consumer(
+            {"bootstrap.servers": kafka_bootstrap, "group.id": data["kafka"]["group_id"], "session.timeout.ms": 6000}
+        )
+        other.subscribe([topics["events"]])
+        deadline = time.monotonic() + 60
+        while (registry.get_sample_value("streamdrift_checkpoints_total", ok) or 0) < 1:
+            assert time.monotonic() < deadline, "no checkpoint on revoke"
+            other.poll(0.2)
+        assert "checkpoint (revoke)" in caplog.text or "revoked" in caplog.text
+        committed = other.committed([TopicPartition(topics["events"], 0)], timeout=10)
+        assert committed[0].offset == len(events)
+    finally:
+        if other is not None:
+            other.close()
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert result["stats"].valid == len(events)
+    assert result["stats"].checkpoints >= 2  # on revoke, and the final one
