@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -29,6 +30,30 @@ from detectors.exceptions import InputError
 from detectors.reference import MISSING, NumericProfile, ReferenceProfile
 
 REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+
+#: deeper nesting of arrays/objects is rejected (``too_large``) before any parser sees it
+MAX_EVENT_DEPTH = 64
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def nesting_depth(value: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` outside strings (exact for valid JSON)."""
+    depth = best = 0
+    for tok in _TOKENS.findall(value):
+        if tok == b"[" or tok == b"{":
+            depth += 1
+            if depth > best:
+                best = depth
+        elif tok == b"]" or tok == b"}":
+            depth -= 1
+    return best
+
+
+def too_deep(value: bytes, limit: int = MAX_EVENT_DEPTH) -> bool:
+    """Cheap test first: fewer openers than the limit cannot nest deeper than it."""
+    if value.count(b"[") + value.count(b"{") <= limit:
+        return False
+    return nesting_depth(value) > limit
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,8 @@ class EventDecoder:
                     raise _Reject("not_json", "empty message (no value)")
                 if len(value) > limit:
                     raise _Reject("too_large", f"message of {len(value)} bytes exceeds max_event_bytes={limit}")
+                if too_deep(value):
+                    raise _Reject("too_large", f"message nests arrays/objects deeper than {MAX_EVENT_DEPTH} levels")
                 row = None
                 if dec is not None:
                     try:

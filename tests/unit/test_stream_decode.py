@@ -198,3 +198,18 @@ def test_missing_is_not_zero() -> None:
     cols, rejected = EventDecoder(_config(), REF, FEATURES).decode(msgs)
     assert not rejected
     assert math.isnan(cols.features["x"][0]) and cols.features["y"][0] == 0.0 and cols.features["c"] == [None]
+
+
+def test_deep_nesting_is_rejected_before_parsing() -> None:
+    from stream.decode import MAX_EVENT_DEPTH
+
+    def nested(depth: int) -> bytes:
+        inner = "[" * depth + "]" * depth
+        return f'{{"timestamp": 1700000000000, "features": {{"x": 1.0}}, "deep": {inner}}}'.encode()
+
+    ok, deep, huge = nested(MAX_EVENT_DEPTH - 1), nested(MAX_EVENT_DEPTH), b"[" * 50_000 + b"]" * 50_000
+    in_string = json.dumps(ev(note="[" * 500)).encode()  # brackets inside a string do not nest
+    cols, rejected = EventDecoder(_config(), REF, FEATURES).decode([ok, deep, huge, in_string])
+    assert cols.rows == [0, 3]
+    assert [(r.index, r.code) for r in rejected] == [(1, "too_large"), (2, "too_large")]
+    assert "deeper than" in rejected[0].reason
