@@ -212,7 +212,7 @@ event = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @given(
     rows=st.lists(event, min_size=1, max_size=120),
     perm_seed=st.integers(0, 2**32 - 1),

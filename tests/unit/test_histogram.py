@@ -80,7 +80,7 @@ def _expected_counts(rows: list[tuple[float, float, str | None]]) -> np.ndarray:
     return out
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
 @given(st.lists(row, max_size=40))
 def test_histogram_matches_independent_binning(rows: list[tuple[float, float, str | None]]) -> None:
     h = LAYOUT.histogram(_cols(rows))
@@ -88,7 +88,7 @@ def test_histogram_matches_independent_binning(rows: list[tuple[float, float, st
     assert np.array_equal(h.counts, _expected_counts(rows))
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
 @given(st.lists(row, max_size=30), st.lists(row, max_size=30))
 def test_merge_is_add(a: list[tuple[float, float, str | None]], b: list[tuple[float, float, str | None]]) -> None:
     merged = LAYOUT.histogram(_cols(a)) + LAYOUT.histogram(_cols(b))
@@ -103,7 +103,7 @@ def test_merge_is_add(a: list[tuple[float, float, str | None]], b: list[tuple[fl
     assert np.array_equal(s.counts, union.counts)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.tuples(row, st.integers(0, 4)), max_size=50))
 def test_grouped_histograms_rows_are_group_histograms_and_sum_to_union(
     items: list[tuple[tuple[float, float, str | None], int]],
@@ -125,7 +125,7 @@ def test_value_on_an_edge_goes_to_the_bin_above() -> None:
     assert p.bin_index(np.array([e, np.nextafter(e, -np.inf)])).tolist() == [4, 3]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(st.lists(row, max_size=30))
 def test_snapshot_round_trip_through_json(rows: list[tuple[float, float, str | None]]) -> None:
     h = LAYOUT.histogram(_cols(rows))

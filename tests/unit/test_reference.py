@@ -196,7 +196,7 @@ cat_values = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(
     x=numeric_values,
     fine=st.integers(2, 30),

@@ -104,7 +104,7 @@ def test_page_hinkley_matches_a_textbook_implementation(seed: int) -> None:
     assert got == expected
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(
     kind=st.sampled_from(sorted(DETECTORS)),
     seed=st.integers(0, 10_000),
