@@ -90,6 +90,10 @@ class CheckpointStore:
             finally:
                 os.close(fd)
         except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)  # never leave half a file behind (a full disk, say)
+            except OSError as cleanup:
+                log.error("cannot remove %s: %s", tmp, cleanup.strerror)
             raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from exc
         for _seq, old in self._files()[KEEP:]:
             old.unlink(missing_ok=True)

@@ -62,7 +62,11 @@ def test_kill_9_at_many_points_gives_identical_statistics(kafka_bootstrap: str, 
         tmp_path,
         kafka_bootstrap,
         topics,
-        kafka={"batch_size": 25, "poll_timeout": "100ms"},
+        kafka={
+            "batch_size": 25,
+            "poll_timeout": "100ms",
+            "extra": {"session.timeout.ms": 1500, "heartbeat.interval.ms": 250},
+        },
         state={"checkpoint_interval": "1ms"},
     )
     want = expected_records(events, data, ref, events[-1]["timestamp"])
