@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -151,7 +152,13 @@ def monitor_mapping(name: str, reference: Path, bootstrap: str, topic: str, port
         "window": {"kind": "tumbling", "size": "2m", "idle_timeout": "60s"},
         "statistics": {"min_events": 200},
         "concept": {"detector": "adwin", "stream": "model_error"},
-        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "group_id": f"e2e-{name}"},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topic": topic,
+            "group_id": f"group-{topic}",
+            # a short session: the group join of the embedded broker waits on it
+            "extra": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+        },
         "outputs": {
             "statistics_topic": f"{topic}.statistics",
             "alerts_topic": f"{topic}.alerts",
@@ -187,7 +194,7 @@ def test_drift_alert_reaches_the_webhook_and_steady_stream_stays_quiet(
 ):
     prom_bin = services.require_binary("prometheus")
     am_bin = services.require_binary("prometheus-alertmanager")
-    run_id = tmp_path.name[-12:].replace("_", "-")
+    run_id = uuid.uuid4().hex[:10]  # fresh topics and groups, also on a long-lived external broker
 
     # -- reference and streams ----------------------------------------------------------
     ref = ReferenceProfile.build(
