@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,7 +27,12 @@ log = logging.getLogger("streamdrift.publish")
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    """Strict JSON; a non-finite number (undefined) is written as null, never as NaN or 0."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        return json.dumps(clean, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Publisher:
