@@ -317,10 +317,13 @@ def test_grafana_dashboard_structure():
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${datasource}"
             assert 'monitor=~"$monitor"' in t["expr"] or "build_info" in t["expr"], (p["title"], t["expr"])
-    # the drift panels draw the warning and critical thresholds
-    for title in ("PSI per feature", "Kolmogorov-Smirnov per feature", "Chi-square per categorical feature"):
+    # the drift panels draw the thresholds: in statistic units for PSI and KS; chi-square's are
+    # a p-value and Cramér's V, so its panel draws the verdict they give
+    for title in ("PSI per feature", "Kolmogorov-Smirnov per feature"):
         p = next(p for p in panels if p["title"] == title)
         assert any("streamdrift_threshold" in t["expr"] for t in p["targets"]), title
+    chi2 = next(p for p in panels if p["title"] == "Chi-square per categorical feature")
+    assert any("streamdrift_drift_severity" in t["expr"] and 'statistic="chi2"' in t["expr"] for t in chi2["targets"])
     # concept-drift detections are annotations
     ann = [a for a in dash["annotations"]["list"] if "expr" in a]
     assert any("streamdrift_concept_drift_detections_total" in a["expr"] for a in ann)
