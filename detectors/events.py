@@ -69,6 +69,8 @@ def parse_time_ms(value: Any, unit: str = "auto") -> int:
         delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     if isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, (int, np.integer)) and abs(int(value)) > 2**62:
+            raise InputError("event time is an integer out of range (beyond +-2**62 ms)")
         v = float(value)
         if not math.isfinite(v):
             raise InputError(f"event time {value!r} is not finite")
@@ -103,7 +105,10 @@ def _num(v: Any) -> float | None:
     if isinstance(v, bool):
         raise TypeError("boolean")
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise TypeError("an integer too large for a float") from None
     raise TypeError(type(v).__name__)
 
 
@@ -115,6 +120,8 @@ def _cat(v: Any) -> str | None:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
+        if abs(v) >= 10**18:
+            raise TypeError("an integer too long for a category")
         return str(v)
     if isinstance(v, float) and math.isnan(v):
         return None

@@ -72,7 +72,10 @@ def to_float_array(values: Any) -> FloatArray:
         elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise InputError(f"value {v!r} at row {i} is not a number")
         else:
-            out[i] = float(v)
+            try:
+                out[i] = float(v)
+            except OverflowError:
+                raise InputError(f"value at row {i} is an integer too large for a float") from None
     return out
 
 

@@ -176,3 +176,21 @@ def test_concept_values_never_pass_infinities_to_a_detector() -> None:
             assert np.isnan(got).all()
         else:
             assert math.isnan(got[0]) and got[1] == 0.5
+
+
+def test_huge_integers_are_rejected_not_crashing() -> None:
+    huge = 10**6000  # beyond float range and beyond Python's int-to-str limit
+    rows = [
+        {"timestamp": huge, "features": {"x": 1.0, "c": "a"}},
+        {"timestamp": 1, "features": {"x": huge, "c": "a"}},
+        {"timestamp": 1, "features": {"x": 1.0, "c": huge}},
+        {"timestamp": 1, "features": {"x": 1.0, "c": 12}},
+    ]
+    cols, errors = decode_events(rows, _cfg(), REF, ["x", "c"])
+    assert cols.rows == [3] and cols.features["c"] == ["12"]
+    reasons = dict(errors)
+    assert "out of range" in reasons[0]
+    assert "feature 'x'" in reasons[1] and "too large" in reasons[1]
+    assert "feature 'c'" in reasons[2] and "too long" in reasons[2]
+    with pytest.raises(InputError, match="too large"):
+        ReferenceProfile.build({"x": [1.0, huge]})
