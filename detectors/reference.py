@@ -54,6 +54,8 @@ UNSEEN = "__unseen__"
 MISSING = "__missing__"
 #: most reference categories kept to tell ``__other__`` from ``__unseen__``
 MAX_OTHER_VALUES = 10_000
+#: integers at or beyond this magnitude are not category labels (events reject them too)
+MAX_CATEGORY_INT = 10**18
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -188,6 +190,8 @@ class CategoricalProfile:
         if isinstance(v, (bool, np.bool_)):
             v = "true" if v else "false"
         elif isinstance(v, (int, np.integer)):
+            if abs(int(v)) >= MAX_CATEGORY_INT:
+                return self.n_bins + 1
             v = str(v)
         elif not isinstance(v, str):
             return self.n_bins + 1
@@ -335,8 +339,10 @@ def categorical_profile(name: str, values: Iterable[Any], *, top_n: int = 50) ->
             n_missing += 1
         elif isinstance(v, (bool, np.bool_)):
             counter["true" if v else "false"] += 1
-        elif isinstance(v, (str, int, np.integer)):
+        elif isinstance(v, str) or (isinstance(v, (int, np.integer)) and abs(int(v)) < MAX_CATEGORY_INT):
             counter[str(v)] += 1
+        elif isinstance(v, (int, np.integer)):
+            raise InputError(f"categorical feature {name!r}: an integer too long for a category")
         else:
             raise InputError(f"categorical feature {name!r}: value {v!r} is not a string or integer")
     return categorical_profile_from_counts(name, counter, n_missing, top_n=top_n)

@@ -297,3 +297,10 @@ def test_boolean_dataframe_column_as_categorical() -> None:
     p = _cat(ref, "flag")
     assert p.categories == ("true", "false") and p.counts == (3, 1, 0, 0)
     assert p.bin_index([np.bool_(False), True]).tolist() == [1, 0]
+
+
+def test_huge_integer_categories() -> None:
+    with pytest.raises(InputError, match="too long"):
+        categorical_profile("c", ["a", 10**30])
+    p = categorical_profile("c", ["a", 12])
+    assert p.bin_index([10**30, 12, "12"]).tolist() == [p.n_bins + 1, 1, 1]
