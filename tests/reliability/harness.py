@@ -309,9 +309,14 @@ def expected_records(events: list[dict[str, Any]], config_path: Path, closed_unt
 
 
 def checkpoints(state_dir: Path) -> list[dict[str, Any]]:
-    """The checkpoint documents in a state dir, newest first."""
-    files = sorted(state_dir.glob("checkpoint-*.json"), reverse=True)
-    return [json.loads(f.read_bytes()) for f in files]
+    """The readable checkpoint documents in a state dir, newest first."""
+    out = []
+    for f in sorted(state_dir.glob("checkpoint-*.json"), reverse=True):
+        try:
+            out.append(json.loads(f.read_bytes()))
+        except (OSError, ValueError):
+            continue  # corrupt (the consumer skips it too) or deleted meanwhile
+    return out
 
 
 def scrape(port: int, scheme: str = "http", context: Any = None) -> str:
