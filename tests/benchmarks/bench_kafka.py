@@ -48,11 +48,15 @@ def _consumer(bootstrap: str, topic: str) -> Any:
     return c
 
 
-def _loop(c: Any, n: int, handle: Any) -> tuple[float, float, int]:
-    """Consume until n messages; returns (steady seconds, wall seconds, messages in the steady part)."""
+def _loop(c: Any, n: int, handle: Any) -> tuple[float, float, int, float]:
+    """Consume until n messages; returns (steady s, wall s, messages in the steady part, steady CPU s).
+
+    CPU seconds are this process's (every thread: librdkafka's too), like serve's from /proc.
+    """
     t_wall = time.perf_counter()
     seen = 0
     t_first = 0.0
+    cpu_first = 0.0
     n_first = 0
     consume = c.consume
     while seen < n:
@@ -68,11 +72,13 @@ def _loop(c: Any, n: int, handle: Any) -> tuple[float, float, int]:
         seen += len(msgs)
         if not t_first:
             t_first = time.perf_counter()
+            cpu_first = time.process_time()
             n_first = seen
     t_end = time.perf_counter()
+    cpu = time.process_time() - cpu_first
     if seen != n:
         raise RuntimeError(f"consumed {seen} messages, expected {n}")
-    return t_end - t_first, t_end - t_wall, n - n_first
+    return t_end - t_first, t_end - t_wall, n - n_first, cpu
 
 
 def ceiling(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
@@ -85,10 +91,17 @@ def ceiling(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
 
     c = _consumer(bootstrap, topic)
     try:
-        steady, wall, n_steady = _loop(c, n, handle)
+        steady, wall, n_steady, cpu = _loop(c, n, handle)
     finally:
         c.close()
-    return {"messages": n, "rate": n_steady / steady, "wall_s": wall, "bytes": total, "vm_hwm_kb": vm_hwm_kb()}
+    return {
+        "messages": n,
+        "rate": n_steady / steady,
+        "cpu_rate": n_steady / cpu if cpu > 0 else float("nan"),
+        "wall_s": wall,
+        "bytes": total,
+        "vm_hwm_kb": vm_hwm_kb(),
+    }
 
 
 def make_decoder(mixed: bool) -> tuple[Any, Any]:
@@ -133,12 +146,13 @@ def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
     gc.freeze()
     c = _consumer(bootstrap, topic)
     try:
-        steady, wall, n_steady = _loop(c, n, handle)
+        steady, wall, n_steady, cpu = _loop(c, n, handle)
     finally:
         c.close()
     return {
         "messages": n,
         "rate": n_steady / steady,
+        "cpu_rate": n_steady / cpu if cpu > 0 else float("nan"),
         "wall_s": wall,
         "rows": rows,
         "value_sum": float(sums.sum()),

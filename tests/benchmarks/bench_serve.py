@@ -8,13 +8,16 @@ PSI + KS on every feature (chi-square on categoricals), the statistics and alert
 Completion: the benchmark scrapes /metrics every 0.1 s and stops the clock when
 ``streamdrift_events_total`` (all outcomes) reaches N. The steady rate is timed from the
 first scrape that shows any event, like the floor's (group join and start-up excluded);
-the wall time from process start is reported too. Peak memory is ``VmHWM`` of the serve
+the wall time from process start is reported too. ``cpu_rate`` divides the same messages by
+the CPU seconds serve used meanwhile (all its threads, /proc/<pid>/stat): on a machine
+shared with other work it is the steadier figure. Peak memory is ``VmHWM`` of the serve
 process, read from ``/proc/<pid>/status`` before SIGTERM; ``VmRSS`` is sampled along the way.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -107,6 +110,16 @@ def scrape(port: int) -> dict[str, float] | None:
     return out
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (every thread), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def proc_status(pid: int) -> dict[str, int]:
     out = {}
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -143,7 +156,7 @@ def run_serve(
 def _watch(
     proc: subprocess.Popen[bytes], port: int, n: int, t_start: float, timeout: float, log_path: Path
 ) -> dict[str, Any]:
-    first: tuple[float, float] | None = None
+    first: tuple[float, float, float] | None = None
     rss: list[tuple[float, int]] = []  # (fraction of the stream consumed, VmRSS kB)
     hwm = 0
     last: dict[str, float] = {}
@@ -164,9 +177,10 @@ def _watch(
             if seen > 0:
                 rss.append((seen / n, st["VmRSS"]))
                 if first is None:
-                    first = (now, seen)
+                    first = (now, seen, cpu_seconds(proc.pid))
             if seen >= n:
                 t_done = now
+                cpu_done = cpu_seconds(proc.pid)
                 break
         time.sleep(0.1)
     assert first is not None
@@ -183,10 +197,13 @@ def _watch(
     steady_s = t_done - first[0]
     steady_n = n - first[1]
     rate = steady_n / steady_s if steady_s > 0 and steady_n > 0 else float("nan")
+    cpu = cpu_done - first[2]
+    cpu_rate = steady_n / cpu if cpu > 0 and steady_n > 0 else float("nan")
     rss_20 = next((kb for frac, kb in rss if frac >= 0.2), None)
     return {
         "messages": n,
         "rate": rate,
+        "cpu_rate": cpu_rate,
         "wall_s": t_done - t_start,
         "startup_s": first[0] - t_start,
         "vm_hwm_kb": hwm,
