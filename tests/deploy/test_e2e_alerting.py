@@ -390,6 +390,12 @@ def test_drift_alert_reaches_the_webhook_and_steady_stream_stays_quiet(
     assert final.get("StreamdriftFeatureDriftWarning") == want_warning
     assert not [a for _, _, a in webhook.alerts() if a["labels"].get("monitor") == "steady"]
     assert not [a for _, _, a in webhook.alerts() if a["labels"]["alertname"] == "Watchdog"], "heartbeat receiver"
+    for _, _, a in webhook.alerts():
+        ann = a["annotations"]
+        assert ann["summary"] and ann["description"], a["labels"]
+        assert ann["runbook_url"].endswith("runbook.md#" + a["labels"]["alertname"].lower())
+        if a["labels"]["alertname"] in DRIFT_ALERTS:
+            assert a["labels"]["feature"] in ann["summary"] and "{{" not in ann["description"]
 
     # -- the Grafana dashboard's queries against the live Prometheus ---------------------
     monitors = "drifting|steady"
