@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from detectors.config import MonitorConfig
 from detectors.exceptions import InputError
-from detectors.reference import MAX_CATEGORY_INT, MISSING, NumericProfile, ReferenceProfile
+from detectors.reference import MISSING, NumericProfile, ReferenceProfile, int_label
 
 MS_THRESHOLD = 1e11  # |t| at or above this is epoch milliseconds in `auto` mode (1973 in ms)
 _NUMERIC = re.compile(r"^[+-]?\d+(\.\d*)?([eE][+-]?\d+)?$")
@@ -120,9 +120,10 @@ def _cat(v: Any) -> str | None:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
-        if abs(v) >= MAX_CATEGORY_INT:
+        label = int_label(v)
+        if label is None:
             raise TypeError("an integer too long for a category")
-        return str(v)
+        return label
     if isinstance(v, float) and math.isnan(v):
         return None
     raise TypeError(type(v).__name__)

@@ -54,8 +54,6 @@ UNSEEN = "__unseen__"
 MISSING = "__missing__"
 #: most reference categories kept to tell ``__other__`` from ``__unseen__``
 MAX_OTHER_VALUES = 10_000
-#: integers at or beyond this magnitude are not category labels (events reject them too)
-MAX_CATEGORY_INT = 10**18
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -79,6 +77,14 @@ def to_float_array(values: Any) -> FloatArray:
             except OverflowError:
                 raise InputError(f"value at row {i} is an integer too large for a float") from None
     return out
+
+
+def int_label(v: int | np.integer[Any]) -> str | None:
+    """An integer category as its decimal text; None if Python cannot render it (> 4300 digits)."""
+    try:
+        return str(v)
+    except ValueError:
+        return None
 
 
 def is_missing_category(v: Any) -> bool:
@@ -190,9 +196,10 @@ class CategoricalProfile:
         if isinstance(v, (bool, np.bool_)):
             v = "true" if v else "false"
         elif isinstance(v, (int, np.integer)):
-            if abs(int(v)) >= MAX_CATEGORY_INT:
+            label = int_label(v)
+            if label is None:
                 return self.n_bins + 1
-            v = str(v)
+            v = label
         elif not isinstance(v, str):
             return self.n_bins + 1
         i = self._index.get(v)
@@ -339,10 +346,13 @@ def categorical_profile(name: str, values: Iterable[Any], *, top_n: int = 50) ->
             n_missing += 1
         elif isinstance(v, (bool, np.bool_)):
             counter["true" if v else "false"] += 1
-        elif isinstance(v, str) or (isinstance(v, (int, np.integer)) and abs(int(v)) < MAX_CATEGORY_INT):
-            counter[str(v)] += 1
+        elif isinstance(v, str):
+            counter[v] += 1
         elif isinstance(v, (int, np.integer)):
-            raise InputError(f"categorical feature {name!r}: an integer too long for a category")
+            label = int_label(v)
+            if label is None:
+                raise InputError(f"categorical feature {name!r}: an integer too long for a category")
+            counter[label] += 1
         else:
             raise InputError(f"categorical feature {name!r}: value {v!r} is not a string or integer")
     return categorical_profile_from_counts(name, counter, n_missing, top_n=top_n)
