@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -325,10 +326,8 @@ def scrape(port: int, scheme: str = "http", context: Any = None) -> str:
 
 
 def metrics_port(log: Path) -> int | None:
-    for line in log.read_text().splitlines():
-        if "metrics on http" in line:
-            return int(line.rsplit(":", 1)[1].split("/")[0])
-    return None
+    found = re.findall(r"metrics on https?://[^:]+:(\d+)/metrics", log.read_text())
+    return int(found[-1]) if found else None
 
 
 def rss_kib(pid: int, field: str = "VmHWM") -> int:
