@@ -13,10 +13,14 @@ How it differs from the in-memory build
       rank is within ``relative_error * N`` of the exact rank, and never interpolates. So
       for every edge ``e_i`` the share of reference values below it differs from the
       target ``i / fine_bins`` by at most ``relative_error`` (+ ties and 1/N); the in-memory
-      edges are within 1/N. Measured (tests/spark/test_reference_build.py, 200,000 values
-      of a normal and an exponential, 100 fine bins): with the default ``1e-4`` the largest
-      difference in CDF at an edge was <= 1e-4, i.e. edges within ~20 ranks of numpy's.
-      ``relative_error=0`` is exact (and costly).
+      edges are within 1/N. Measured on 1,000,000 values (normal, exponential, uniform;
+      100 fine bins; local[2]): ``relative_error=1e-4`` (the default) -> largest CDF error
+      at an edge 1.01e-4, i.e. edges within ~101 ranks of numpy's, 11 s; ``1e-3`` -> 9.9e-4
+      (~990 ranks), 11 s; ``0`` (exact) -> 1e-6 (1 rank), 36 s; numpy in memory 0.6 s.
+      With a large relative error neighbouring quantiles can coincide and are merged, so a
+      profile may have fewer than ``fine_bins`` bins. On discrete data numpy's linear
+      interpolation can add a near-duplicate edge (``3.0000000000000004``) holding no
+      reference values; Spark's edges are the sample values themselves.
     * bin counts, coarse bins, missing and invalid counts are then exact (one Spark pass
       counts every value against the chosen edges), so the profile is consistent with its
       own edges; only *where* the edges are differs, which moves at most ``relative_error``

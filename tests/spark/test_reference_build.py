@@ -15,7 +15,7 @@ from jobs.reference_build import build_reference, read_table
 
 pytestmark = pytest.mark.spark
 
-N = 200_000
+N = 100_000
 
 
 @pytest.fixture(scope="module")
