@@ -18,12 +18,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from detectors.evaluate import alert_id
 from stream.exceptions import StreamError
 
 log = logging.getLogger("streamdrift.publish")
+
+#: dead letters larger than this keep only their first bytes (header ``streamdrift.truncated_from``)
+DEAD_LETTER_MAX_BYTES = 512 << 10
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
@@ -105,7 +108,20 @@ class Publisher:
             ("streamdrift.partition", str(partition).encode()),
             ("streamdrift.offset", str(offset).encode()),
         ]
-        self._produce(self.dead_letter_topic, key, value or b"", headers)
+        body = value or b""
+        for cut in (DEAD_LETTER_MAX_BYTES, 64 << 10):
+            if len(body) > cut:
+                # a message too big for the producer is kept in part; the header says how big it was
+                body = body[:cut]
+                headers = [*headers, ("streamdrift.truncated_from", str(len(value or b"")).encode())]
+            try:
+                self._produce(self.dead_letter_topic, key, body, headers)
+                return
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                headers = [h for h in headers if h[0] != "streamdrift.truncated_from"]
+        raise StreamError(f"cannot dead-letter message {topic}/{partition}@{offset}: too large even when cut")
 
     def flush(self, timeout: float = 30.0) -> None:
         """Deliver everything produced so far (and sync the file); raise if anything failed."""

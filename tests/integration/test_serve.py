@@ -35,6 +35,7 @@ from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.broker import free_port
+from stream.publish import DEAD_LETTER_MAX_BYTES
 from tests.conftest import create_topics
 
 pytestmark = pytest.mark.integration
@@ -356,6 +357,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str, tm
         170: (json.dumps({"timestamp": T0, "features": {"x": "1.5"}}).encode(), "bad_type"),
         210: (json.dumps({"timestamp": T0, "features": {"x": 1.0, "pad": "p" * 5000}}).encode(), "too_large"),
         250: (json.dumps({"timestamp": T0, "features": "x=1"}).encode(), "missing_field"),
+        290: (json.dumps({"timestamp": T0, "features": {"x": 1.0}, "pad": "p" * (2 << 20)}).encode(), "too_large"),
     }
     values: list[bytes] = []
     positions: dict[int, str] = {}
@@ -396,7 +398,11 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str, tm
             assert headers["streamdrift.reason_code"] == positions[offset]
             assert headers["streamdrift.reason"]
             assert headers["streamdrift.topic"] == topics["events"] and headers["streamdrift.partition"] == "0"
-            assert m.value() == values[offset]  # the original bytes
+            if len(values[offset]) <= DEAD_LETTER_MAX_BYTES:
+                assert m.value() == values[offset]  # the original bytes
+            else:  # too big for a Kafka message: its beginning, and how long it was
+                assert m.value() == values[offset][:DEAD_LETTER_MAX_BYTES]
+                assert headers["streamdrift.truncated_from"] == str(len(values[offset]))
         text = log.read_text()
         assert "Traceback" not in text
         assert Counter(positions.values())["missing_field"] == 2
