@@ -278,7 +278,8 @@ class DriftConsumer:
         server = None
         try:
             if self.serve_metrics:
-                server, self.metrics_port = serve_http(self.registry, cfg.metrics.address, cfg.metrics.port)
+                m = cfg.metrics
+                server, self.metrics_port = serve_http(self.registry, m.address, m.port, m.certfile, m.keyfile)
                 self.stats.metrics_port = self.metrics_port
             self._publisher = Publisher(
                 cfg.kafka.producer_conf(),

@@ -173,9 +173,14 @@ class Metrics:
             self.drift_severity.labels(*labels).set(_NAN if level < 0 else float(level))
 
 
-def serve_http(registry: CollectorRegistry, address: str, port: int) -> tuple[Any, int]:
-    """Serve ``/metrics`` on ``address:port`` (0 = a free port); return the server and its port."""
-    server, _thread = start_http_server(port, addr=address, registry=registry)
+def serve_http(
+    registry: CollectorRegistry, address: str, port: int, certfile: str | None = None, keyfile: str | None = None
+) -> tuple[Any, int]:
+    """Serve ``/metrics`` on ``address:port`` (0 = a free port), over HTTPS when a certificate is given.
+
+    Return the server and its port.
+    """
+    server, _thread = start_http_server(port, addr=address, registry=registry, certfile=certfile, keyfile=keyfile)
     actual = int(server.server_port)
-    log.info("metrics on http://%s:%d/metrics", address, actual)
+    log.info("metrics on %s://%s:%d/metrics", "https" if certfile else "http", address, actual)
     return server, actual

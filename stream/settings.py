@@ -8,7 +8,8 @@ sections only ``streamdrift serve`` reads::
               ssl_certificate_location, ssl_key_location, extra (allow-listed librdkafka keys),
               batch_size, poll_timeout, max_event_bytes
     outputs:  statistics_topic, alerts_topic, dead_letter_topic, statistics_file
-    metrics:  address (default 127.0.0.1), port (default 9308; 0 = a free port)
+    metrics:  address (default 127.0.0.1), port (default 9308; 0 = a free port), certfile and
+              keyfile (PEM: HTTPS instead of HTTP)
     state:    dir, checkpoint_interval
 
 Every setting can be overridden from the environment as ``STREAMDRIFT_<SECTION>__<KEY>``
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from detectors.config import MonitorConfig, format_validation_error, parse_duration_ms
 from stream.exceptions import ConfigError
@@ -183,6 +184,14 @@ class MetricsConfig(_Section):
     address: str = "127.0.0.1"
     port: int = Field(9308, ge=0, le=65535, description="0 = pick a free port (logged)")
     enabled: bool = True
+    certfile: str | None = Field(None, description="PEM certificate: serve /metrics over HTTPS (with keyfile)")
+    keyfile: str | None = Field(None, description="PEM private key of certfile")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> MetricsConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: set both for HTTPS, or neither for HTTP")
+        return self
 
 
 class StateConfig(_Section):
