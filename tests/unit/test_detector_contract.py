@@ -68,11 +68,14 @@ def test_determinism(cls: type[ConceptDetector]) -> None:
 
 
 @pytest.mark.parametrize("cls", CONCRETE, ids=lambda c: c.kind)
-@pytest.mark.parametrize("split", [0, 1, 37, 600, 1199])
+@pytest.mark.parametrize("split", [0, 1, 37, 600, 1199, -1])
 def test_snapshot_is_strict_json_and_round_trips(cls: type[ConceptDetector], split: int) -> None:
+    """``split = -1``: snapshot right after the first detection (the pending-reset state)."""
     xs = _stream(2, 1200)
     full = cls(**_small(cls))
     hits = [i for i, x in enumerate(xs) if full.update(x)]
+    if split == -1:
+        split = hits[0] + 1
     det = cls(**_small(cls))
     for x in xs[:split]:
         det.update(x)
