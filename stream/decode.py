@@ -182,7 +182,7 @@ class EventDecoder:
                 if dec is not None:
                     try:
                         obj = dec.decode(value)
-                    except (msgspec.ValidationError, msgspec.DecodeError):
+                    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
                         obj = None
                     if obj is not None:
                         top = tget(obj)
@@ -255,6 +255,8 @@ class EventDecoder:
             obj = json.loads(value)
         except (UnicodeDecodeError, ValueError) as exc:
             raise _Reject("not_json", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise _Reject("too_large", "message nests arrays/objects too deeply to parse") from None
         cols, errors = decode_events([obj], self.config, self.reference, self.features, [kts])
         if errors:
             reason = errors[0][1]
