@@ -79,7 +79,7 @@ def test_spark_submit_backfill_from_the_command_line(inputs: tuple[Path, Path], 
         "--output",
         str(out),
     ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"-> {out}" in proc.stdout
     assert "29 of 3000 events rejected" in proc.stdout
@@ -91,7 +91,7 @@ def test_streamdrift_backfill_engine_spark(inputs: tuple[Path, Path], tmp_path: 
     out = tmp_path / "stats.jsonl"
     cmd = [sys.executable, "-m", "stream.cli", "backfill", "--engine", "spark", "--config", str(config)]
     cmd += ["--input", str(events), "--output", str(out)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same(read_records(out), _local(config, events))
 
