@@ -304,6 +304,8 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
         assert m[("streamdrift_last_window_end_timestamp_seconds", lab)] == closed_until // WINDOW_MS * WINDOW_MS / 1000
         assert m[("streamdrift_window_size_seconds", lab)] == WINDOW_MS / 1000
         assert m[("streamdrift_assigned_partitions", lab)] == 2
+        for p in ("0", "1"):
+            assert m[("streamdrift_consumer_lag_messages", (*lab, ("partition", p), ("topic", topics["events"])))] == 0
         last = max(want_windows, key=lambda r: r["window_end"])["window_end"]
         for r in want_windows:
             if r["window_end"] != last:

@@ -89,3 +89,34 @@ def test_in_process_consumer_outputs_and_checkpoint_on_revoke(
     assert not thread.is_alive()
     assert result["stats"].valid == len(events)
     assert result["stats"].checkpoints >= 2  # on revoke, and the final one
+
+
+def test_a_silent_partition_stops_holding_windows_back(kafka_bootstrap: str, tmp_path: Path) -> None:
+    ref = build_reference(tmp_path / "ref.json")
+    topics = topics_for(f"idle-{uuid.uuid4().hex[:8]}")
+    create_topics(kafka_bootstrap, topics["events"], partitions=2)
+    create_topics(kafka_bootstrap, topics["stats"], topics["alerts"], topics["dlq"])
+    events = make_events(2000, drift_at=1000, seed=44)
+    produce(kafka_bootstrap, topics["events"], [json.dumps(e).encode() for e in events], partitions=1)  # p0 only
+    path, data = write_config(tmp_path, kafka_bootstrap, topics, window={"idle_timeout": "1500ms"})
+    want = [
+        r
+        for r in expected_records(events, data, ref, events[-1]["timestamp"])
+        if r["statistic"] in ("psi", "ks", "chi2")
+    ]
+    config = ServeConfig.from_mapping(yaml.safe_load(path.read_text()), base_dir=tmp_path, env={})
+    outputs: list[WindowOutput] = []
+    consumer = DriftConsumer(config, registry=CollectorRegistry(), on_output=outputs.append, serve_metrics=False)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(o.records) for o in outputs) < len(want) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert consumer.assigned == {0, 1}
+        assert_same_records([r for o in outputs for r in o.records], want)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
