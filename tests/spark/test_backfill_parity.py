@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
@@ -47,6 +48,11 @@ def assert_same_records(got: list[dict[str, Any]], want: list[dict[str, Any]]) -
 def _events_file(tmp_path: Path, kind: str, rows: list[Any]) -> Path:
     if kind == "jsonl":
         return write_jsonl(tmp_path / "events.jsonl", rows)
+    if kind == "csv":  # flat rows (features at the top level); None -> an empty cell
+        path = tmp_path / "events.csv"
+        flat = [{k: v for k, v in r.items() if k != "features"} | r["features"] for r in rows]
+        pa_csv.write_csv(pa.Table.from_pylist(flat), path)
+        return path
     path = tmp_path / "events.parquet"
     pq.write_table(pa.Table.from_pylist([r for r in rows if isinstance(r, dict)]), path)
     return path
@@ -69,6 +75,17 @@ def test_tumbling_parity_with_rejections_and_concept(spark: Any, tmp_path: Path,
     assert len({r["window_start"] for r in want}) >= 20
     reader = spark.read.text if kind == "jsonl" else spark.read.parquet
     assert reader(str(events)).rdd.getNumPartitions() > 1  # the input really was split
+
+
+def test_csv_parity_with_top_level_features(spark: Any, tmp_path: Path) -> None:
+    rows = make_events(4000, seed=13, drift_from=2000)
+    events = _events_file(tmp_path, "csv", rows)
+    config = write_monitor(tmp_path, events={"features_field": None}, concept={"detector": "page_hinkley"})
+    want = local_records(config, events)
+    got, summary = run_backfill(spark, Monitor.load(config), str(events))
+    assert_same_records(got, want)
+    assert summary["rejected"] == 0 and any(r["drift"] for r in want)
+    assert any(r["n_missing"] > 0 for r in want if r["feature"] == "y")  # empty cells are missing, not 0
 
 
 def test_segmented_parity_with_overflow(spark: Any, tmp_path: Path) -> None:
