@@ -104,7 +104,11 @@ class EventDecoder:
 
     # -- building the typed struct ------------------------------------------------------
     def _build(self) -> msgspec.json.Decoder[Any] | None:
+        """The typed decoder, or None when every message must take the reference path."""
         ev = self.config.events
+        self._feat_attr: str | None = None
+        self._fget: Callable[[Any], tuple[Any, ...]] = _tuple_getter([])
+        self._tget: Callable[[Any], tuple[Any, ...]] = _tuple_getter([])
         cat_t: Any = bool | int | str | None
         num_t: Any = float | None
         top: dict[str, Any] = {}  # JSON key -> type

@@ -142,6 +142,16 @@ def test_features_at_top_level() -> None:
     assert_same(msgs, _config(features_field=None, segment_fields=[]))
 
 
+def test_a_key_read_two_ways_takes_the_reference_path() -> None:
+    # the segment field is also the numeric feature "x" at the top level: no typed fast path
+    msgs = [
+        json.dumps({"timestamp": 1_700_000_000_000, "x": 1.5, "y": 2.0, "c": "a"}).encode(),
+        json.dumps({"timestamp": 1_700_000_000_001, "x": "de", "y": 2.0, "c": "b"}).encode(),
+        json.dumps({"timestamp": 1_700_000_000_002, "y": 2.0}).encode(),
+    ]
+    assert_same(msgs, _config(features_field=None, segment_fields=["x"]))
+
+
 def test_rejections_are_coded() -> None:
     cfg = _config()
     _cols, rejected = EventDecoder(cfg, REF, FEATURES, max_event_bytes=10_000).decode(VARIED)
