@@ -106,7 +106,7 @@ def fresh_topic(bootstrap: str, prefix: str, partitions: int = 1) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
     for f in admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
         f.result(timeout=10)
     return name
@@ -117,7 +117,7 @@ def delete_topic(bootstrap: str, topic: str) -> str | None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
     try:
         for f in admin.delete_topics([topic]).values():
             f.result(timeout=10)
