@@ -11,10 +11,14 @@ so a crash leaves either the old or the new file, never half of one. The previou
 generation is kept; older ones are deleted. :meth:`CheckpointStore.load` returns the newest
 file whose checksum, format and reference fingerprint are right; a corrupt one is logged
 and skipped (never loaded). A checkpoint of another reference is refused with an error.
+
+A running consumer holds an exclusive lock on the directory (:meth:`CheckpointStore.lock`):
+one process per state dir.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +36,7 @@ log = logging.getLogger("streamdrift.checkpoint")
 FORMAT = "streamdrift-checkpoint"
 VERSION = 1
 KEEP = 2
+LOCK_NAME = ".lock"
 _NAME = re.compile(r"^checkpoint-(\d{12})\.json$")
 
 
@@ -53,6 +58,40 @@ class CheckpointStore:
         except OSError as exc:
             raise CheckpointError(f"state.dir {self.dir}: cannot create it: {exc.strerror}") from exc
         self.seq = max((s for s, _ in self._files()), default=0)
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the directory for this process: an exclusive ``flock`` on ``.lock`` (released by
+        :meth:`unlock` or when the process dies, kill -9 included).
+
+        Two consumers writing one state dir would overwrite each other's checkpoints; the
+        second one is refused with an error naming the holder's pid.
+        """
+        path = self.dir / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"state.dir {self.dir}: cannot create {LOCK_NAME}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(
+                f"state.dir {self.dir} is in use by another streamdrift serve (pid {holder}): run one consumer "
+                "per monitor, group and state dir (a standby may take over once it has stopped)"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # the pid is only informational; the lock is held
+            log.warning("state.dir %s: cannot record the pid in %s: %s", self.dir, LOCK_NAME, exc.strerror)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _files(self) -> list[tuple[int, Path]]:
         out = []

@@ -33,20 +33,19 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from detectors.config import MonitorConfig
 from detectors.engine import ConceptTracker
 from detectors.evaluate import evaluate_counts, make_alert, window_records
-from detectors.events import EventColumns
+from detectors.events import EventColumns, concept_values
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
 from stream.checkpoint import CheckpointStore
 from stream.decode import EventDecoder
-from stream.exceptions import CheckpointError, StreamError
+from stream.exceptions import CheckpointError
 from stream.metrics import Metrics, serve_http
 from stream.publish import Publisher
 from stream.settings import ServeConfig
@@ -85,27 +84,6 @@ class RunStats:
     checkpoints: int = 0
     metrics_port: int | None = None
     offsets: dict[str, int] = field(default_factory=dict)
-
-
-def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.float64]:
-    """The per-event value of the concept detector (NaN where it cannot be computed).
-
-    Same definition as :func:`detectors.events.concept_values`, computed here because that
-    function never reaches its ``misclassification`` branch (reported upstream).
-    """
-    c = config.concept
-    if c.stream == "model_error":
-        if c.error == "absolute":
-            return np.asarray(np.abs(cols.prediction - cols.label), dtype=np.float64)
-        pred = (cols.prediction >= c.threshold).astype(np.float64)
-        err: npt.NDArray[np.float64] = (pred != (cols.label >= 0.5)).astype(np.float64)
-        err[np.isnan(cols.prediction) | np.isnan(cols.label)] = np.nan
-        return err
-    name = c.stream.removeprefix("feature:")
-    col = cols.features.get(name)
-    if col is None or not isinstance(col, np.ndarray):
-        raise StreamError(f"concept.stream {c.stream!r}: not a monitored numeric feature")
-    return np.asarray(col, dtype=np.float64)
 
 
 def closed_records(layout: Layout, config: MonitorConfig, closed: Sequence[ClosedWindow]) -> list[dict[str, Any]]:
@@ -276,6 +254,7 @@ class DriftConsumer:
         """Consume until ``stop`` is set; always end with a checkpoint, a commit and a close."""
         cfg = self.config
         server = None
+        self.store.lock()
         try:
             if self.serve_metrics:
                 m = cfg.metrics
@@ -315,6 +294,7 @@ class DriftConsumer:
                 if server is not None:
                     server.shutdown()
                     server.server_close()
+                self.store.unlock()
         return self.stats
 
     def process(self, msgs: Sequence[Message]) -> WindowOutput:
