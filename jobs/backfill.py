@@ -29,8 +29,12 @@ Input position: a file's partition index then row number (for one file, the file
 for Kafka, (partition, offset). Inputs: ``.parquet``/``.pq``, ``.csv`` (header, types
 inferred by Spark), ``.jsonl``/``.ndjson``/``.json`` (JSON lines; a line that is not JSON is
 rejected, not fatal), a directory of one of them (``--format``), or ``kafka`` (the config's
-``kafka.bootstrap_servers`` and ``kafka.topic``). Count windows are not supported here
-(they depend on a global per-segment event order); use ``--engine local`` for them.
+``kafka.bootstrap_servers`` and ``kafka.topic``).
+
+Count windows: every segment's events are sorted by input position in Spark (hash
+partitions by segment, sorted within) and cut into full groups of N; the driver collects one
+count vector per group. ``window.keep_raw`` (exact KS on raw values) is refused: it would
+collect raw values; use ``--engine local`` for it.
 """
 
 from __future__ import annotations
@@ -161,7 +165,6 @@ def partition_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) -
             continue
         n_valid += n
         t = d.cols.time_ms
-        panes = spec.pane_of(t)
         groups: list[tuple[list[Any], np.ndarray]] = []
         if monitor.overall:
             groups.append(([None], np.zeros(n, dtype=np.int64)))
@@ -178,8 +181,14 @@ def partition_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) -
                 if k not in first or cand < first[k]:
                     first[k] = cand
             groups.append((key_list, sid))
+        if spec.kind == "count":
+            # count windows need each segment's events in input order: emit (segment, position, time, slots)
+            for key_list, gid in groups:
+                for i in range(n):
+                    yield ("p", key_list[gid[i]], int(d.seq[i]), int(t[i]), d.slots[i].tolist())
+            groups = []
         for key_list, gid in groups:
-            pairs = np.stack([gid, panes], axis=1)
+            pairs = np.stack([gid, spec.pane_of(t)], axis=1)
             uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
             inv = inv.reshape(-1)
             idx = d.slots + (inv * size)[:, None]
@@ -212,8 +221,8 @@ def run_backfill(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every window statistic record (then the concept records) and a summary of the input."""
     config = monitor.config
-    if config.window.kind == "count":
-        raise JobError("window.kind: count windows are not supported by the Spark backfill; use --engine local")
+    if config.window.keep_raw:
+        raise JobError("window.keep_raw: the Spark backfill keeps no raw values (exact KS); use --engine local")
     sc = spark.sparkContext
     bc = sc.broadcast(monitor)
     tagged = input_rdd(spark, monitor, source, fmt, kafka).mapPartitions(lambda it: partition_summary(bc.value, it))
@@ -222,38 +231,33 @@ def run_backfill(
         first = tagged.filter(lambda x: x[0] == "s").map(lambda x: (x[1], x[2])).reduceByKey(min).collectAsMap()
         route = route_segments(monitor, first)
         bc_route = sc.broadcast(route)
-        summed = (
-            tagged.filter(lambda x: x[0] == "c")
-            .map(lambda x: ((None if x[1] is None else bc_route.value[x[1]], x[2]), x[3]))
-            .reduceByKey(np.add)
-            .collect()
-        )
+        if monitor.spec.kind == "count":
+            windows = _count_windows(tagged, bc_route, monitor.spec.count, monitor.layout.size)
+        else:
+            summed = (
+                tagged.filter(lambda x: x[0] == "c")
+                .map(lambda x: ((None if x[1] is None else bc_route.value[x[1]], x[2]), x[3]))
+                .reduceByKey(np.add)
+                .collect()
+            )
+            windows = _pane_windows(monitor, summed)
         stats = tagged.filter(lambda x: x[0] == "e").map(lambda x: x[1:]).collect()
         concept = tagged.filter(lambda x: x[0] == "v").map(lambda x: x[1:]).collect()
     finally:
         tagged.unpersist()
-    panes: dict[Any, dict[int, np.ndarray]] = {}
-    for (seg, pane), c in summed:
-        panes.setdefault(seg, {})[int(pane)] = c
-    spec = monitor.spec
     records: list[dict[str, Any]] = []
-    for seg, by_pane in panes.items():
-        segment = {} if seg is None else segment_dict(monitor, seg)
-        k = spec.panes_per_window
-        for first_pane in spec.windows_of_panes(sorted(by_pane)):
-            members = [by_pane[p] for p in range(first_pane, first_pane + k) if p in by_pane]
-            start, end = spec.window_bounds(first_pane)
-            results = evaluate_counts(monitor.layout, np.sum(members, axis=0), config.statistics)
-            records.extend(
-                window_records(
-                    results,
-                    monitor=config.monitor,
-                    segment=segment,
-                    window_start_ms=start,
-                    window_end_ms=end,
-                    fingerprint=monitor.reference.fingerprint,
-                )
+    for seg, start, end, counts in windows:
+        results = evaluate_counts(monitor.layout, counts, config.statistics)
+        records.extend(
+            window_records(
+                results,
+                monitor=config.monitor,
+                segment={} if seg is None else segment_dict(monitor, seg),
+                window_start_ms=start,
+                window_end_ms=end,
+                fingerprint=monitor.reference.fingerprint,
             )
+        )
     records.sort(key=record_sort_key)
     records.extend(concept_records(monitor, concept))
     errors = [e for _, _, e in stats if e is not None]
@@ -265,6 +269,56 @@ def run_backfill(
         "overflowed_segments": sum(1 for k, v in route.items() if k != v),
     }
     return records, summary
+
+
+def _pane_windows(monitor: Monitor, summed: list[Any]) -> list[tuple[Any, int, int, np.ndarray]]:
+    """Time windows: each window of a segment is the sum of its panes."""
+    panes: dict[Any, dict[int, np.ndarray]] = {}
+    for (seg, pane), c in summed:
+        panes.setdefault(seg, {})[int(pane)] = c
+    spec = monitor.spec
+    k = spec.panes_per_window
+    out = []
+    for seg, by_pane in panes.items():
+        for first_pane in spec.windows_of_panes(sorted(by_pane)):
+            members = [by_pane[p] for p in range(first_pane, first_pane + k) if p in by_pane]
+            start, end = spec.window_bounds(first_pane)
+            out.append((seg, start, end, np.sum(members, axis=0)))
+    return out
+
+
+def _count_windows(tagged: Any, bc_route: Any, count: int, size: int) -> list[tuple[Any, int, int, np.ndarray]]:
+    """Count windows: every segment's events sorted by input position, cut into full groups of ``count``.
+
+    Spark sorts (segment, position) within hash partitions of the segment, so one pass over a
+    partition sees each segment's events in order and keeps one count vector at a time.
+    """
+    import json
+    import zlib
+
+    def seg_id(key: Any) -> str:
+        return "" if key is None else json.dumps(list(bc_route.value[key]))
+
+    events = tagged.filter(lambda x: x[0] == "p").map(lambda x: ((seg_id(x[1]), x[2]), (x[3], x[4])))
+    n_parts = max(1, events.getNumPartitions())
+    # crc32, not hash(): str hashes differ between Python workers unless PYTHONHASHSEED is fixed
+    ordered = events.repartitionAndSortWithinPartitions(n_parts, partitionFunc=lambda k: zlib.crc32(k[0].encode()))
+
+    def groups(it: Iterator[Any]) -> Iterator[tuple[Any, int, int, np.ndarray]]:
+        seg, n, lo, hi, acc = None, 0, 0, 0, np.zeros(size, dtype=np.int64)
+        for (s, _pos), (t, slots) in it:
+            if s != seg:
+                seg, n = s, 0
+            if n == 0:
+                acc = np.zeros(size, dtype=np.int64)
+                lo = hi = t
+            acc[slots] += 1
+            lo, hi, n = min(lo, t), max(hi, t), n + 1
+            if n == count:
+                yield (None if s == "" else tuple(json.loads(s)), lo, hi + 1, acc)
+                n = 0
+
+    return ordered.mapPartitions(groups).collect()
 
 
 def concept_records(monitor: Monitor, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:

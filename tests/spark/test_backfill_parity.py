@@ -114,3 +114,20 @@ def test_sliding_window_parity(spark: Any, tmp_path: Path) -> None:
     assert_same_records(got, want)
     starts = sorted({r["window_start"] for r in want})
     assert len(starts) > 20  # overlapping windows: one every 30 s
+
+
+def test_count_window_parity(spark: Any, tmp_path: Path) -> None:
+    rows = make_events(5000, seed=19, drift_from=3000, n_segments=3, bad_every=89)
+    events = _events_file(tmp_path, "jsonl", rows)
+    config = write_monitor(
+        tmp_path,
+        events={"segment_fields": ["region"]},
+        window={"kind": "count", "size": 300},
+        concept={"detector": "none"},
+    )
+    want = local_records(config, events)
+    got, _ = run_backfill(spark, Monitor.load(config), str(events))
+    assert_same_records(got, want)
+    overall = {(r["window_start"], r["window_end"]) for r in want if not r["segment"]}
+    assert len(overall) == (5000 - 5000 // 89) // 300  # only full windows
+    assert len({tuple(r["segment"].items()) for r in want}) == 4
