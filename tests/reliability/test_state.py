@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,8 +69,6 @@ def run_until(cfg: Path, log: Path, state: Path, total: int) -> None:
 def final_equals_local(tmp: Path, cfg: Path, values: list[bytes]) -> bool:
     got = h.read_records(tmp / "serve-stats.jsonl")
     last_end = max(r["window_end"] for r in got)
-    import json
-
     want = h.expected_records([json.loads(v) for v in values], cfg, last_end)
     return h.digest(got) == h.digest(want)
 
@@ -195,3 +195,16 @@ def test_full_disk_fails_checkpoints_loudly_and_commits_nothing(kafka_bootstrap:
         assert equal
     finally:
         subprocess.run(["umount", str(state)], check=True)
+
+
+def test_unusable_state_dir_is_one_clear_error(tmp_path: Path) -> None:
+    h.build_reference(tmp_path / "ref.json")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state dir should be")
+    cfg = h.write_config(tmp_path, "127.0.0.1:1", h.topics_for("x"), state_dir=blocker / "state")
+    run = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    print(f"\nunusable state dir: exit {run.returncode}, {run.stderr.strip().splitlines()[-1]!r}")
+    assert run.returncode == 2
+    assert "state.dir" in run.stderr and "Traceback" not in run.stderr
