@@ -2,8 +2,11 @@
 
 A paced producer writes a fixed seeded stream (two partitions, a drift half way) while one
 ``serve`` process is killed with SIGKILL after a random delay and restarted, again and again
-(20 kills by default, 60 in the ``slow`` variant). An uninterrupted ``serve`` (own group, own
-state) reads the same topic at the same time. After the last restart has caught up:
+(20 kills by default, 60 in the ``slow`` variant): 80 % of the kills land 0-1.2 s after the
+partitions were assigned (while consuming and checkpointing every 200 ms), 20 % during start-up
+or the group join (printed as negative delays). The victim uses a 1.5 s session timeout so a
+restart rejoins in ~4 s. An uninterrupted ``serve`` (own group, own state, own output topics)
+reads the same topic at the same time. After the last restart has caught up:
 
 * the digest of the window statistic records (latest per window key) equals the
   uninterrupted run's, and both equal :func:`run_local` on the closed windows;
