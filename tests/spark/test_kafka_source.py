@@ -111,3 +111,14 @@ def test_streaming_stop_and_restart_neither_loses_nor_repeats(
     want = sorted((p, o, v.decode()) for p, o, _k, v in first + second)
     assert len(seen) == len(want)  # no record twice
     assert sorted(seen) == want  # no record lost
+
+
+def test_native_kafka_format_is_selectable(spark: Any, kafka_bootstrap: str, topic_name: str) -> None:
+    from jobs.kafka_source import read_kafka
+
+    opts = {"kafka.bootstrap.servers": kafka_bootstrap, "subscribe": topic_name}
+    # this machine has no JVM Kafka connector: selecting it reaches Spark's own lookup of "kafka"
+    with pytest.raises(Exception, match="KAFKA_DATA_SOURCE_NOT_ENABLED"):
+        read_kafka(spark, opts, fmt="kafka").collect()
+    with pytest.raises(KafkaSourceError, match="format 'kafkaa'"):
+        read_kafka(spark, opts, fmt="kafkaa")
