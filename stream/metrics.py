@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -96,7 +97,7 @@ class Metrics:
         )
         self.last_window_closed = Gauge(
             "streamdrift_last_window_closed_timestamp_seconds",
-            "wall-clock time when the last window closed",
+            "wall-clock time when the last window closed (the process start until one closes)",
             ("monitor",),
             registry=r,
         )
@@ -141,7 +142,8 @@ class Metrics:
         self.segments_overflow.labels(m)
         self.assigned.labels(m).set(0)
         self.last_window_end.labels(m).set(_NAN)
-        self.last_window_closed.labels(m).set(_NAN)
+        # start time, not NaN: a consumer that never closes a window must still go stale
+        self.last_window_closed.labels(m).set(time.time())
         self.last_checkpoint.labels(m).set(_NAN)
 
     def set_config(self, layout: Layout, cfg: StatisticsConfig, window_size_s: float | None) -> None:
