@@ -34,8 +34,9 @@ prefix (``kafka.security.protocol``, ``kafka.sasl.mechanism``...). Option ``poll
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
@@ -146,8 +147,6 @@ def watermarks(
         if not todo:
             return out
         c.assign([TopicPartition(t, p, max(listed[(t, p)][1] - 1, listed[(t, p)][0])) for t, p in todo])
-        import time
-
         deadline = time.monotonic() + timeout
         pending = set(todo)
         while pending and time.monotonic() < deadline:
@@ -216,16 +215,12 @@ def ranges(start: Mapping[str, Mapping[str, int]], end: Mapping[str, Mapping[str
 
 
 def _ts(ms: int) -> datetime:
-    from datetime import timedelta
-
     return _EPOCH + timedelta(milliseconds=ms)
 
 
 def read_range(conf: Mapping[str, Any], r: KafkaRange, poll_timeout_ms: int) -> Iterator[tuple[Any, ...]]:
     """Every record of ``[r.start, r.end)``; offsets missing from the log (compaction,
     transaction markers) are skipped, and a stall longer than ``poll_timeout_ms`` is an error."""
-    import time
-
     from confluent_kafka import TopicPartition
 
     c = _consumer(conf, {"fetch.wait.max.ms": 50})
