@@ -213,8 +213,10 @@ class PacedProducer(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread by check()
             self.error = exc
 
-    def check(self) -> None:
-        self.join(60)
+    def check(self, timeout: float = 300) -> None:
+        """Wait until every message is produced; re-raise the producer's error."""
+        self.join(timeout)
+        assert not self.is_alive(), f"the paced producer did not finish within {timeout} s"
         if self.error is not None:
             raise self.error
 
