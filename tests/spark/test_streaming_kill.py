@@ -29,7 +29,9 @@ from tests.spark.conftest import T0, make_events, write_monitor
 from tests.spark.kafka_util import produce, read_all
 from tests.spark.test_spark_submit import BIN, _env
 
-pytestmark = [pytest.mark.spark, pytest.mark.reliability]
+# two spark-submit JVMs: 1.5-2.5 minutes on 2 busy cores, so `make test-slow`; the in-process
+# stop/restart of tests/spark/test_streaming_job.py covers the checkpoint in the default suite
+pytestmark = [pytest.mark.spark, pytest.mark.reliability, pytest.mark.slow]
 
 
 def _submit(config: Path, ckpt: Path, log: Path, starting: str = "earliest") -> subprocess.Popen[bytes]:
@@ -93,8 +95,12 @@ def test_streaming_job_killed_with_sigkill_resumes_from_its_checkpoint(kafka_boo
     ckpt, log = tmp_path / "ckpt", tmp_path / "spark.log"
     send(events[:1600])
     proc = _submit(config, ckpt, log)
-    try:
-        _wait(kafka_bootstrap, stats_topic, 3, proc, log, timeout=120)
+    try:  # SIGKILL once a first micro-batch is committed (its window state is in the checkpoint)
+        deadline = time.monotonic() + 120
+        while not (ckpt / "commits" / "0").exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no micro-batch committed within 120 s"
+            time.sleep(0.2)
     finally:
         _kill(proc, signal.SIGKILL)
     send([*events[1600:], flush])
