@@ -8,7 +8,8 @@ Run it as a user would::
     streamdrift backfill --engine spark --config monitor.yaml --input events.parquet --output stats.jsonl
 
 Spark settings (master, memory, ``spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods``)
-belong to spark-submit; the job sets none of them.
+belong to spark-submit; the job sets none of them. The driver and the executors' Python
+(``PYSPARK_PYTHON``) need ``streamdrift`` installed (``pip install 'streamdrift[spark]'``).
 
 How it computes (the same records as :func:`detectors.engine.run_local`)
     1. executors decode each partition in chunks with :func:`detectors.events.decode_events`
