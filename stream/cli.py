@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from detectors.engine import run_local
 from detectors.events import decode_events
-from detectors.exceptions import StreamdriftError
+from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.files import read_columns, read_rows, write_records
@@ -50,6 +50,8 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse-bins", type=int, default=10)
     p.add_argument("--top-n", type=int, default=50, help="categories kept per categorical feature")
     p.add_argument("--keep-values", type=int, default=0, help="keep up to N raw values for exact KS")
+    p.add_argument("--engine", choices=["local", "spark"], default="local", help="spark: for data larger than memory")
+    p.add_argument("--master", default="local[2]", help="Spark master for --engine spark")
 
 
 def _split(s: str | None) -> list[str]:
@@ -58,6 +60,17 @@ def _split(s: str | None) -> list[str]:
 
 @command("reference", "build a frozen reference profile from baseline data", _reference_args)
 def cmd_reference(args: argparse.Namespace) -> int:
+    if args.engine == "spark":
+        if args.keep_values:
+            raise ConfigError("--keep-values: the Spark reference build does not keep raw values")
+        job_args = ["--input", args.input, "--out", args.out, "--fine-bins", str(args.fine_bins)]
+        job_args += ["--coarse-bins", str(args.coarse_bins), "--top-n", str(args.top_n)]
+        for flag, value in (("--config", args.config), ("--features", args.features)):
+            if value:
+                job_args += [flag, value]
+        if args.categorical:
+            job_args += ["--categorical", args.categorical]
+        return spark_submit("jobs.reference_build", args.master, job_args)
     cols = read_columns(args.input)
     features = _split(args.features) or None
     categorical = _split(args.categorical)
@@ -120,13 +133,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _spark_backfill(args: argparse.Namespace) -> int:
+    return spark_submit(
+        "jobs.backfill", args.master, ["--config", args.config, "--input", args.input, "--output", args.output]
+    )
+
+
+def spark_submit(module: str, master: str, job_args: Sequence[str]) -> int:
+    """Run one of the jobs/ scripts with spark-submit on ``master``; its exit code."""
     import importlib.util
     import shutil
     import subprocess
 
-    spec = importlib.util.find_spec("jobs.backfill")
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        print("streamdrift: the Spark backfill (jobs/backfill.py) is not installed", file=sys.stderr)
+        print(f"streamdrift: the Spark job {module} is not installed", file=sys.stderr)
         return 2
     submit = shutil.which("spark-submit")
     if submit is None:
@@ -135,19 +155,7 @@ def _spark_backfill(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    cmd = [
-        submit,
-        "--master",
-        args.master,
-        spec.origin,
-        "--config",
-        args.config,
-        "--input",
-        args.input,
-        "--output",
-        args.output,
-    ]
-    return subprocess.call(cmd)
+    return subprocess.call([submit, "--master", master, spec.origin, *job_args])
 
 
 def print_summary(records: Sequence[Mapping[str, Any]], out: TextIO) -> None:
