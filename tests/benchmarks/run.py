@@ -301,7 +301,7 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         scaling = net["local[2]"] / net["local[1]"]
         s["scaling"] = scaling if scaling == scaling else None
         lines.append(
-            f"\nSpark start-up (same command on {n0:,} events): "
+            f"\nSpark start-up (median of the same command on {n0:,} events): "
             + ", ".join(f"{mm} {v:.1f} s" for mm, v in s["startup_s"].items())
             + "."
         )
