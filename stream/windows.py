@@ -68,6 +68,38 @@ class AddResult:
     closed: list[ClosedWindow]  # count windows that filled up
 
 
+def unique_pairs(
+    a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``np.unique(np.stack([a, b], 1), axis=0, return_inverse=True)`` for integer columns, fast.
+
+    Row-unique with ``axis=0`` sorts structured rows (~0.35 µs per event per batch); here each
+    pair becomes one integer key, so a small key space needs only a bincount and a larger one
+    a 1-D unique. Same rows, same order (lexicographic), same inverse.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if len(a) == 0:
+        return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.int64)
+    amin, bmin = int(a.min()), int(b.min())
+    na, nb = int(a.max()) - amin + 1, int(b.max()) - bmin + 1
+    if na * nb > 1 << 62:
+        uniq, inv = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+        return uniq.astype(np.int64), inv.reshape(-1).astype(np.int64)
+    key = (a - amin) * nb + (b - bmin)
+    if na * nb <= 1 << 20:
+        present = np.bincount(key, minlength=na * nb)
+        ukey = np.flatnonzero(present)
+        rank = np.zeros(na * nb, dtype=np.int64)
+        rank[ukey] = np.arange(len(ukey), dtype=np.int64)
+        inv = rank[key]
+    else:
+        ukey, inv = np.unique(key, return_inverse=True)
+        inv = inv.reshape(-1).astype(np.int64)
+    uniq = np.stack([ukey // nb + amin, ukey % nb + bmin], axis=1).astype(np.int64)
+    return uniq, inv
+
+
 class WindowManager:
     """All open windows of one monitor, with the watermarks that close them."""
 
@@ -157,9 +189,7 @@ class WindowManager:
         self, idx: npt.NDArray[np.int64], seg: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], key2: Any
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Unique (segment, key2) groups, their count vectors and sizes: one bincount."""
-        pairs = np.stack([seg, key2], axis=1)
-        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
-        inv = inv.reshape(-1).astype(np.int64)
+        uniq, inv = unique_pairs(seg, key2)
         size = self.layout.size
         flat = (idx[rows] + (inv * size)[:, None]).reshape(-1)
         counts = np.bincount(flat, minlength=len(uniq) * size).reshape(len(uniq), size).astype(np.int64)
