@@ -51,7 +51,8 @@ format: $(STAMP) ## apply ruff format and fixes
 typecheck: $(STAMP) ## mypy (strict on detectors/ and stream/)
 	$(PY) -m mypy
 
-bench: system-deps $(STAMP) ## the performance benchmark (prints a table)
+bench: system-deps $(STAMP) ## the performance benchmark (prints a table; installs Evidently and py-spy)
+	$(PIP) install -q -e '.[bench]'
 	$(PY) tests/benchmarks/run.py
 
 clean: ## remove caches and build output

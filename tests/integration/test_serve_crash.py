@@ -8,6 +8,7 @@ before their checkpoint). A checkpoint every batch keeps the window between the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import signal
@@ -85,7 +86,7 @@ def test_kill_9_at_many_points_gives_identical_statistics(kafka_bootstrap: str, 
     # the stream arrives in parts, one before each (re)start, so every kill lands part-way
     # through the stream however fast the consumer is
     cuts = [round(n * i / (len(plan) + 1)) for i in range(len(plan) + 2)]
-    parts = [payloads[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    parts = [payloads[a:b] for a, b in itertools.pairwise(cuts)]
     for how, part in zip(plan, parts, strict=False):
         produce(kafka_bootstrap, topics["events"], part)
         proc = start_serve(config, log)
