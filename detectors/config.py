@@ -9,7 +9,7 @@ leaves those to their owners, and every other unknown key is an error that names
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -252,3 +252,37 @@ def format_validation_error(exc: ValidationError, what: str) -> str:
             msg = "unknown setting (check the spelling)"
         lines.append(f"  {loc}: {msg}")
     return f"invalid {what}:\n" + "\n".join(lines)
+
+
+#: columns never taken as features when the feature list is left to the data
+TIME_COLUMNS = frozenset({"timestamp", "time", "ts", "event_time"})
+
+
+def reference_columns(
+    columns: Sequence[str],
+    features: Sequence[str] | None,
+    categorical: Sequence[str],
+    config: Mapping[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """The features and categorical columns of a reference build.
+
+    Flags win; otherwise the config's ``features.include`` / ``features.categorical``;
+    otherwise every column but the time columns and the config's event fields (time,
+    prediction, label, segments).
+
+    >>> reference_columns(["ts", "a", "b", "score"], None, ["b"], {"events": {"prediction_field": "score"}})
+    (['a', 'b'], ['b'])
+    """
+    skip = set(TIME_COLUMNS)
+    chosen = list(features) if features else None
+    cats = list(categorical)
+    if config:
+        feats = config.get("features") or {}
+        chosen = chosen or (list(feats["include"]) if feats.get("include") else None)
+        cats = cats or list(feats.get("categorical") or [])
+        ev = config.get("events") or {}
+        skip |= {v for k, v in ev.items() if k.endswith("_field") and isinstance(v, str)}
+        skip |= set(ev.get("segment_fields") or [])
+    if chosen is None:
+        chosen = [c for c in columns if c not in skip]
+    return chosen, cats

@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from detectors.config import reference_columns
 from detectors.exceptions import StreamdriftError
 from detectors.reference import (
     FeatureProfile,
@@ -52,8 +53,6 @@ from detectors.reference import (
     coarse_starts_from_counts,
 )
 from jobs.common import JobError
-
-SKIP = {"timestamp", "time", "ts", "event_time"}
 
 
 def read_table(spark: Any, path: str, fmt: str | None = None) -> Any:
@@ -211,19 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     spark = SparkSession.builder.appName("streamdrift-reference-build").getOrCreate()
     try:
         df = read_table(spark, args.input, args.format)
-        features = [x.strip() for x in (args.features or "").split(",") if x.strip()] or None
-        categorical = [x.strip() for x in args.categorical.split(",") if x.strip()]
-        skip = set(SKIP)
-        if args.config:
-            data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-            feats = data.get("features") or {}
-            features = features or (list(feats["include"]) if feats.get("include") else None)
-            categorical = categorical or list(feats.get("categorical") or [])
-            ev = data.get("events") or {}
-            skip |= {v for k, v in ev.items() if k.endswith("_field") and isinstance(v, str)}
-            skip |= set(ev.get("segment_fields") or [])
-        if features is None:
-            features = [c for c in df.columns if c not in skip]
+        split = [x.strip() for x in (args.features or "").split(",") if x.strip()]
+        config = (yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}) if args.config else None
+        features, categorical = reference_columns(
+            df.columns, split, [x.strip() for x in args.categorical.split(",") if x.strip()], config
+        )
         ref = build_reference(
             df,
             features,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from detectors.config import reference_columns
 from detectors.engine import run_local
 from detectors.events import decode_events
 from detectors.exceptions import ConfigError, StreamdriftError
@@ -72,19 +73,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
             job_args += ["--categorical", args.categorical]
         return spark_submit("jobs.reference_build", args.master, job_args)
     cols = read_columns(args.input)
-    features = _split(args.features) or None
-    categorical = _split(args.categorical)
-    skip = {"timestamp", "time", "ts", "event_time"}
-    if args.config:
-        data = load_yaml(args.config)
-        feats = data.get("features") or {}
-        features = features or (list(feats["include"]) if feats.get("include") else None)
-        categorical = categorical or list(feats.get("categorical") or [])
-        ev = data.get("events") or {}
-        skip |= {v for k, v in ev.items() if k.endswith("_field") and isinstance(v, str)}
-        skip |= set(ev.get("segment_fields") or [])
-    if features is None:
-        features = [c for c in cols if c not in skip]
+    features, categorical = reference_columns(
+        list(cols), _split(args.features), _split(args.categorical), load_yaml(args.config) if args.config else None
+    )
     ref = ReferenceProfile.build(
         cols,
         features=features,
