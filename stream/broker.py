@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -54,8 +55,9 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 class EmbeddedBroker:
     """Start ``tansu`` on a free loopback port; stop it on exit (a context manager)."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> None:
         self.host = host
+        self.extra_args = tuple(extra_args)  # e.g. ("--authentication",)
         self.port = port or free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
@@ -77,6 +79,7 @@ class EmbeddedBroker:
                 url,
                 "--storage-engine",
                 "memory://tansu/",
+                *self.extra_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
 
-from stream.broker import broker_binary, free_port, wait_for_port
+from stream.broker import EmbeddedBroker
 from stream.exceptions import ConfigError
 from stream.settings import KafkaConfig, MetricsConfig, ServeConfig
 from tests.conftest import create_topics
@@ -103,28 +103,9 @@ def test_rendered_client_config_carries_sasl_and_tls(tmp_path: Path) -> None:
 
 
 def test_sasl_scram_handshake_reaches_the_broker_and_the_secret_stays_hidden(tmp_path: Path) -> None:
-    port = free_port()
-    broker_log = tmp_path / "tansu.log"
-    url = f"tcp://127.0.0.1:{port}"
-    with open(broker_log, "wb") as out:
-        broker = subprocess.Popen(
-            [
-                str(broker_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--authentication",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    broker = EmbeddedBroker(extra_args=["--authentication"]).start()
+    port = broker.port
     try:
-        wait_for_port("127.0.0.1", port)
         h.build_reference(tmp_path / "ref.json")
         cfg = h.write_config(
             tmp_path,
@@ -155,8 +136,7 @@ def test_sasl_scram_handshake_reaches_the_broker_and_the_secret_stays_hidden(tmp
                 proc.kill()
                 proc.wait()
     finally:
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
     text = log.read_text()
     mech = re.findall(r"SASL SCRAM authentication failed: ([^(]*)", text)
     print(
