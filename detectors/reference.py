@@ -39,6 +39,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ UNSEEN = "__unseen__"
 MISSING = "__missing__"
 #: most reference categories kept to tell ``__other__`` from ``__unseen__``
 MAX_OTHER_VALUES = 10_000
+_STR_OR_NONE = frozenset({str, type(None)})
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -164,6 +166,7 @@ class CategoricalProfile:
     n_missing: int
     type: Literal["categorical"] = "categorical"
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _lookup: dict[str | None, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         index = {c: i for i, c in enumerate(self.categories)}
@@ -171,6 +174,8 @@ class CategoricalProfile:
         for v in self.other_values:
             index[v] = k
         self._index.update(index)
+        self._lookup.update(index)
+        self._lookup.update({None: self.n_bins, "": self.n_bins})  # missing
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -212,7 +217,11 @@ class CategoricalProfile:
         get = self._index.get
         k = len(self.categories)
         default = k if self.other_truncated else k + 1
-        out = np.empty(len(values), dtype=np.int64)
+        n = len(values)
+        if set(map(type, values)) <= _STR_OR_NONE:  # the decoder's output: one dict lookup per value
+            lookup = self._lookup.get
+            return np.fromiter(map(lookup, values, repeat(default, n)), dtype=np.int64, count=n)
+        out = np.empty(n, dtype=np.int64)
         for i, v in enumerate(values):
             if type(v) is str and v:
                 out[i] = get(v, default)

@@ -136,6 +136,18 @@ def test_categorical_buckets_top_n_other_unseen_missing() -> None:
     assert idx.tolist() == [0, 2, 3, 4, 4, 2, 2, 5]  # 4 = missing slot, 5 = invalid slot
 
 
+def test_categorical_bin_index_of_strings_equals_bucket_of_each_value() -> None:
+    """The lookup path (strings and None only) and the general path give each value's bucket_of."""
+    rng = np.random.default_rng(5)
+    p = categorical_profile("c", rng.choice(["a", "b", "c", "d", "e"], 500, p=[0.4, 0.3, 0.2, 0.07, 0.03]), top_n=3)
+    pool = np.array(["a", "b", "c", "d", "e", "zzz", "", "__other__", "__missing__", None], dtype=object)
+    strings = pool[rng.integers(0, len(pool), 2000)].tolist()
+    assert p.bin_index(strings).tolist() == [p.bucket_of(v) for v in strings]
+    mixed = [*strings[:50], 7, True, 1.5, float("nan")]  # not only strings: the general path
+    assert p.bin_index(mixed).tolist() == [p.bucket_of(v) for v in mixed]
+    assert p.bin_index([]).tolist() == []
+
+
 def test_categorical_other_list_truncated_means_unknown_values_go_to_other() -> None:
     values = [f"v{i}" for i in range(MAX_OTHER_VALUES + 5)]
     p = categorical_profile("c", values, top_n=1)
