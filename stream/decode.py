@@ -18,21 +18,25 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from detectors.config import MonitorConfig
 from detectors.events import MS_THRESHOLD, EventColumns, decode_events, parse_time_ms
 from detectors.exceptions import InputError
+from detectors.histogram import FeatureColumns
 from detectors.reference import MISSING, NumericProfile, ReferenceProfile
 
 REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
 
 #: deeper nesting of arrays/objects is rejected (``too_large``) before any parser sees it
 MAX_EVENT_DEPTH = 64
+_BRACE, _BRACKET = ord("{"), ord("[")
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -106,9 +110,13 @@ class EventDecoder:
     def _build(self) -> msgspec.json.Decoder[Any] | None:
         """The typed decoder, or None when every message must take the reference path."""
         ev = self.config.events
-        self._feat_attr: str | None = None
-        self._fget: Callable[[Any], tuple[Any, ...]] = _tuple_getter([])
-        self._tget: Callable[[Any], tuple[Any, ...]] = _tuple_getter([])
+        # getters of the typed struct's attributes (identity defaults: no typed decoder, no rows)
+        self._time_get: Callable[[Any], Any] = _none
+        self._fobj_get: Callable[[Any], Any] | None = None
+        self._num_get: Callable[[Any], Any] = _empty
+        self._num_tuple: Callable[[Any], tuple[Any, ...]] = _empty
+        self._cat_gets: list[Callable[[Any], Any]] = []
+        self._top_gets: list[Callable[[Any], Any]] = []
         cat_t: Any = bool | int | str | None
         num_t: Any = float | None
         top: dict[str, Any] = {}  # JSON key -> type
@@ -142,39 +150,152 @@ class EventDecoder:
             required[ev.features_field] = feat_cls
         top_cls, top_attrs = struct("Event", top, required)
 
-        # two flat getters: the top-level fields, and the features (from the nested struct or the top)
+        # getters: the time, the features object (when nested), numeric values, categoricals, top fields
         nested = ev.features_field is not None
         src = feat_attrs if nested else top_attrs
-        self._feat_attr = top_attrs[ev.features_field] if ev.features_field is not None else None
-        self._fget = _tuple_getter([src[f] for f in (*self.numeric, *self.categorical)])
-        top_names = [top_attrs[ev.time_field]] if ev.time_field is not None else []
-        top_names += [top_attrs[s] for s in ev.segment_fields]
-        top_names += [top_attrs[n] for n in (ev.prediction_field, ev.label_field) if n is not None]
-        self._tget = _tuple_getter(top_names)
+        if ev.time_field is not None:
+            self._time_get = attrgetter(top_attrs[ev.time_field])
+        if ev.features_field is not None:
+            self._fobj_get = attrgetter(top_attrs[ev.features_field])
+        if self.numeric:
+            self._num_get = attrgetter(*[src[f] for f in self.numeric])
+            self._num_tuple = self._num_get if len(self.numeric) > 1 else _one_tuple(self._num_get)
+            if nested and not self.categorical:  # the features struct is exactly the numeric fields, in order
+                self._num_tuple = msgspec.structs.astuple
+        self._cat_gets = [attrgetter(src[f]) for f in self.categorical]
+        tops = [*ev.segment_fields, *(n for n in (ev.prediction_field, ev.label_field) if n is not None)]
+        self._top_gets = [attrgetter(top_attrs[f]) for f in tops]
         return msgspec.json.Decoder(top_cls)
 
     # -- decoding -----------------------------------------------------------------------
+    @property
+    def needs_kafka_timestamps(self) -> bool:
+        """Whether :meth:`decode` reads Kafka timestamps (if not, the caller need not collect them)."""
+        return self.config.events.time_field is None or self._kafka_ok
+
     def decode(
         self, values: Sequence[bytes | None], kafka_timestamps_ms: Sequence[int | None] | None = None
     ) -> tuple[EventColumns, list[Rejection]]:
-        """Columns of the valid messages (``rows`` = their positions) and the rejections."""
-        ev = self.config.events
-        n_num, n_cat, n_seg = len(self.numeric), len(self.categorical), len(ev.segment_fields)
-        has_time = ev.time_field is not None
-        has_pred, has_label = ev.prediction_field is not None, ev.label_field is not None
-        times: list[int] = []
-        numflat: list[Any] = []  # numeric values row after row (floats are not GC-tracked: cheap to keep)
-        cats: list[tuple[Any, ...]] = []
-        tops: list[tuple[Any, ...]] = []  # segments, prediction, label (after the time)
-        kept: list[int] = []
-        rejected: list[Rejection] = []
-        dec, tget, fget, fattr = self._decoder, self._tget, self._fget, self._feat_attr
+        """Columns of the valid messages (``rows`` = their positions) and the rejections.
+
+        The batch path: one typed ``msgspec`` decode per message (``map``: per-message calls
+        beat one call on the batch joined into an array, and keep message boundaries), one
+        nesting bound for the whole batch, then each column in one numpy conversion. Messages
+        the typed decoder refuses, and rows whose time it cannot settle, take the per-message
+        reference path (:meth:`_slow_rows`), which rejects with the reference's reasons.
+        """
+        n = len(values)
+        kts = kafka_timestamps_ms
+        good: list[Any] = []
+        good_idx: list[int] = []
+        if self._decoder is not None:
+            good, good_idx = self._typed(values)
+            good, good_idx = self._shallow(values, good, good_idx)
+        times, keep = self._times(good, good_idx, kts)
+        if keep is not None:
+            good = [o for o, k in zip(good, keep, strict=True) if k]
+            good_idx = [i for i, k in zip(good_idx, keep, strict=True) if k]
+        slow_idx = sorted(set(range(n)).difference(good_idx)) if len(good_idx) != n else []
+        slow, rejected = self._slow_rows(values, kts, slow_idx)
+        return self._columns(good, good_idx, times, slow), rejected
+
+    def _typed(self, values: Sequence[bytes | None]) -> tuple[list[Any], list[int]]:
+        """Typed structs of the messages the typed decoder takes, and their positions."""
+        assert self._decoder is not None
+        dec = self._decoder.decode
+        n = len(values)
+        try:  # the common case: every message decodes
+            if n and max(map(len, values)) <= self.max_event_bytes:  # type: ignore[arg-type]  # TypeError on None
+                return list(map(dec, values)), list(range(n))  # type: ignore[arg-type]
+        except (TypeError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            pass  # some message is not for the typed path: sort them out one by one below
+        good: list[Any] = []
+        idx: list[int] = []
         limit = self.max_event_bytes
-        unit_ms, unit_s = self._unit == "ms", self._unit == "s"
-        kafka_ok = self._kafka_ok
-        floor, isfinite = math.floor, math.isfinite
-        for i, value in enumerate(values):
-            kts = kafka_timestamps_ms[i] if kafka_timestamps_ms is not None else None
+        for i, v in enumerate(values):
+            if v is None or len(v) > limit:
+                continue
+            try:
+                obj = dec(v)
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                continue
+            good.append(obj)
+            idx.append(i)
+        return good, idx
+
+    def _shallow(self, values: Sequence[bytes | None], good: list[Any], idx: list[int]) -> tuple[list[Any], list[int]]:
+        """Drop messages nesting deeper than MAX_EVENT_DEPTH (the slow path rejects them).
+
+        Every typed-decoded message opens at least ``min_open`` objects (the event, and the
+        features object when nested), so if the whole batch has ``total`` openers no single
+        message has more than ``total - min_open * (k - 1)``: one count per batch settles it.
+        """
+        k = len(good)
+        if k == 0:
+            return good, idx
+        min_open = 2 if self.config.events.features_field is not None else 1
+        chosen = [values[i] for i in idx]
+        joined = np.frombuffer(b"".join(chosen), dtype=np.uint8)  # type: ignore[arg-type]
+        opened = np.count_nonzero(joined == _BRACE)  # numpy counts a byte twice as fast as bytes.count
+        if opened - min_open * (k - 1) <= MAX_EVENT_DEPTH and not (joined == _BRACKET).any():
+            return good, idx
+        opened += np.count_nonzero(joined == _BRACKET)
+        if opened - min_open * (k - 1) <= MAX_EVENT_DEPTH:
+            return good, idx
+        deep = [too_deep(v) for v in chosen]  # type: ignore[arg-type]
+        kept = [j for j, d in enumerate(deep) if not d]
+        return [good[j] for j in kept], [idx[j] for j in kept]
+
+    def _times(
+        self, good: list[Any], idx: list[int], kts: Sequence[int | None] | None
+    ) -> tuple[npt.NDArray[np.int64], list[bool] | None]:
+        """Event times (ms) of the typed rows, and which rows have one (None: all of them)."""
+        ev = self.config.events
+        if ev.time_field is not None and good:
+            raw = list(map(self._time_get, good))
+            arr = np.array(raw)
+            if arr.dtype.kind == "i" and self._unit != "iso" and arr.min() >= -(2**53) and arr.max() <= 2**53:
+                # integers exactly representable as floats: the scalar rule, vectorised
+                t = arr.astype(np.int64)
+                if self._unit == "s":
+                    if np.abs(t).max() <= 2**53 // 1000:
+                        return t * 1000, None
+                elif self._unit == "ms":
+                    return t, None
+                else:  # auto: |t| >= MS_THRESHOLD is milliseconds, else seconds
+                    return np.where(np.abs(t) >= MS_THRESHOLD, t, t * 1000), None
+            scalar = [self._scalar_time(r, kts[i] if kts is not None else None) for r, i in zip(raw, idx, strict=True)]
+        else:
+            scalar = [(int(k) if (k := kts[i]) is not None else None) if kts is not None else None for i in idx]
+        keep = [t is not None for t in scalar]
+        return np.array([t for t in scalar if t is not None], dtype=np.int64), (None if all(keep) else keep)
+
+    def _scalar_time(self, raw: Any, kts: int | None) -> int | None:
+        """The time of one typed row (None: let the reference path decide and give the reason)."""
+        tr = type(raw)
+        if tr is int or tr is float:
+            v = float(raw)
+            unit = self._unit
+            if unit == "iso":
+                return None
+            ms = v if unit == "ms" or (unit != "s" and (v >= MS_THRESHOLD or v <= -MS_THRESHOLD)) else v * 1000.0
+            return math.floor(ms + 0.5) if math.isfinite(ms) and -(2**62) <= ms <= 2**62 else None
+        if raw is None:
+            return int(kts) if self._kafka_ok and kts is not None else None
+        try:
+            return parse_time_ms(raw, self._unit)
+        except InputError:
+            return None
+
+    def _slow_rows(
+        self, values: Sequence[bytes | None], kts: Sequence[int | None] | None, idx: Sequence[int]
+    ) -> tuple[list[tuple[int, tuple[int, tuple[Any, ...], tuple[Any, ...]]]], list[Rejection]]:
+        """The per-message reference path: (position, row) of the valid ones, and the rejections."""
+        rows = []
+        rejected: list[Rejection] = []
+        limit = self.max_event_bytes
+        for i in idx:
+            value = values[i]
             try:
                 if value is None:
                     raise _Reject("not_json", "empty message (no value)")
@@ -182,76 +303,76 @@ class EventDecoder:
                     raise _Reject("too_large", f"message of {len(value)} bytes exceeds max_event_bytes={limit}")
                 if too_deep(value):
                     raise _Reject("too_large", f"message nests arrays/objects deeper than {MAX_EVENT_DEPTH} levels")
-                row = None
-                if dec is not None:
-                    try:
-                        obj = dec.decode(value)
-                    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-                        obj = None
-                    if obj is not None:
-                        top = tget(obj)
-                        t: int | None
-                        if has_time:
-                            raw = top[0]
-                            top = top[1:]
-                            tr = type(raw)
-                            if tr is int or tr is float:
-                                v = float(raw)
-                                if unit_ms or (not unit_s and (v >= MS_THRESHOLD or v <= -MS_THRESHOLD)):
-                                    ms = v
-                                else:
-                                    ms = v * 1000.0
-                                t = floor(ms + 0.5) if isfinite(ms) and -(2**62) <= ms <= 2**62 else None
-                                if self._unit == "iso":
-                                    t = None
-                            elif raw is None:
-                                t = int(kts) if kafka_ok and kts is not None else None
-                            else:
-                                try:
-                                    t = parse_time_ms(raw, self._unit)
-                                except InputError:
-                                    t = None
-                        else:
-                            t = int(kts) if kts is not None else None
-                        if t is not None:
-                            f = fget(getattr(obj, fattr) if fattr is not None else obj)
-                            row = (t, f, top)
-                if row is None:
-                    row = self._slow_row(value, kts)
+                rows.append((i, self._slow_row(value, kts[i] if kts is not None else None)))
             except _Reject as r:
                 rejected.append(Rejection(i, r.code, r.reason))
-                continue
-            times.append(row[0])
-            if n_cat:
-                numflat.extend(row[1][:n_num])
-                cats.append(row[1][n_num:])
-            else:
-                numflat.extend(row[1])
-            tops.append(row[2])
-            kept.append(i)
-        n = len(kept)
-        columns: dict[str, Any] = {}
-        if n_num:
-            num_arr = np.array(numflat, dtype=np.float64).reshape(n, n_num)
-            for j, name in enumerate(self.numeric):
-                columns[name] = np.ascontiguousarray(num_arr[:, j])
-        for j, name in enumerate(self.categorical):
-            columns[name] = [_cat_value(c[j]) for c in cats]
-        segs: list[tuple[str, ...]] = [tuple(_seg_value(x) for x in top[:n_seg]) for top in tops] if n_seg else [()] * n
-        nan = math.nan
-        k = n_seg
-        preds = [top[k] for top in tops] if has_pred else [nan] * n
-        k += 1 if has_pred else 0
-        labels = [top[k] for top in tops] if has_label else [nan] * n
-        cols = EventColumns(
-            time_ms=np.asarray(times, dtype=np.int64),
-            features={f: columns[f] for f in self.features},
+        return rows, rejected
+
+    def _numeric(self, fobjs: list[Any]) -> npt.NDArray[np.float64]:
+        """(rows, numeric) float64 matrix; a missing value (None) becomes NaN."""
+        k, n_num = len(fobjs), len(self.numeric)
+        try:  # no None among the values: one fromiter over the flattened rows
+            flat = np.fromiter(chain.from_iterable(map(self._num_tuple, fobjs)), dtype=np.float64, count=k * n_num)
+        except TypeError:  # float(None): take the slower conversion that maps None to NaN
+            return np.array(list(map(self._num_get, fobjs)), dtype=np.float64).reshape(k, n_num)
+        return flat.reshape(k, n_num)
+
+    def _columns(
+        self,
+        good: list[Any],
+        good_idx: list[int],
+        times: npt.NDArray[np.int64],
+        slow: list[tuple[int, tuple[int, tuple[Any, ...], tuple[Any, ...]]]],
+    ) -> EventColumns:
+        """Columns of the typed rows and the reference path's rows, in message order."""
+        ev = self.config.events
+        n_num, n_seg = len(self.numeric), len(ev.segment_fields)
+        k = len(good)
+        fobjs = list(map(self._fobj_get, good)) if self._fobj_get is not None else good
+        num = self._numeric(fobjs)
+        n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None)
+        if k:
+            cats = [list(map(g, fobjs)) for g in self._cat_gets]
+            tops = [list(map(g, good)) for g in self._top_gets]  # segments, prediction, label
+        else:  # (also when there is no typed decoder, and so no getters)
+            cats = [[] for _ in self.categorical]
+            tops = [[] for _ in range(n_top)]
+        if slow:
+            pos = np.concatenate([np.asarray(good_idx, dtype=np.int64), [i for i, _r in slow]]).astype(np.int64)
+            order = np.argsort(pos, kind="stable")
+            times = np.concatenate([times, [r[0] for _i, r in slow]]).astype(np.int64)[order]
+            slow_num = np.array([r[1][:n_num] for _i, r in slow], dtype=np.float64).reshape(len(slow), n_num)
+            num = np.concatenate([num, slow_num])[order]
+            ol = order.tolist()
+            cats = [_take(c + [r[1][n_num + j] for _i, r in slow], ol) for j, c in enumerate(cats)]
+            tops = [_take(c + [r[2][j] for _i, r in slow], ol) for j, c in enumerate(tops)]
+            rows = pos[order].tolist()
+        else:
+            rows = good_idx
+        n = len(rows)
+        columns: dict[str, Any] = {name: num[:, j] for j, name in enumerate(self.numeric)}
+        for name, col in zip(self.categorical, cats, strict=True):
+            columns[name] = [c if c.__class__ is str and c else _cat_value(c) for c in col]
+        segs: list[tuple[str, ...]]
+        if n_seg == 1:
+            segs = [(c,) if c.__class__ is str and c else (_seg_value(c),) for c in tops[0]]
+        elif n_seg:
+            segs = list(zip(*([_seg_value(c) for c in col] for col in tops[:n_seg]), strict=True))
+        else:
+            segs = [()] * n
+        nan = np.full(n, np.nan)
+        j = n_seg
+        pred = np.array(tops[j], dtype=np.float64) if ev.prediction_field is not None else nan
+        j += 1 if ev.prediction_field is not None else 0
+        label = np.array(tops[j], dtype=np.float64) if ev.label_field is not None else nan.copy()
+        return EventColumns(
+            time_ms=times,
+            features=FeatureColumns({f: columns[f] for f in self.features}, num, self.numeric),
             segments=segs,
-            prediction=np.array(preds, dtype=np.float64),
-            label=np.array(labels, dtype=np.float64),
-            rows=kept,
+            prediction=pred,
+            label=label,
+            rows=rows,
         )
-        return cols, rejected
 
     def _slow_row(self, value: bytes, kts: int | None) -> tuple[int, tuple[Any, ...], tuple[Any, ...]]:
         """The reference path for one message; raises :class:`_Reject` with its reason."""
@@ -275,13 +396,20 @@ class EventDecoder:
         return int(cols.time_ms[0]), feats, top
 
 
-def _tuple_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
-    if not names:
-        return lambda _obj: ()
-    if len(names) == 1:
-        one = attrgetter(names[0])
-        return lambda obj: (one(obj),)
-    return attrgetter(*names)
+def _none(_obj: Any) -> None:
+    return None
+
+
+def _empty(_obj: Any) -> tuple[()]:
+    return ()
+
+
+def _one_tuple(get: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda obj: (get(obj),)
+
+
+def _take(values: list[Any], order: list[int]) -> list[Any]:
+    return [values[i] for i in order]
 
 
 def _cat_value(c: Any) -> str | None:

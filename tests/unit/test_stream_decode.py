@@ -223,3 +223,64 @@ def test_deep_nesting_is_rejected_before_parsing() -> None:
     assert cols.rows == [0, 3]
     assert [(r.index, r.code) for r in rejected] == [(1, "too_large"), (2, "too_large")]
     assert "deeper than" in rejected[0].reason
+
+
+# -- the batch path: batches where every message is for the typed decoder ------------------------
+valid_time = st.one_of(
+    st.integers(min_value=-(2**62), max_value=2**62),
+    st.integers(min_value=-(10**12), max_value=10**12),  # seconds and milliseconds around MS_THRESHOLD
+    st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 2**53 // 1000, 2**53 // 1000 + 1, 10**11, 10**11 - 1]),
+)
+valid_event = st.builds(
+    lambda t, x, y, c, country, score: json.dumps(
+        {"timestamp": t, "features": {"x": x, "y": y, "c": c}, "country": country, "score": score, "label": 1}
+    ).encode(),
+    valid_time,
+    st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none(), st.integers(-(10**6), 10**6)),
+    st.floats(-5, 5),
+    st.one_of(st.sampled_from(["a", "b", "zz", ""]), st.none(), st.booleans(), st.integers(0, 3)),
+    st.one_of(st.sampled_from(["de", "fr", ""]), st.none(), st.integers(0, 2)),
+    st.one_of(st.floats(0, 1), st.none(), st.booleans()),
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(valid_event, min_size=1, max_size=40), st.sampled_from(["auto", "ms", "s", "iso"]))
+def test_batches_of_typed_messages_match_reference(msgs: list[bytes], unit: str) -> None:
+    assert_same(msgs, _config(time_unit=unit))
+
+
+def test_batch_path_on_a_large_clean_batch_and_with_one_bad_message() -> None:
+    rng = np.random.default_rng(11)
+    msgs = [
+        json.dumps(ev(int(1_700_000_000_000 + i), features={"x": float(x), "y": 1.0, "c": "b"})).encode()
+        for i, x in enumerate(rng.normal(size=2000))
+    ]
+    assert_same(msgs, _config())
+    bad = [*msgs[:700], b'{"timestamp": "soon", "features": {}}', *msgs[700:1500], b"{", *msgs[1500:]]
+    assert_same(bad, _config())
+    cols, rejected = EventDecoder(_config(), REF, FEATURES).decode(bad)
+    assert [r.index for r in rejected] == [700, 1501]
+    assert cols.rows == [i for i in range(2002) if i not in (700, 1501)]
+
+
+def test_message_boundaries_hold_on_the_batch_path() -> None:
+    """Two events in one message, and one event split over two messages, are each rejected."""
+    one = json.dumps(ev()).encode()
+    two_in_one = one + b"," + one
+    head, tail = one[:20], one[20:]
+    cols, rejected = EventDecoder(_config(), REF, FEATURES).decode([one, two_in_one, head, tail, one])
+    assert cols.rows == [0, 4]
+    assert [r.index for r in rejected] == [1, 2, 3]
+    assert_same([one, two_in_one, head, tail, one], _config())
+
+
+def test_nesting_bound_per_batch_does_not_reject_shallow_messages() -> None:
+    """Many shallow nested fields add up past the limit over a batch; only the deep message goes."""
+    from stream.decode import MAX_EVENT_DEPTH
+
+    shallow = json.dumps(ev(extra=[[{"a": [1]}]] * 5)).encode()  # depth 5, 20 openers
+    deep = json.dumps(ev(extra=json.loads("[" * MAX_EVENT_DEPTH + "]" * MAX_EVENT_DEPTH))).encode()
+    cols, rejected = EventDecoder(_config(), REF, FEATURES).decode([shallow] * 50 + [deep] + [shallow] * 50)
+    assert cols.rows == [i for i in range(101) if i != 50]
+    assert [(r.index, r.code) for r in rejected] == [(50, "too_large")]
