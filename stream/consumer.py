@@ -298,32 +298,27 @@ class DriftConsumer:
         return self.stats
 
     def process(self, msgs: Sequence[Message]) -> WindowOutput:
-        """One step: a batch of messages (possibly empty) in, closed windows out."""
+        """One step: a batch of messages (possibly empty) in, closed windows out.
+
+        Per message only what every message needs is read (value, partition: one ``map``
+        each); offsets are read for the last message of each partition and for dead letters,
+        Kafka timestamps only when the decoder uses them.
+        """
         t0 = time.perf_counter()
         mon = self.monitor.monitor
-        values: list[bytes | None] = []
-        parts: list[int] = []
-        offsets: list[int] = []
-        kts: list[int | None] = []
-        data: list[Message] = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
+        data = list(msgs)
+        errors = list(map(Message.error, data))
+        if errors.count(None) != len(errors):
+            data = [m for m, err in zip(data, errors, strict=True) if err is None]
+            for err in errors:
+                if err is None or err.code() == KafkaError._PARTITION_EOF:
                     continue
                 if err.fatal():
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
-                continue
-            data.append(m)
-            values.append(m.value())
-            parts.append(m.partition() or 0)
-            offsets.append(m.offset() or 0)
-            ts_type, ts = m.timestamp()
-            kts.append(ts if ts_type != 0 and ts >= 0 else None)
         out = WindowOutput([], [], [])
         if data:
-            out = self._process_data(data, values, parts, offsets, kts)
+            out = self._process_data(data)
         closed = self.windows.advance()
         if closed:
             out.records.extend(self._emit(closed, out))
@@ -333,34 +328,35 @@ class DriftConsumer:
             self.metrics.batch_seconds.labels(mon).observe(time.perf_counter() - t0)
         return out
 
-    def _process_data(
-        self,
-        data: list[Message],
-        values: list[bytes | None],
-        parts: list[int],
-        offsets: list[int],
-        kts: list[int | None],
-    ) -> WindowOutput:
+    def _process_data(self, data: list[Message]) -> WindowOutput:
         mon = self.monitor.monitor
         st = self.stats
         st.batches += 1
         st.messages += len(data)
+        values: list[bytes | None] = list(map(Message.value, data))
+        part_arr = np.fromiter(map(Message.partition, data), dtype=np.int64, count=len(data))  # always set on a message
+        kts: list[int | None] | None = None
+        if self.decoder.needs_kafka_timestamps:
+            kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, data)]
         cols, rejected = self.decoder.decode(values, kts)
         pub = self._publisher
         for r in rejected:
             m = data[r.index]
             if pub is not None:
                 pub.dead_letter(
-                    values[r.index], m.key(), r.reason, r.code, m.topic() or "", parts[r.index], offsets[r.index]
+                    values[r.index], m.key(), r.reason, r.code, m.topic() or "", int(part_arr[r.index]), m.offset() or 0
                 )
             self.metrics.dead_letters.labels(mon, r.code).inc()
         if rejected:
             self.metrics.events.labels(mon, "invalid").inc(len(rejected))
             st.invalid += len(rejected)
             log.debug("%d invalid events; first: %s", len(rejected), rejected[0].reason)
-        self.windows.touch(set(parts))
-        part_arr = np.asarray(parts, dtype=np.int64)[np.asarray(cols.rows, dtype=np.int64)]
-        res = self.windows.add(cols, part_arr)
+        # the last message of each partition in the batch (a partition's messages come in offset order)
+        rev = part_arr[::-1]
+        present, last_rev = np.unique(rev, return_index=True)
+        partitions = set(present.tolist())
+        self.windows.touch(partitions)
+        res = self.windows.add(cols, part_arr[np.asarray(cols.rows, dtype=np.int64)])
         self.metrics.events.labels(mon, "valid").inc(res.n_added)
         st.valid += res.n_added
         if res.n_late:
@@ -374,11 +370,12 @@ class DriftConsumer:
         if res.closed:
             out.records.extend(self._emit(res.closed, out))
         # next offsets and lag
-        for p, o in zip(parts, offsets, strict=True):
+        for p, i in zip(present.tolist(), (len(data) - 1 - last_rev).tolist(), strict=True):
+            o = data[i].offset() or 0
             if o + 1 > self.next_offset.get(p, -1):
                 self.next_offset[p] = o + 1
         self._dirty = True
-        self._lag(set(parts))
+        self._lag(partitions)
         return out
 
     def _concept(self, cols: EventColumns) -> list[dict[str, Any]]:
