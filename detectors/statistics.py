@@ -32,11 +32,13 @@ chi-square
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special as _sp
 from scipy import stats as _st
 
 DEFAULT_EPSILON = 1e-4
@@ -90,10 +92,27 @@ def ks_binned(reference: ArrayLike, window: ArrayLike) -> KSBinned:
     return KSBinned(d, ks_p_value(d, int(n), int(m)), max_error)
 
 
+#: from this effective size on, the KS p-value comes from the limiting distribution (see ks_p_value)
+KS_ASYMPTOTIC_FROM = 10_000
+
+
 def ks_p_value(d: float, n: int, m: int) -> float:
-    """Two-sided p-value of the two-sample KS statistic with effective size ``n*m/(n+m)``."""
+    """Two-sided p-value of the two-sample KS statistic with effective size ``en = n*m/(n+m)``.
+
+    Below :data:`KS_ASYMPTOTIC_FROM` it is ``kstwo.sf(d, en)`` (what ``ks_2samp`` uses). From
+    there on ``kstwo.sf`` costs 15-55 ms a call (en = 30k-100k), so the Kolmogorov limiting
+    distribution with Stephens' small-sample correction, ``kolmogorov((sqrt(en) + 0.12 +
+    0.11 / sqrt(en)) * d)``, is used instead: measured against ``kstwo.sf`` at en >= 10k its
+    relative error is below 0.35 % for p >= 1e-3 and 1.4 % for p >= 2.6e-6 (unit-tested),
+    well inside the binned statistic's own error.
+    """
     en = max(1, round(n * m / (n + m)))
-    return float(min(1.0, max(0.0, _st.kstwo.sf(d, en))))
+    if en >= KS_ASYMPTOTIC_FROM:
+        root = math.sqrt(en)
+        p = float(_sp.kolmogorov((root + 0.12 + 0.11 / root) * d))
+    else:
+        p = float(_st.kstwo.sf(d, en))
+    return min(1.0, max(0.0, p))
 
 
 def ks_exact(reference: ArrayLike, window: ArrayLike) -> tuple[float, float]:

@@ -147,6 +147,23 @@ def test_binned_ks_within_documented_bound_of_exact(kind: str) -> None:
         assert kb.p_value >= asymp - 1e-12
 
 
+@pytest.mark.parametrize("en", [10_000, 40_000, 150_000])
+def test_ks_p_value_of_large_samples_is_close_to_kstwo(en: int) -> None:
+    """From KS_ASYMPTOTIC_FROM on: Stephens-corrected Kolmogorov, within the documented error of kstwo."""
+    from detectors.statistics import KS_ASYMPTOTIC_FROM
+
+    assert en >= KS_ASYMPTOTIC_FROM
+    n = m = 2 * en  # en = n*m/(n+m)
+    for x in np.linspace(0.4, 2.6, 12):
+        d = float(x / math.sqrt(en))
+        exact = float(stats.kstwo.sf(d, en))
+        got = ks_p_value(d, n, m)
+        rel = 0.0035 if exact >= 1e-3 else 0.014
+        assert got == pytest.approx(exact, rel=rel), (en, x, got, exact)
+    below = KS_ASYMPTOTIC_FROM - 2  # en just below the switch: exactly kstwo
+    assert ks_p_value(0.02, below, below) == float(stats.kstwo.sf(0.02, round(below / 2)))
+
+
 def test_ks_binned_hand_example() -> None:
     # reference CDF at the bin boundaries: 0.25, 0.75, 1; window: 0.5, 1.0, 1 -> D = max(.25, .25, 0)
     kb = ks_binned([1, 2, 1], [2, 2, 0])
