@@ -3,22 +3,30 @@
 consume a batch -> decode to columns (bad records to the dead-letter topic, counted) ->
 route by segment and update histograms (vectorised) and the concept detector -> close the
 windows the watermark passed -> evaluate -> publish records/alerts and set metrics ->
-every ``state.checkpoint_interval``: flush outputs, write the checkpoint, commit offsets.
+every ``state.checkpoint_interval``: flush outputs, write the checkpoints, commit offsets.
 
-Exactly-the-same-statistics after a crash: the checkpoint holds the window and detector
-states together with the next offset of every partition, outputs are flushed before it is
-written, and Kafka offsets are committed only after it. On assignment each partition is
-sought to the checkpoint's offset (else the committed one), so whatever was processed
-after the last checkpoint is processed again from the same state. Re-sent records of a
-re-closed window are identical and keyed identically.
+Exactly-the-same-statistics after a crash: each partition's checkpoint holds its window
+panes and watermark together with its next offset (partition 0's also the close frontier and
+the detector states), outputs are flushed before they are written, and Kafka offsets are
+committed only after them (why a crash between two files is safe: :mod:`stream.checkpoint`).
+On assignment each partition is sought to its checkpoint's offset (else the committed one),
+so whatever was processed after the last checkpoint is processed again from the same state.
+Re-sent records of a re-closed window are identical and keyed identically.
+
+Scaling: N processes of one monitor in one consumer group share one ``state.dir``. State
+follows the partitions: on revoke a process checkpoints, then lets go of the partitions
+(their locks); on assignment it locks each new partition and loads its newest checkpoint.
+The owner of partition 0 is the *closer*: the only one that closes time windows and emits
+their records and alerts, summing its own panes with the other partitions' panes read from
+their owners' newest checkpoints (see :mod:`stream.windows`), and the only one that runs the
+concept detector (over the events of its partitions: with one consumer, the whole stream).
+The others learn the close frontier from partition 0's checkpoint and prune their panes.
+Count windows are per partition and closed by the partition's owner.
 
 In-process use (the demo, tests)::
 
     consumer = DriftConsumer(ServeConfig.from_mapping(data), on_output=print_window)
     stats = consumer.run(stop_event)          # returns when stop_event is set
-
-One consumer process per monitored topic and group: the window state covers every
-partition the process reads.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,15 +52,20 @@ from detectors.events import EventColumns, concept_values
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
-from stream.checkpoint import CheckpointStore
+from stream.checkpoint import CheckpointStore, partition_dir, prepare_state_dir
 from stream.decode import EventDecoder
 from stream.exceptions import CheckpointError
 from stream.metrics import Metrics, serve_http
 from stream.publish import Publisher
 from stream.settings import ServeConfig
-from stream.windows import ClosedWindow, WindowManager
+from stream.windows import ClosedWindow, ForeignPartition, WindowManager
 
 log = logging.getLogger("streamdrift.consumer")
+
+#: the owner of this partition closes the windows (and runs the concept detector)
+CLOSER = 0
+#: how often other processes' checkpoints are looked at (seconds)
+SHARED_REFRESH_S = 0.5
 
 
 def _version() -> str:
@@ -135,14 +149,18 @@ class DriftConsumer:
         self.windows = WindowManager(self.monitor, self.layout, clock=clock)
         self.detector: ConceptDetector | None = None
         self.tracker: ConceptTracker | None = None
-        if self.monitor.concept_active:
-            self.detector = make_detector(self.monitor.concept.detector, self.monitor.concept.params)
-            self.tracker = ConceptTracker(self.monitor, self.reference.fingerprint)
+        self._fresh_concept()
         self.metrics = Metrics(self.registry, self.monitor.monitor, _version())
         size_s = None if self.monitor.window.kind == "count" else self.monitor.window.size_ms / 1000.0
         self.metrics.set_config(self.layout, self.monitor.statistics, size_s)
-        self.store = CheckpointStore(config.state.dir, self.monitor.monitor, self.reference.fingerprint)
+        self.state_dir = prepare_state_dir(config.state.dir)
+        self.stores: dict[int, CheckpointStore] = {}  # partition -> its checkpoints
         self.topic = config.kafka.topic
+        self.topic_partitions: list[int] | None = None  # every partition of the topic, once known
+        self._idle_written: dict[int, bool] = {}  # owned partition -> idle flag in its newest checkpoint
+        self._peeked: dict[int, tuple[int, dict[str, Any]]] = {}  # other processes' newest checkpoints
+        self._foreign_seq: dict[int, int] = {}
+        self._last_refresh = -math.inf
         self.next_offset: dict[int, int] = {}  # partition -> next offset to read
         self.assigned: set[int] = set()
         self.stats = RunStats()
@@ -152,51 +170,88 @@ class DriftConsumer:
         self._publisher: Publisher | None = None
         self._overflowed = 0
         self.metrics_port: int | None = None
-        self._restore()
 
     # -- state ----------------------------------------------------------------------------
-    def _restore(self) -> None:
-        snap = self.store.load()
-        if snap is None:
-            log.info("no checkpoint in %s: starting from the committed offsets", self.store.dir)
-            return
-        self.windows.restore(snap["windows"])
-        self._overflowed = self.windows.router.overflowed
-        if self.detector is not None and self.tracker is not None and snap.get("detector") is not None:
-            self.detector = restore(snap["detector"])
-            self.tracker.restore(snap["tracker"])
-        if snap["topic"] != self.topic:
-            raise CheckpointError(
-                f"the checkpoint in {self.store.dir} is of topic {snap['topic']!r}, not kafka.topic={self.topic!r}"
-            )
-        self.next_offset = {int(p): int(o) for p, o in snap["offsets"]}
-        log.info("restored state: next offsets %s", self.next_offset)
+    def _store(self, partition: int) -> CheckpointStore:
+        store = self.stores.get(partition)
+        if store is None:
+            d = partition_dir(self.state_dir, partition)
+            store = CheckpointStore(d, self.monitor.monitor, self.reference.fingerprint)
+            self.stores[partition] = store
+        return store
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
+    def _fresh_concept(self) -> None:
+        if self.monitor.concept_active:
+            self.detector = make_detector(self.monitor.concept.detector, self.monitor.concept.params)
+            self.tracker = ConceptTracker(self.monitor, self.reference.fingerprint)
+
+    def _check_topic(self, state: dict[str, Any], where: Path) -> None:
+        if state["topic"] != self.topic:
+            raise CheckpointError(
+                f"the checkpoint in {where} is of topic {state['topic']!r}, not kafka.topic={self.topic!r}"
+            )
+
+    def _take(self, partition: int) -> None:
+        """Own a partition: lock its store, load its newest good checkpoint (partition 0's carries the
+        closer's shared state: frontier, segment router, concept detector)."""
+        store = self._store(partition)
+        store.lock(wait_s=self.config.state.lock_timeout_s)
+        snap = store.load()
+        if snap is None:
+            log.info("partition %d: no checkpoint in %s: starting from the committed offsets", partition, store.dir)
+            return
+        self._check_topic(snap, store.dir)
+        if partition == CLOSER and snap.get("shared") is not None:
+            shared = snap["shared"]
+            self.windows.load_shared(shared["windows"])
+            if self.detector is not None and self.tracker is not None and shared.get("detector") is not None:
+                self.detector = restore(shared["detector"])
+                self.tracker.restore(shared["tracker"])
+        self.windows.load_partition(partition, snap["windows"])
+        if snap["offset"] is not None:
+            self.next_offset[partition] = int(snap["offset"])
+        self._idle_written[partition] = bool(snap["idle"])
+        log.info("partition %d: restored state, next offset %s", partition, snap["offset"])
+
+    def partition_state(self, partition: int) -> dict[str, Any]:
+        """What one partition's checkpoint holds (partition 0's also the closer's shared state)."""
+        state: dict[str, Any] = {
             "topic": self.topic,
-            "offsets": [[p, o] for p, o in sorted(self.next_offset.items())],
-            "windows": self.windows.snapshot(),
-            "detector": self.detector.snapshot() if self.detector is not None else None,
-            "tracker": self.tracker.snapshot() if self.tracker is not None else None,
+            "partition": partition,
+            "offset": self.next_offset.get(partition),
+            "idle": self.windows.is_idle(partition),
+            "windows": self.windows.partition_snapshot(partition),
         }
+        if partition == CLOSER:
+            state["shared"] = {
+                "windows": self.windows.shared_snapshot(),
+                "detector": self.detector.snapshot() if self.detector is not None else None,
+                "tracker": self.tracker.snapshot() if self.tracker is not None else None,
+            }
+        return state
 
     def checkpoint(self, reason: str) -> bool:
-        """Flush outputs, write the snapshot, then commit offsets. False if the snapshot failed."""
+        """Flush outputs, write partition 0's checkpoint (if owned), then the other owned partitions',
+        then commit offsets. False if a file could not be written (nothing is committed then)."""
         if self._publisher is not None:
             self._publisher.flush()
+        written: dict[int, bool] = {}
         try:
-            path = self.store.save(self.snapshot())
+            for p in sorted(self.assigned):  # partition 0 first: see stream.checkpoint
+                state = self.partition_state(p)
+                path = self._store(p).save(state)
+                written[p] = state["idle"]
+                log.debug("checkpoint (%s) %s", reason, path)
         except CheckpointError as exc:
             self.metrics.checkpoints.labels(self.monitor.monitor, "failed").inc()
             log.error("checkpoint (%s) failed, offsets not committed; will retry: %s", reason, exc)
             return False
+        self._idle_written.update(written)
         self.metrics.checkpoints.labels(self.monitor.monitor, "ok").inc()
         self.metrics.last_checkpoint.labels(self.monitor.monitor).set(self.wall_clock())
         self.stats.checkpoints += 1
         self._dirty = False
         self._last_checkpoint = self.clock()
-        log.debug("checkpoint (%s) %s", reason, path)
         self._commit()
         return True
 
@@ -212,13 +267,89 @@ class DriftConsumer:
             # the checkpoint already holds these offsets; the commit only helps other tools
             log.warning("offset commit failed (the checkpoint has the offsets): %s", exc)
 
+    # -- other processes' partitions --------------------------------------------------------
+    @property
+    def shared(self) -> bool:
+        """Whether other processes own some of the topic's partitions (or it is not known yet)."""
+        return self.topic_partitions is None or not set(self.topic_partitions) <= self.assigned
+
+    def refresh_shared(self, force: bool = False) -> None:
+        """Bring in what other processes' checkpoints say, at most every ``SHARED_REFRESH_S``: the
+        closer reads the foreign partitions' watermarks and panes, the others partition 0's frontier."""
+        now = self.clock()
+        if not force and now - self._last_refresh < SHARED_REFRESH_S:
+            return
+        self._last_refresh = now
+        if self.topic_partitions is None and self._consumer is not None:
+            try:
+                md = self._consumer.list_topics(self.topic, timeout=5)
+                t = md.topics.get(self.topic)
+                if t is not None and t.error is None and t.partitions:
+                    self.topic_partitions = sorted(t.partitions)
+            except KafkaException as exc:
+                log.warning("cannot read the partitions of %s (windows wait): %s", self.topic, exc)
+        if not self.assigned:
+            return
+        if not self.windows.closer:
+            got = self._peek(CLOSER)
+            if got is not None and got[1].get("shared") is not None:
+                before = self.windows.frontier
+                self.windows.learn_frontier(got[1]["shared"]["windows"]["frontier"])
+                if self.windows.frontier != before:  # the closer closed windows: this monitor is not stale
+                    self.metrics.last_window_closed.labels(self.monitor.monitor).set(self.wall_clock())
+            return
+        if self.topic_partitions is None:
+            self.windows.foreign = None  # every partition of the topic must be known before a window closes
+            return
+        current = self.windows.foreign or {}
+        foreign: dict[int, ForeignPartition] = {}
+        for q in self.topic_partitions:
+            if q in self.assigned:
+                continue
+            got = self._peek(q)
+            old = current.get(q)
+            if got is None:
+                foreign[q] = ForeignPartition(None, False)
+            elif old is not None and self._foreign_seq.get(q) == got[0]:
+                foreign[q] = old
+            else:
+                foreign[q] = self.windows.foreign_partition(got[1]["windows"], bool(got[1]["idle"]))
+                self._foreign_seq[q] = got[0]
+            self.windows.learn_frontier(foreign[q].pruned_to)
+        self.windows.foreign = foreign
+
+    def _peek(self, partition: int) -> tuple[int, dict[str, Any]] | None:
+        """(generation, state) of another process's newest good checkpoint of ``partition``, or None;
+        read again only when a newer file appeared."""
+        store = self._store(partition)
+        seq = store.newest_seq()
+        if seq is None:
+            return None
+        cached = self._peeked.get(partition)
+        if cached is not None and cached[0] == seq:
+            return cached
+        got = store.peek()
+        if got is None:
+            return None
+        self._check_topic(got[1], store.dir)
+        self._peeked[partition] = got
+        return got
+
     # -- rebalance callbacks ---------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        mine = sorted({tp.partition for tp in partitions if tp.topic == self.topic})
+        for p in mine:  # partition 0 first: its router and frontier before the others' panes
+            self._take(p)
         for tp in partitions:
             if tp.topic == self.topic and tp.partition in self.next_offset:
                 tp.offset = self.next_offset[tp.partition]
-        self.assigned = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self.assigned = set(mine)
         self.windows.assign(self.assigned)
+        self.windows.closer = CLOSER in self.assigned
+        self.windows.foreign = None  # until refresh_shared has read the topic and the others' checkpoints
+        self.topic_partitions = None
+        self._last_refresh = -math.inf
+        self._overflowed = self.windows.router.overflowed
         self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
         log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
@@ -232,6 +363,7 @@ class DriftConsumer:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost %s (no commit)", [tp.partition for tp in partitions])
         if self._dirty:
+            # safe: this process still holds the partitions' locks, so their new owner reads this file
             self.checkpoint_quietly("lost")
         self._drop(partitions)
 
@@ -244,9 +376,19 @@ class DriftConsumer:
             self._consumer = saved
 
     def _drop(self, partitions: Sequence[TopicPartition]) -> None:
-        gone = {tp.partition for tp in partitions}
-        self.assigned -= gone
+        """Forget revoked/lost partitions (their checkpoints have them) and let their new owner lock them."""
+        gone = {tp.partition for tp in partitions if tp.topic == self.topic}
         self.windows.revoke(gone)
+        for p in gone:
+            self.next_offset.pop(p, None)
+            self._idle_written.pop(p, None)
+            store = self.stores.get(p)
+            if store is not None:
+                store.unlock()
+        if CLOSER in gone and CLOSER in self.assigned:
+            self.windows.closer = False
+            self._fresh_concept()  # partition 0's checkpoint has the detector for its next owner
+        self.assigned -= gone
         self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
 
     # -- the loop ---------------------------------------------------------------------------
@@ -254,7 +396,6 @@ class DriftConsumer:
         """Consume until ``stop`` is set; always end with a checkpoint, a commit and a close."""
         cfg = self.config
         server = None
-        self.store.lock()
         try:
             if self.serve_metrics:
                 m = cfg.metrics
@@ -276,10 +417,13 @@ class DriftConsumer:
             batch, timeout = cfg.kafka.batch_size, cfg.kafka.poll_timeout_s
             while not stop.is_set():
                 msgs = self._consumer.consume(batch, timeout)
+                self.refresh_shared()
                 self.process(msgs)
+                if self.shared and self._idle_changed():
+                    self._dirty = True  # the closer must learn that an owned partition went idle (or woke up)
                 if self._dirty and self.clock() - self._last_checkpoint >= interval:
                     self.checkpoint("interval")
-            if self.next_offset:
+            if self.assigned:
                 self.checkpoint("shutdown")
         finally:
             try:
@@ -294,8 +438,12 @@ class DriftConsumer:
                 if server is not None:
                     server.shutdown()
                     server.server_close()
-                self.store.unlock()
+                for store in self.stores.values():
+                    store.unlock()
         return self.stats
+
+    def _idle_changed(self) -> bool:
+        return any(self.windows.is_idle(p) != self._idle_written.get(p) for p in self.assigned)
 
     def process(self, msgs: Sequence[Message]) -> WindowOutput:
         """One step: a batch of messages (possibly empty) in, closed windows out.
@@ -380,8 +528,8 @@ class DriftConsumer:
 
     def _concept(self, cols: EventColumns) -> list[dict[str, Any]]:
         det, tracker = self.detector, self.tracker
-        if det is None or tracker is None or len(cols) == 0:
-            return []
+        if det is None or tracker is None or len(cols) == 0 or not self.windows.closer:
+            return []  # the closer (partition 0's owner) runs the detector over its partitions' events
         vals = concept_values(cols, self.monitor).tolist()
         times = cols.time_ms.tolist()
         out = []

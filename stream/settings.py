@@ -10,7 +10,7 @@ sections only ``streamdrift serve`` reads::
     outputs:  statistics_topic, alerts_topic, dead_letter_topic, statistics_file
     metrics:  address (default 127.0.0.1), port (default 9308; 0 = a free port), certfile and
               keyfile (PEM: HTTPS instead of HTTP)
-    state:    dir, checkpoint_interval
+    state:    dir, checkpoint_interval, lock_timeout
 
 Every setting can be overridden from the environment as ``STREAMDRIFT_<SECTION>__<KEY>``
 (``STREAMDRIFT_KAFKA__SASL_PASSWORD``, ``STREAMDRIFT_METRICS__PORT``,
@@ -195,8 +195,15 @@ class MetricsConfig(_Section):
 
 
 class StateConfig(_Section):
-    dir: str = Field("state", description="where checkpoints live (relative paths: relative to the config file)")
+    dir: str = Field(
+        "state",
+        description="where checkpoints live, one directory per partition (relative paths: relative to the config "
+        "file); every serve process of one monitor and consumer group uses the same one",
+    )
     checkpoint_interval: int | str = "10s"
+    lock_timeout: int | str = Field(
+        "15s", description="how long a new owner of a partition waits for the previous owner to let go of it"
+    )
 
     @field_validator("checkpoint_interval")
     @classmethod
@@ -205,9 +212,20 @@ class StateConfig(_Section):
             raise ValueError("must be positive")
         return v
 
+    @field_validator("lock_timeout")
+    @classmethod
+    def _lock_timeout(cls, v: int | str) -> int | str:
+        if parse_duration_ms(v, "state.lock_timeout") < 0:
+            raise ValueError("must not be negative")
+        return v
+
     @property
     def checkpoint_interval_s(self) -> float:
         return parse_duration_ms(self.checkpoint_interval, "state.checkpoint_interval") / 1000.0
+
+    @property
+    def lock_timeout_s(self) -> float:
+        return parse_duration_ms(self.lock_timeout, "state.lock_timeout") / 1000.0
 
 
 class _ServeSections(_Section):

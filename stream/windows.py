@@ -1,24 +1,37 @@
 """Window and watermark state of the consumer: panes, count windows, per-partition watermarks.
 
-Time windows (tumbling, sliding) keep one :class:`~detectors.histogram.WindowState` per
-(segment, pane); a window is the sum of its panes (tumbling: one pane per window).
+State is kept **per partition**, so that it can follow a partition from one consumer process
+to another through its checkpoint (see :mod:`stream.checkpoint`): time windows keep one
+:class:`~detectors.histogram.WindowState` per (partition, segment, pane); a window is the sum
+over partitions and panes (tumbling: one pane per window). Segment ids are this process's
+router ids; persisted state names a segment by its key tuple.
 
 Watermarks and lateness, per partition, event by event in arrival order:
     * an event is *late* if its time is older than the largest event time seen before it
       on its own partition minus ``allowed_lateness``, or if every window it belongs to
-      has already closed; late events are counted and not added;
+      has already closed (is at or before the known close frontier); late events are
+      counted and not added;
     * the watermark of a partition is its largest event time minus ``allowed_lateness``;
-    * a window ``[start, end)`` closes when ``end <= min(watermark)`` over the *active*
-      assigned partitions; a partition is idle (not active) when no message arrived on it
-      for ``idle_timeout`` (measured with the injectable ``clock``); while an active
-      partition has no events yet it holds windows back. The close frontier never moves back.
+    * only the *closer* (the process that owns partition 0) closes windows: window
+      ``[start, end)`` closes when ``end <= min(watermark)`` over the *active* partitions of
+      the topic: its own (live), and the others' (:attr:`WindowManager.foreign`, read from
+      their owners' newest checkpoints). An own partition is idle (not active) when no
+      message arrived on it for ``idle_timeout`` (measured with the injectable ``clock``); a
+      foreign one when its owner's checkpoint says so; a partition without a watermark yet
+      (no event, or a foreign one never checkpointed) holds windows back. A foreign
+      partition's panes of a window are final once its checkpointed watermark has passed
+      the window's end (later events for it are late on their own partition), so summing
+      them from the file is exact. The close frontier never moves back;
+    * a process that does not close windows learns the frontier from partition 0's
+      checkpoint (:meth:`WindowManager.learn_frontier`) and prunes its panes up to it;
     * a window is reported for a segment when it holds at least one event of that segment.
 With one partition (or in-order partitions), what a window contains does not depend on
 how messages are split into batches, so a replay after a crash gives the same windows.
 
-Count windows: every ``N`` events per segment in arrival order (no lateness: every valid
-event counts); ``window_start``/``window_end`` are the first event's time and the last
-event's time + 1 ms, as in :func:`detectors.engine.run_local`.
+Count windows: every ``N`` events per segment *and partition* in offset order (no lateness:
+every valid event counts), closed by the partition's owner as they fill;
+``window_start``/``window_end`` are the first event's time and the last event's time + 1 ms,
+as in :func:`detectors.engine.run_local` (equal to it on a one-partition topic).
 
 Updates are vectorised: one ``flat_indices`` and one ``bincount`` per batch.
 """
@@ -27,20 +40,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors.config import MonitorConfig
-from detectors.engine import SegmentRouter, WindowSpec
+from detectors.engine import OTHER_SEGMENT, SegmentRouter, WindowSpec
 from detectors.events import EventColumns
 from detectors.histogram import Layout, WindowState
 from stream.exceptions import CheckpointError
 
 _NEG = -(2**62)
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: per-partition state, segments named by key
 
 
 @dataclass
@@ -59,6 +72,20 @@ class _CountWindow:
     first_ms: int
     last_ms: int
     raw: dict[str, list[float]] | None
+
+
+@dataclass
+class ForeignPartition:
+    """What the closer knows of a partition another process owns, from that partition's newest checkpoint.
+
+    ``max_time`` None and not ``idle``: no watermark yet, the partition holds windows back.
+    ``panes`` maps (this process's segment id, pane) to counts.
+    """
+
+    max_time: int | None
+    idle: bool
+    panes: dict[tuple[int, int], npt.NDArray[np.int64]] = field(default_factory=dict)
+    pruned_to: int | None = None
 
 
 @dataclass
@@ -100,8 +127,21 @@ def unique_pairs(
     return uniq, inv
 
 
+def _partition_key(
+    seg: npt.NDArray[np.int64], parts: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """One integer per (segment, partition): ``seg * n + index of the partition``; returns it, the
+    partitions present (sorted) and ``n``. One partition (the common case): the segment ids."""
+    if len(parts) == 0 or int(parts.min()) == int(parts.max()):
+        one = parts[:1] if len(parts) else np.zeros(1, dtype=np.int64)
+        return seg, one.astype(np.int64), 1
+    pu, pinv = np.unique(parts, return_inverse=True)
+    n = len(pu)
+    return seg * n + pinv.reshape(-1).astype(np.int64), pu.astype(np.int64), n
+
+
 class WindowManager:
-    """All open windows of one monitor, with the watermarks that close them."""
+    """The open windows of one monitor's partitions in this process, with the watermarks that close them."""
 
     def __init__(self, config: MonitorConfig, layout: Layout, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -112,11 +152,15 @@ class WindowManager:
         self.lateness_ms = config.window.allowed_lateness_ms
         self.idle_s = config.window.idle_timeout_ms / 1000.0
         self.keep_raw = config.window.keep_raw
-        self.panes: dict[tuple[int, int], WindowState] = {}
-        self.count_windows: dict[int, _CountWindow] = {}
+        self.panes: dict[tuple[int, int, int], WindowState] = {}  # (partition, segment, pane)
+        self.count_windows: dict[tuple[int, int], _CountWindow] = {}  # (partition, segment)
         self.max_time: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
         self.frontier: int | None = None  # every window with end <= frontier has closed
+        #: whether this process closes windows (it owns partition 0)
+        self.closer = True
+        #: the topic's other partitions; None = not known yet (nothing closes)
+        self.foreign: dict[int, ForeignPartition] | None = {}
 
     # -- partitions ---------------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
@@ -125,8 +169,13 @@ class WindowManager:
             self.last_seen.setdefault(p, now)
 
     def revoke(self, partitions: Iterable[int]) -> None:
-        for p in partitions:
+        """Forget these partitions' state (their owner's checkpoint has it)."""
+        gone = set(partitions)
+        for p in gone:
             self.last_seen.pop(p, None)
+            self.max_time.pop(p, None)
+        self.panes = {k: v for k, v in self.panes.items() if k[0] not in gone}
+        self.count_windows = {k: v for k, v in self.count_windows.items() if k[0] not in gone}
 
     def touch(self, partitions: Iterable[int]) -> None:
         """Messages (valid or not) arrived on these partitions now."""
@@ -134,15 +183,46 @@ class WindowManager:
         for p in partitions:
             self.last_seen[p] = now
 
+    def is_idle(self, partition: int) -> bool:
+        seen = self.last_seen.get(partition)
+        return seen is None or self.clock() - seen >= self.idle_s
+
     def watermark(self) -> int | None:
-        """min watermark over active partitions (None while nothing can close)."""
+        """min watermark over the active partitions, own and foreign (None while nothing can close)."""
+        if self.foreign is None:
+            return None
         now = self.clock()
-        active = [p for p, seen in self.last_seen.items() if now - seen < self.idle_s]
-        if not active:
+        marks: list[int] = []
+        for p, seen in self.last_seen.items():
+            if now - seen < self.idle_s:
+                if p not in self.max_time:
+                    return None
+                marks.append(self.max_time[p])
+        for fp in self.foreign.values():
+            if fp.idle:
+                continue
+            if fp.max_time is None:
+                return None
+            marks.append(fp.max_time)
+        if not marks:
             return None
-        if any(p not in self.max_time for p in active):
-            return None
-        return min(self.max_time[p] for p in active) - self.lateness_ms
+        return min(marks) - self.lateness_ms
+
+    # -- segments by key ----------------------------------------------------------------
+    def segment_id(self, key: tuple[str, ...]) -> int:
+        """This process's id of a segment named by its key (registered if new: another process
+        labelled it, so the cap of this router does not apply)."""
+        r = self.router
+        i = r._ids.get(key)
+        if i is not None:
+            return i
+        if r.fields and key == tuple(OTHER_SEGMENT for _ in r.fields):
+            r._other = r._register(key)
+            return r._other
+        return r._register(key)
+
+    def segment_key(self, segment_id: int) -> list[str]:
+        return list(self.router.keys[segment_id])
 
     # -- updates ------------------------------------------------------------------------
     def _segment_rows(self, cols: EventColumns, rows: npt.NDArray[np.int64]) -> tuple[Any, Any]:
@@ -160,14 +240,15 @@ class WindowManager:
         n = len(cols)
         if n == 0:
             return AddResult(0, 0, [])
+        partitions = np.asarray(partitions, dtype=np.int64)
         t = cols.time_ms
         late = np.zeros(n, dtype=bool) if self.spec.kind == "count" else self._late(t, partitions)
         rows = np.flatnonzero(~late).astype(np.int64)
         idx = self.layout.flat_indices(cols.features, n).reshape(n, -1)
         if self.spec.kind == "count":
-            closed = self._add_count(cols, idx, rows)
+            closed = self._add_count(cols, idx, rows, partitions)
         else:
-            self._add_panes(cols, idx, rows)
+            self._add_panes(cols, idx, rows, partitions)
             closed = []
         return AddResult(len(rows), int(late.sum()), closed)
 
@@ -196,51 +277,68 @@ class WindowManager:
         sizes = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
         return uniq, counts, sizes
 
-    def _add_panes(self, cols: EventColumns, idx: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> None:
+    def _add_panes(
+        self,
+        cols: EventColumns,
+        idx: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+        partitions: npt.NDArray[np.int64],
+    ) -> None:
         if len(rows) == 0:
             return
         seg, r = self._segment_rows(cols, rows)
+        key, pu, n_p = _partition_key(seg, partitions[r])
         panes = self.spec.pane_of(cols.time_ms[r])
-        uniq, counts, sizes = self._grouped(idx, seg, r, panes)
-        for (s, p), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True):
-            st = self.panes.get((s, p))
+        uniq, counts, sizes = self._grouped(idx, key, r, panes)
+        for (a, p), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True):
+            pk = (int(pu[a % n_p]), a // n_p, p)
+            st = self.panes.get(pk)
             if st is None:
-                self.panes[(s, p)] = WindowState(c.copy(), k, self.layout.fingerprint)
+                self.panes[pk] = WindowState(c.copy(), k, self.layout.fingerprint)
             else:
                 st.add_(c, k)
 
+    def _new_count_window(self) -> _CountWindow:
+        raw: dict[str, list[float]] | None = {f: [] for f in self.layout.numeric} if self.keep_raw else None
+        return _CountWindow(WindowState(self.layout.empty().counts, 0, self.layout.fingerprint), 0, 0, raw)
+
     def _add_count(
-        self, cols: EventColumns, idx: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]
+        self,
+        cols: EventColumns,
+        idx: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+        partitions: npt.NDArray[np.int64],
     ) -> list[ClosedWindow]:
         seg, r = self._segment_rows(cols, rows)
+        key, pu, n_p = _partition_key(seg, partitions[r])
         size_n = self.spec.count
-        # ordinal of each event within its segment's stream, from the current window's fill
+        # ordinal of each event within its (partition, segment) stream, from the current window's fill
         ordinal = np.empty(len(r), dtype=np.int64)
-        for s in np.unique(seg).tolist():
-            m = seg == s
-            cw = self.count_windows.get(s)
+        for a in np.unique(key).tolist():
+            m = key == a
+            cw = self.count_windows.get((int(pu[a % n_p]), a // n_p))
             fill = cw.state.n_events if cw is not None else 0
             ordinal[m] = fill + np.arange(int(m.sum()), dtype=np.int64)
         group = ordinal // size_n  # 0 = the open window, 1.. = later ones
-        uniq, counts, sizes = self._grouped(idx, seg, r, group)
+        uniq, counts, sizes = self._grouped(idx, key, r, group)
         t = cols.time_ms[r]
         pair_rows: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
-        order = np.lexsort((np.arange(len(r)), group, seg))
-        so, gs = seg[order], group[order]
+        order = np.lexsort((np.arange(len(r)), group, key))
+        so, gs = key[order], group[order]
         bounds = np.flatnonzero((np.diff(so) != 0) | (np.diff(gs) != 0)) + 1
         for chunk in np.split(order, bounds):
             if len(chunk):
-                pair_rows[(int(seg[chunk[0]]), int(group[chunk[0]]))] = chunk
+                pair_rows[(int(key[chunk[0]]), int(group[chunk[0]]))] = chunk
         closed: list[ClosedWindow] = []
-        for (s, g), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True):
-            chunk = pair_rows[(s, g)]
+        for (a, g), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True):
+            chunk = pair_rows[(a, g)]
             tc = t[chunk]
-            cw = self.count_windows.get(s)
+            s, ck = a // n_p, (int(pu[a % n_p]), a // n_p)
+            cw = self.count_windows.get(ck)
             if cw is None:
-                raw: dict[str, list[float]] | None = {f: [] for f in self.layout.numeric} if self.keep_raw else None
-                cw = _CountWindow(WindowState(self.layout.empty().counts, 0, self.layout.fingerprint), 0, 0, raw)
+                cw = self._new_count_window()
                 cw.first_ms, cw.last_ms = int(tc.min()), int(tc.max())
-                self.count_windows[s] = cw
+                self.count_windows[ck] = cw
             elif cw.state.n_events == 0:
                 cw.first_ms, cw.last_ms = int(tc.min()), int(tc.max())
             else:
@@ -255,16 +353,17 @@ class WindowManager:
                 closed.append(
                     ClosedWindow(s, self.router.segment(s), cw.first_ms, cw.last_ms + 1, cw.state.counts, raw_arr)
                 )
-                raw = {f: [] for f in self.layout.numeric} if self.keep_raw else None
-                self.count_windows[s] = _CountWindow(
-                    WindowState(self.layout.empty().counts, 0, self.layout.fingerprint), 0, 0, raw
-                )
+                self.count_windows[ck] = self._new_count_window()
         return closed
 
     # -- closing ------------------------------------------------------------------------
     def advance(self) -> list[ClosedWindow]:
-        """Close every time window the watermark has passed (in order of end, then segment)."""
-        if self.spec.kind == "count":
+        """Close every time window the watermark has passed (in order of end, then segment).
+
+        Only in the closer; the counts of a window are summed over its own and the foreign
+        partitions' panes.
+        """
+        if self.spec.kind == "count" or not self.closer:
             return []
         wm = self.watermark()
         if wm is None or (self.frontier is not None and wm <= self.frontier):
@@ -273,8 +372,14 @@ class WindowManager:
         self.frontier = wm
         spec = self.spec
         k = spec.panes_per_window
+        members_of: dict[tuple[int, int], list[npt.NDArray[np.int64]]] = {}
+        for (_part, s, p), st in self.panes.items():
+            members_of.setdefault((s, p), []).append(st.counts)
+        for fp in (self.foreign or {}).values():
+            for sp, c in fp.panes.items():
+                members_of.setdefault(sp, []).append(c)
         by_seg: dict[int, set[int]] = {}
-        for s, p in self.panes:
+        for s, p in members_of:
             by_seg.setdefault(s, set()).add(p)
         closed: list[ClosedWindow] = []
         for s in sorted(by_seg):
@@ -283,39 +388,111 @@ class WindowManager:
                 start, end = spec.window_bounds(first)
                 if end > wm or (old is not None and end <= old):
                     continue
-                members = [self.panes[(s, p)] for p in range(first, first + k) if p in panes]
-                total = members[0].counts.copy()
+                members = [c for p in range(first, first + k) if p in panes for c in members_of[(s, p)]]
+                total = members[0].copy()
                 for m in members[1:]:
-                    total += m.counts
+                    total += m
                 closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
-        for s, p in list(self.panes):
-            if p * spec.slide_ms + spec.size_ms <= wm:
-                del self.panes[(s, p)]
+        self._prune()
         closed.sort(key=lambda c: (c.end_ms, c.segment_id))
         return closed
 
+    def learn_frontier(self, frontier: int | None) -> None:
+        """Every window with end <= ``frontier`` has closed (elsewhere, or before a restart): never
+        close them again, drop their panes, count later events for them as late."""
+        if frontier is None or (self.frontier is not None and frontier <= self.frontier):
+            return
+        self.frontier = int(frontier)
+        self._prune()
+
+    def _prune(self) -> None:
+        if self.frontier is None:
+            return
+        spec, f = self.spec, self.frontier
+        for key in [key for key in self.panes if key[2] * spec.slide_ms + spec.size_ms <= f]:
+            del self.panes[key]
+        for fp in (self.foreign or {}).values():
+            for sp in [sp for sp in fp.panes if sp[1] * spec.slide_ms + spec.size_ms <= f]:
+                del fp.panes[sp]
+
     # -- state --------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def partition_snapshot(self, partition: int) -> dict[str, Any]:
+        """One partition's state: its watermark, panes, count windows, and ``pruned_to`` (the frontier
+        up to which its panes were dropped)."""
         return {
             "version": SNAPSHOT_VERSION,
-            "router": self.router.snapshot(),
-            "panes": [[s, p, st.snapshot()] for (s, p), st in sorted(self.panes.items())],
-            "count_windows": [
-                [s, cw.state.snapshot(), cw.first_ms, cw.last_ms, cw.raw]
-                for s, cw in sorted(self.count_windows.items())
+            "max_time": self.max_time.get(partition),
+            "panes": [
+                [self.segment_key(s), p, st.snapshot()]
+                for (q, s, p), st in sorted(self.panes.items())
+                if q == partition
             ],
-            "max_time": [[p, t] for p, t in sorted(self.max_time.items())],
-            "frontier": self.frontier,
+            "count_windows": [
+                [self.segment_key(s), cw.state.snapshot(), cw.first_ms, cw.last_ms, cw.raw]
+                for (q, s), cw in sorted(self.count_windows.items())
+                if q == partition
+            ],
+            "pruned_to": self.frontier,
+        }
+
+    def load_partition(self, partition: int, snap: Mapping[str, Any]) -> None:
+        """Take over a partition from its checkpoint (replaces what this process held of it)."""
+        _check_version(snap)
+        seen = self.last_seen.get(partition)
+        self.revoke([partition])
+        if seen is not None:
+            self.last_seen[partition] = seen
+        if snap["max_time"] is not None:
+            self.max_time[partition] = int(snap["max_time"])
+        for key, p, st in snap["panes"]:
+            s = self.segment_id(tuple(key))
+            self.panes[(partition, s, int(p))] = WindowState.from_snapshot(st, self.layout)
+        for key, st, a, b, raw in snap["count_windows"]:
+            s = self.segment_id(tuple(key))
+            self.count_windows[(partition, s)] = _CountWindow(
+                WindowState.from_snapshot(st, self.layout), int(a), int(b), raw
+            )
+        self.learn_frontier(snap["pruned_to"])
+        self._prune()
+
+    def foreign_partition(self, snap: Mapping[str, Any], idle: bool) -> ForeignPartition:
+        """A foreign partition's view from its checkpoint (segments mapped to this process's ids)."""
+        _check_version(snap)
+        panes: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+        for key, p, st in snap["panes"]:
+            panes[(self.segment_id(tuple(key)), int(p))] = WindowState.from_snapshot(st, self.layout).counts
+        mt = snap["max_time"]
+        pruned = snap["pruned_to"]
+        return ForeignPartition(None if mt is None else int(mt), idle, panes, None if pruned is None else int(pruned))
+
+    def shared_snapshot(self) -> dict[str, Any]:
+        """What the closer keeps in partition 0's checkpoint: the frontier and its segment router."""
+        return {"version": SNAPSHOT_VERSION, "frontier": self.frontier, "router": self.router.snapshot()}
+
+    def load_shared(self, snap: Mapping[str, Any]) -> None:
+        """Partition 0's shared state: the frontier (never moving back) and the router's segments, in
+        their order (added to this router's; the first loaded keeps its ids)."""
+        _check_version(snap)
+        router = snap["router"]
+        for key in router["keys"]:
+            self.segment_id(tuple(key))
+        self.router.overflowed = max(self.router.overflowed, int(router["overflowed"]))
+        self.learn_frontier(snap["frontier"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this process holds (tests; the consumer saves one partition per file)."""
+        parts = {q for q, _s, _p in self.panes} | {q for q, _s in self.count_windows} | set(self.max_time)
+        return {
+            "shared": self.shared_snapshot(),
+            "partitions": [[q, self.partition_snapshot(q)] for q in sorted(parts)],
         }
 
     def restore(self, snap: Mapping[str, Any]) -> None:
-        if snap.get("version") != SNAPSHOT_VERSION:
-            raise CheckpointError(f"window state version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")
-        self.router.restore(snap["router"])
-        self.panes = {(int(s), int(p)): WindowState.from_snapshot(st, self.layout) for s, p, st in snap["panes"]}
-        self.count_windows = {
-            int(s): _CountWindow(WindowState.from_snapshot(st, self.layout), int(a), int(b), raw)
-            for s, st, a, b, raw in snap["count_windows"]
-        }
-        self.max_time = {int(p): int(t) for p, t in snap["max_time"]}
-        self.frontier = None if snap["frontier"] is None else int(snap["frontier"])
+        self.load_shared(snap["shared"])
+        for q, part in snap["partitions"]:
+            self.load_partition(int(q), part)
+
+
+def _check_version(snap: Mapping[str, Any]) -> None:
+    if snap.get("version") != SNAPSHOT_VERSION:
+        raise CheckpointError(f"window state version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")

@@ -328,12 +328,12 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
         assert ("streamdrift_build_info", (("version", "0.1.0"),)) in m
 
         # SIGTERM: clean exit, a final checkpoint, committed offsets at the end of each partition
-        before = set((tmp_path / "state").glob("checkpoint-*.json"))
+        before = set((tmp_path / "state").glob("partitions/*/checkpoint-*.json"))
         assert stop(proc) == 0
-        after = set((tmp_path / "state").glob("checkpoint-*.json"))
-        assert after - before, "no final checkpoint on SIGTERM"
-        final = json.loads(max(after).read_text())
-        assert sorted(map(tuple, final["state"]["offsets"])) == [(0, n // 2), (1, n // 2)]
+        after = set((tmp_path / "state").glob("partitions/*/checkpoint-*.json"))
+        assert {f.parent.name for f in after - before} == {"0", "1"}, "no final checkpoint on SIGTERM"
+        finals = [json.loads(max(f for f in after if f.parent.name == str(p)).read_text()) for p in (0, 1)]
+        assert [(d["state"]["partition"], d["state"]["offset"]) for d in finals] == [(0, n // 2), (1, n // 2)]
         c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": data["kafka"]["group_id"]})
         committed = c.committed([TopicPartition(topics["events"], p) for p in (0, 1)], timeout=10)
         c.close()

@@ -38,17 +38,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 
 def checkpoints(state: Path) -> set[str]:
-    return {p.name for p in state.glob("checkpoint-*.json")} if state.exists() else set()
+    """Partition 0's checkpoint files (the topic has one partition)."""
+    d = state / "partitions" / "0"
+    return {p.name for p in d.glob("checkpoint-*.json")} if d.exists() else set()
 
 
 def latest_offset(state: Path) -> int | None:
     names = sorted(checkpoints(state))
     for name in reversed(names):
         try:
-            doc = json.loads((state / name).read_text())
+            doc = json.loads((state / "partitions" / "0" / name).read_text())
         except (OSError, ValueError):
             continue
-        return int(dict(map(tuple, doc["state"]["offsets"])).get(0, 0))
+        return int(doc["state"]["offset"] or 0)
     return None
 
 

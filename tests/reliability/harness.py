@@ -293,10 +293,13 @@ def window_counts(records: Iterable[dict[str, Any]]) -> dict[tuple[int, str], in
     }
 
 
-def open_overall_events(checkpoint: dict[str, Any]) -> int:
-    """Events held by the still-open panes of the overall segment (id 0) in a checkpoint."""
-    panes = checkpoint["state"]["windows"]["panes"]
-    return sum(int(st["n_events"]) for s, _p, st in panes if int(s) == 0)
+def open_overall_events(state_dir: Path) -> int:
+    """Events held by the still-open panes of the overall segment (key ``[]``), over every partition's
+    newest checkpoint."""
+    total = 0
+    for doc in partition_checkpoints(state_dir).values():
+        total += sum(int(st["n_events"]) for key, _p, st in doc["state"]["windows"]["panes"] if key == [])
+    return total
 
 
 def expected_records(events: list[dict[str, Any]], config_path: Path, closed_until_ms: int) -> list[dict[str, Any]]:
@@ -311,15 +314,45 @@ def expected_records(events: list[dict[str, Any]], config_path: Path, closed_unt
     return [r for r in recs if r["window_end"] <= closed_until_ms]
 
 
-def checkpoints(state_dir: Path) -> list[dict[str, Any]]:
-    """The readable checkpoint documents in a state dir, newest first."""
+def checkpoint_files(state_dir: Path, partition: int = 0) -> list[Path]:
+    """One partition's checkpoint files, oldest first."""
+    return sorted((state_dir / "partitions" / str(partition)).glob("checkpoint-*.json"))
+
+
+def checkpoints(state_dir: Path, partition: int = 0) -> list[dict[str, Any]]:
+    """The readable checkpoint documents of one partition, newest first."""
     out = []
-    for f in sorted(state_dir.glob("checkpoint-*.json"), reverse=True):
+    for f in reversed(checkpoint_files(state_dir, partition)):
         try:
             out.append(json.loads(f.read_bytes()))
         except (OSError, ValueError):
             continue  # corrupt (the consumer skips it too) or deleted meanwhile
     return out
+
+
+def partition_checkpoints(state_dir: Path) -> dict[int, dict[str, Any]]:
+    """The newest readable checkpoint document of every partition in a state dir."""
+    root = state_dir / "partitions"
+    out: dict[int, dict[str, Any]] = {}
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        docs = checkpoints(state_dir, int(d.name))
+        if docs:
+            out[int(d.name)] = docs[0]
+    return out
+
+
+def offsets(state_dir: Path) -> dict[int, int]:
+    """Next offset per partition, from the newest checkpoints (partitions never read are left out)."""
+    return {
+        p: int(doc["state"]["offset"])
+        for p, doc in partition_checkpoints(state_dir).items()
+        if doc["state"]["offset"] is not None
+    }
+
+
+def consumed(state_dir: Path) -> int:
+    """Messages read and checkpointed, over every partition."""
+    return sum(offsets(state_dir).values())
 
 
 def scrape(port: int, scheme: str = "http", context: Any = None) -> str:

@@ -34,8 +34,7 @@ N = 4000
 
 
 def read_all(state: Path, total: int) -> bool:
-    cps = h.checkpoints(state) if state.exists() else []
-    return bool(cps) and sum(int(o) for _p, o in cps[0]["state"]["offsets"]) == total
+    return h.consumed(state) == total
 
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
@@ -78,7 +77,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(kafka_bootstrap:
     state, log = tmp_path / "serve-state", tmp_path / "serve.log"
     h.produce(kafka_bootstrap, topics["events"], values[: N // 2])
     run_until(cfg, log, state, N // 2)
-    files = sorted(state.glob("checkpoint-*.json"))
+    files = h.checkpoint_files(state)
     assert len(files) == 2, files
     newest, previous = files[-1], files[0]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
@@ -102,10 +101,11 @@ def test_all_checkpoints_corrupt_starts_from_committed_offsets(kafka_bootstrap: 
     state, log = tmp_path / "serve-state", tmp_path / "serve.log"
     h.produce(kafka_bootstrap, topics["events"], values[: N // 2])
     run_until(cfg, log, state, N // 2)
-    files = sorted(state.glob("checkpoint-*.json"))
+    files = h.checkpoint_files(state)
     data = files[-1].read_bytes()
-    # a valid JSON document whose checksum no longer matches: one digit of an offset changed
-    files[-1].write_bytes(data.replace(b'"offsets":[[0,', b'"offsets":[[0,1', 1))
+    # a valid JSON document whose checksum no longer matches: one digit of the offset changed
+    assert b'"offset":' in data
+    files[-1].write_bytes(data.replace(b'"offset":', b'"offset":1', 1))
     files[0].write_bytes(b"\x00garbage")
     before = committed(kafka_bootstrap, "g-corrupt", topics["events"])
     log = tmp_path / "restart.log"
@@ -169,7 +169,7 @@ def test_full_disk_fails_checkpoints_loudly_and_commits_nothing(kafka_bootstrap:
             failed = re.search(r'streamdrift_checkpoints_total\{monitor="rel",outcome="failed"\} (\S+)', page)
             assert failed is not None and float(failed.group(1)) >= 1
             during = committed(kafka_bootstrap, "g-disk", topics["events"])
-            leftovers = [p.name for p in state.iterdir() if p.name.endswith(".tmp")]
+            leftovers = [p.name for p in state.rglob("*") if p.name.endswith(".tmp")]
             alive = proc.poll() is None
             os.unlink(filler)
             h.wait_for(lambda: read_all(state, N), "recovery after space is freed", 60, proc, log)

@@ -16,7 +16,7 @@ from detectors.events import EventColumns
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.consumer import closed_records
-from stream.windows import WindowManager
+from stream.windows import ForeignPartition, WindowManager
 
 pytestmark = pytest.mark.unit
 
@@ -231,3 +231,163 @@ def test_idle_partition_stops_holding_windows_back() -> None:
     wm.touch([0])
     closed = wm.advance()
     assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms.max())
+
+
+# -- state per partition: two processes vs one ---------------------------------------------------
+
+
+def _take(cols: EventColumns, idx: list[int]) -> EventColumns:
+    ix = np.asarray(idx, dtype=np.int64)
+    return EventColumns(
+        time_ms=cols.time_ms[ix],
+        features={
+            f: (np.asarray(v)[ix] if isinstance(v, np.ndarray) else [v[i] for i in idx])
+            for f, v in cols.features.items()
+        },
+        segments=[cols.segments[i] for i in idx],
+        prediction=cols.prediction[ix],
+        label=cols.label[ix],
+        rows=list(range(len(idx))),
+    )
+
+
+def _schedule(cols: EventColumns, seed: int) -> tuple[dict[int, EventColumns], list[tuple[int, int, int]]]:
+    """Events split over partitions 0 and 1 (i % 2, each in time order) and a seeded schedule of batches
+    (partition, lo, hi) that interleaves the two partitions at different paces."""
+    streams = {p: _take(cols, list(range(p, len(cols), 2))) for p in (0, 1)}
+    rng = np.random.default_rng(seed)
+    pos = {0: 0, 1: 0}
+    batches: list[tuple[int, int, int]] = []
+    while any(pos[p] < len(streams[p]) for p in (0, 1)):
+        p = int(rng.integers(0, 2))
+        if pos[p] >= len(streams[p]):
+            p = 1 - p
+        hi = min(len(streams[p]), pos[p] + int(rng.integers(1, 150)))
+        batches.append((p, pos[p], hi))
+        pos[p] = hi
+    return streams, batches
+
+
+def _feed(wm: WindowManager, streams: dict[int, EventColumns], p: int, lo: int, hi: int) -> list[Any]:
+    part = _slice(streams[p], lo, hi)
+    wm.touch([p])
+    res = wm.add(part, np.full(len(part), p, dtype=np.int64))
+    return [*res.closed, *wm.advance()]
+
+
+def _sync(closer: WindowManager, other: WindowManager) -> list[Any]:
+    """What the consumer does through the checkpoints: the closer reads partition 1's state (a JSON
+    round trip), the other learns the frontier."""
+    snap = json.loads(json.dumps(other.partition_snapshot(1)))
+    closer.foreign = {1: closer.foreign_partition(snap, idle=False)}
+    closed = closer.advance()
+    other.learn_frontier(closer.frontier)
+    return closed
+
+
+@pytest.mark.parametrize(
+    "window",
+    [{"kind": "tumbling", "size": "1m"}, {"kind": "sliding", "size": "2m", "slide": "30s"}],
+)
+def test_two_processes_merge_partitions_like_one(window: dict[str, Any]) -> None:
+    config = _config(window, segments={"max_segments": 5})
+    layout = Layout(REF)
+    cols = _events(4000, seed=9)
+    streams, batches = _schedule(cols, seed=9)
+    clock = FakeClock()
+    single = WindowManager(config, layout, clock=clock)
+    single.assign([0, 1])
+    a, b = WindowManager(config, layout, clock=clock), WindowManager(config, layout, clock=clock)
+    a.assign([0])
+    b.assign([1])
+    a.foreign = None  # partition 1 unknown until its first checkpoint is read
+    b.closer = False
+    one: list[Any] = []
+    two: list[Any] = []
+    for p, lo, hi in batches:
+        one += _feed(single, streams, p, lo, hi)
+        two += _feed(a if p == 0 else b, streams, p, lo, hi)
+        two += _sync(a, b)
+    assert b.advance() == [] and b.frontier == a.frontier  # only the closer closes
+    assert a.frontier == single.frontier
+    spec = b.spec
+    assert b.panes and not any(k[2] * spec.slide_ms + spec.size_ms <= a.frontier for k in b.panes)  # pruned
+    got = sorted(closed_records(layout, config, two), key=record_sort_key)
+    want = sorted(closed_records(layout, config, one), key=record_sort_key)
+    assert len(want) > 50
+    assert_records_equal(got, want)
+    # and both are the backfill over the whole stream
+    assert_records_equal(want, _closed_part(run_local(cols, config, REF, layout), single.frontier))
+
+
+def test_a_foreign_partition_without_a_checkpoint_holds_windows_back_an_idle_one_does_not() -> None:
+    config = _config({"kind": "tumbling", "size": "1m"})
+    clock = FakeClock()
+    wm = WindowManager(config, Layout(REF), clock=clock)
+    wm.assign([0])
+    cols = _events(500, seed=12)
+    wm.touch([0])
+    wm.add(cols, np.zeros(len(cols), dtype=np.int64))
+    wm.foreign = None  # the topic's partitions are not known yet
+    assert wm.advance() == []
+    wm.foreign = {1: ForeignPartition(None, idle=False)}  # never checkpointed
+    assert wm.advance() == []
+    wm.foreign = {1: ForeignPartition(T0 + 120_000, idle=False)}  # its watermark: 2 minutes in
+    closed = wm.advance()
+    assert closed and max(c.end_ms for c in closed) == T0 - T0 % 60_000 + 120_000
+    wm.foreign = {1: ForeignPartition(None, idle=True)}
+    assert max(c.end_ms for c in wm.advance()) > T0 + 120_000
+
+
+def test_frontier_after_falling_back_to_an_older_partition_0_checkpoint() -> None:
+    """Partition 0's newest checkpoint is lost (corrupt): the process resumes partition 0 from the
+    previous generation (older frontier, older offset) and partition 1 from its newest one, whose
+    panes were pruned up to a later frontier. The frontier is the max of both, so no window is closed
+    again with panes missing, and the records equal an uninterrupted run."""
+    config = _config({"kind": "sliding", "size": "2m", "slide": "30s"})
+    layout = Layout(REF)
+    cols = _events(4000, seed=13)
+    streams, batches = _schedule(cols, seed=13)
+    clock = FakeClock()
+
+    def fresh() -> WindowManager:
+        wm = WindowManager(config, layout, clock=clock)
+        wm.assign([0, 1])
+        return wm
+
+    straight = fresh()
+    want: list[Any] = []
+    for p, lo, hi in batches:
+        want += _feed(straight, streams, p, lo, hi)
+
+    wm = fresh()
+    emitted: list[Any] = []
+    pos = {0: 0, 1: 0}
+    saved: dict[int, list[tuple[dict[str, Any], dict[str, Any] | None, int]]] = {0: [], 1: []}
+    cut = len(batches) // 2
+    for i, (p, lo, hi) in enumerate(batches[:cut]):
+        emitted += _feed(wm, streams, p, lo, hi)
+        pos[p] = hi
+        if i in (cut // 2, cut - 1):  # two checkpoints: partition 0's file, then partition 1's
+            for q in (0, 1):
+                shared = wm.shared_snapshot() if q == 0 else None
+                saved[q].append((json.loads(json.dumps(wm.partition_snapshot(q))), shared, pos[q]))
+    (old0, old_shared, old_pos0), (new1, _, new_pos1) = saved[0][0], saved[1][1]
+    assert old_shared is not None and new1["pruned_to"] > old_shared["frontier"]
+
+    resumed = fresh()
+    resumed.load_shared(json.loads(json.dumps(old_shared)))
+    resumed.load_partition(0, old0)
+    resumed.load_partition(1, new1)
+    assert resumed.frontier == new1["pruned_to"]  # max(partition 0's frontier, every pruned_to)
+    pos = {0: old_pos0, 1: new_pos1}
+    for p, lo, hi in batches:  # replay each partition from its checkpoint's offset
+        if hi <= pos[p]:
+            continue
+        emitted += _feed(resumed, streams, p, max(lo, pos[p]), hi)
+    got = closed_records(layout, config, emitted)
+    keys = [_key(r) for r in got]
+    assert len(keys) == len(set(keys)), "a window was closed twice"
+    assert_records_equal(
+        sorted(got, key=record_sort_key), sorted(closed_records(layout, config, want), key=record_sort_key)
+    )
