@@ -67,10 +67,13 @@ class SegmentRouter:
 
     def route(self, keys: Sequence[tuple[str, ...]]) -> npt.NDArray[np.int64]:
         """Segment id of every event (-1 when there are no segment fields)."""
-        out = np.full(len(keys), -1, dtype=np.int64)
         if not self.fields:
-            return out
+            return np.full(len(keys), -1, dtype=np.int64)
         ids = self._ids
+        known = list(map(ids.get, keys))
+        if None not in known:  # the usual case: every segment seen before, one dict lookup each
+            return np.array(known, dtype=np.int64).reshape(len(keys))
+        out = np.full(len(keys), -1, dtype=np.int64)
         n_seg = len(self.keys) - (1 if self.overall else 0) - (1 if self._other is not None else 0)
         for j, key in enumerate(keys):
             i = ids.get(key)
