@@ -37,6 +37,7 @@ REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field
 #: deeper nesting of arrays/objects is rejected (``too_large``) before any parser sees it
 MAX_EVENT_DEPTH = 64
 _BRACE, _BRACKET = ord("{"), ord("[")
+_STR_ONLY = frozenset({str})
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -352,10 +353,11 @@ class EventDecoder:
         n = len(rows)
         columns: dict[str, Any] = {name: num[:, j] for j, name in enumerate(self.numeric)}
         for name, col in zip(self.categorical, cats, strict=True):
-            columns[name] = [c if c.__class__ is str and c else _cat_value(c) for c in col]
+            columns[name] = col if _clean(col) else [c if c.__class__ is str and c else _cat_value(c) for c in col]
         segs: list[tuple[str, ...]]
         if n_seg == 1:
-            segs = [(c,) if c.__class__ is str and c else (_seg_value(c),) for c in tops[0]]
+            col = tops[0]
+            segs = list(zip(col)) if _clean(col) else [(_seg_value(c),) for c in col]
         elif n_seg:
             segs = list(zip(*([_seg_value(c) for c in col] for col in tops[:n_seg]), strict=True))
         else:
@@ -410,6 +412,11 @@ def _one_tuple(get: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
 
 def _take(values: list[Any], order: list[int]) -> list[Any]:
     return [values[i] for i in order]
+
+
+def _clean(col: list[Any]) -> bool:
+    """Only non-empty strings: already final as categorical and segment values."""
+    return set(map(type, col)) <= _STR_ONLY and "" not in col
 
 
 def _cat_value(c: Any) -> str | None:
