@@ -39,7 +39,6 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +54,6 @@ UNSEEN = "__unseen__"
 MISSING = "__missing__"
 #: most reference categories kept to tell ``__other__`` from ``__unseen__``
 MAX_OTHER_VALUES = 10_000
-_STR_OR_NONE = frozenset({str, type(None)})
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -154,6 +152,22 @@ class NumericProfile:
         return d
 
 
+class _SlotLookup(dict[Any, int]):
+    """Slot of a categorical value: the kept strings and the missing markers (None, "") are keys.
+
+    Only strings and None are keys, so no other value can hit one by equality (``True == 1``,
+    ``1.0 == 1``): every other value, and every string the reference did not keep, goes
+    through ``bucket_of`` (``__missing__`` does not insert, so memory stays bounded).
+    """
+
+    def __init__(self, bucket_of: Any) -> None:
+        super().__init__()
+        self._bucket_of = bucket_of
+
+    def __missing__(self, value: Any) -> int:
+        return int(self._bucket_of(value))
+
+
 @dataclass(frozen=True)
 class CategoricalProfile:
     """Reference buckets of one categorical feature."""
@@ -166,7 +180,7 @@ class CategoricalProfile:
     n_missing: int
     type: Literal["categorical"] = "categorical"
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
-    _lookup: dict[str | None, int] = field(default_factory=dict, compare=False, repr=False)
+    _lookup: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         index = {c: i for i, c in enumerate(self.categories)}
@@ -174,8 +188,10 @@ class CategoricalProfile:
         for v in self.other_values:
             index[v] = k
         self._index.update(index)
-        self._lookup.update(index)
-        self._lookup.update({None: self.n_bins, "": self.n_bins})  # missing
+        lookup = _SlotLookup(self.bucket_of)
+        lookup.update(index)
+        lookup.update({None: self.n_bins, "": self.n_bins})  # missing
+        object.__setattr__(self, "_lookup", lookup)
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -218,9 +234,10 @@ class CategoricalProfile:
         k = len(self.categories)
         default = k if self.other_truncated else k + 1
         n = len(values)
-        if set(map(type, values)) <= _STR_OR_NONE:  # the decoder's output: one dict lookup per value
-            lookup = self._lookup.get
-            return np.fromiter(map(lookup, values, repeat(default, n)), dtype=np.int64, count=n)
+        try:  # one dict lookup per value; what the dict does not have goes through bucket_of
+            return np.fromiter(map(self._lookup.__getitem__, values), dtype=np.int64, count=n)
+        except TypeError:  # an unhashable value (a list...): value by value below
+            pass
         out = np.empty(n, dtype=np.int64)
         for i, v in enumerate(values):
             if type(v) is str and v:
