@@ -272,7 +272,8 @@ class WindowManager:
         """Unique (segment, key2) groups, their count vectors and sizes: one bincount."""
         uniq, inv = unique_pairs(seg, key2)
         size = self.layout.size
-        flat = (idx[rows] + (inv * size)[:, None]).reshape(-1)
+        whole = len(rows) == len(idx) and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(idx) - 1))
+        flat = ((idx if whole else idx[rows]) + (inv * size)[:, None]).reshape(-1)  # whole: rows = 0..n-1
         counts = np.bincount(flat, minlength=len(uniq) * size).reshape(len(uniq), size).astype(np.int64)
         sizes = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
         return uniq, counts, sizes
@@ -286,12 +287,31 @@ class WindowManager:
     ) -> None:
         if len(rows) == 0:
             return
-        seg, r = self._segment_rows(cols, rows)
-        key, pu, n_p = _partition_key(seg, partitions[r])
-        panes = self.spec.pane_of(cols.time_ms[r])
-        uniq, counts, sizes = self._grouped(idx, key, r, panes)
-        for (a, p), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True):
-            pk = (int(pu[a % n_p]), a // n_p, p)
+        with_overall = self.router.active and self.router.overall
+        if self.router.active:  # each row in its routed segment; the overall is summed from them below
+            keys = cols.segments
+            seg = self.router.route(keys if len(rows) == len(keys) else [keys[i] for i in rows.tolist()])
+        else:
+            seg = np.zeros(len(rows), dtype=np.int64)
+        key, pu, n_p = _partition_key(seg, partitions[rows])
+        panes = self.spec.pane_of(cols.time_ms[rows])
+        uniq, counts, sizes = self._grouped(idx, key, rows, panes)
+        groups = [
+            ((int(pu[a % n_p]), a // n_p, p), c, k)
+            for (a, p), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True)
+        ]
+        if with_overall and len(uniq):
+            # the overall segment (id 0) of a (partition, pane) is the sum of its segments' counts:
+            # one small sum over groups instead of binning every event a second time
+            ouniq, oinv = unique_pairs(uniq[:, 0] % n_p, uniq[:, 1])
+            ocounts = np.zeros((len(ouniq), counts.shape[1]), dtype=np.int64)
+            np.add.at(ocounts, oinv, counts)
+            osizes = np.bincount(oinv, weights=sizes, minlength=len(ouniq)).astype(np.int64)
+            groups += [
+                ((int(pu[pi]), 0, p), c, k)
+                for (pi, p), c, k in zip(ouniq.tolist(), ocounts, osizes.tolist(), strict=True)
+            ]
+        for pk, c, k in groups:
             st = self.panes.get(pk)
             if st is None:
                 self.panes[pk] = WindowState(c.copy(), k, self.layout.fingerprint)
