@@ -337,13 +337,24 @@ def run_backfill(
     df, to_items = input_frame(spark, monitor, source, fmt, kafka)
     tagged = summaries(df, to_items, bc)
     tagged = tagged.persist()
+    segmented = bool(monitor.segment_fields)
+    pane_kind = monitor.spec.kind != "count"
     try:
-        first = tagged.filter(lambda x: x[0] == "s").map(lambda x: (x[1], x[2])).reduceByKey(min).collectAsMap()
+        # one job for what needs no segment route: first appearances, input counts, the concept
+        # stream and, without segment fields, the pane counts (each Spark job over the cached
+        # partitions costs ~1 s of task overhead that two cores barely shorten)
+        small = tagged.mapPartitionsWithIndex(lambda pid, it: _keyed(pid, it, pane_kind and not segmented))
+        got = small.reduceByKey(_merge).collect()
+        first = {k[1]: v for k, v in got if k[0] == "s"}
+        stats = [v for k, v in got if k[0] == "e"]
+        concept = [v for k, v in got if k[0] == "v"]
         route = route_segments(monitor, first)
-        bc_route = sc.broadcast(route)
-        if monitor.spec.kind == "count":
-            windows = _count_windows(tagged, bc_route, monitor.spec.count, monitor.layout.size)
+        if not pane_kind:
+            windows = _count_windows(tagged, sc.broadcast(route), monitor.spec.count, monitor.layout.size)
+        elif not segmented:
+            windows = _pane_windows(monitor, [((None, k[1]), v) for k, v in got if k[0] == "c"])
         else:
+            bc_route = sc.broadcast(route)
             summed = (
                 tagged.filter(lambda x: x[0] == "c")
                 .map(lambda x: ((None if x[1] is None else bc_route.value[x[1]], x[2]), x[3]))
@@ -351,8 +362,6 @@ def run_backfill(
                 .collect()
             )
             windows = _pane_windows(monitor, summed)
-        stats = tagged.filter(lambda x: x[0] == "e").map(lambda x: x[1:]).collect()
-        concept = tagged.filter(lambda x: x[0] == "v").map(lambda x: x[1:]).collect()
     finally:
         tagged.unpersist()
     records: list[dict[str, Any]] = []
@@ -379,6 +388,23 @@ def run_backfill(
         "overflowed_segments": sum(1 for k, v in route.items() if k != v),
     }
     return records, summary
+
+
+def _keyed(pid: int, items: Iterator[tuple[Any, ...]], with_counts: bool) -> Iterator[tuple[Any, Any]]:
+    """Keyed partial results for one ``reduceByKey(_merge)``: first appearances merge by min,
+    pane counts by addition; input counts and concept parts get keys of their own."""
+    for j, x in enumerate(items):
+        tag = x[0]
+        if tag == "s":
+            yield ("s", x[1]), x[2]
+        elif tag in ("e", "v"):
+            yield (tag, pid, j), x[1:]
+        elif tag == "c" and with_counts:
+            yield ("c", x[2]), x[3]  # no segment fields: every count vector is the overall's
+
+
+def _merge(a: Any, b: Any) -> Any:
+    return a + b if isinstance(a, np.ndarray) else min(a, b)
 
 
 def _pane_windows(monitor: Monitor, summed: list[Any]) -> list[tuple[Any, int, int, np.ndarray]]:
