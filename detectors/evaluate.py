@@ -34,25 +34,29 @@ from detectors.statistics import adjust, chi_square, ks_binned, ks_exact, psi
 OK, WARNING, CRITICAL, INSUFFICIENT = "ok", "warning", "critical", "insufficient_data"
 SEVERITY_LEVEL = {INSUFFICIENT: -1, OK: 0, WARNING: 1, CRITICAL: 2}
 
-RECORD_FIELDS = (
-    "monitor",
-    "segment",
-    "feature",
-    "statistic",
-    "method",
-    "value",
-    "p_value",
-    "p_value_adjusted",
-    "threshold",
-    "drift",
-    "severity",
-    "window_start",
-    "window_end",
-    "n_reference",
-    "n_window",
-    "n_missing",
-    "reference_fingerprint",
+#: the fields of a window statistic record, in order, with their column types (Arrow type
+#: aliases; "map" is a string -> string map): the one record schema, which the consumer's
+#: files and the Spark jobs both build their Parquet schema from
+RECORD_TYPES = (
+    ("monitor", "string"),
+    ("segment", "map"),
+    ("feature", "string"),
+    ("statistic", "string"),
+    ("method", "string"),
+    ("value", "float64"),
+    ("p_value", "float64"),
+    ("p_value_adjusted", "float64"),
+    ("threshold", "float64"),
+    ("drift", "bool"),
+    ("severity", "string"),
+    ("window_start", "string"),
+    ("window_end", "string"),
+    ("n_reference", "int64"),
+    ("n_window", "int64"),
+    ("n_missing", "int64"),
+    ("reference_fingerprint", "string"),
 )
+RECORD_FIELDS = tuple(name for name, _type in RECORD_TYPES)
 
 
 @dataclass(frozen=True)

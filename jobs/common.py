@@ -28,6 +28,7 @@ import yaml
 
 from detectors.config import MonitorConfig
 from detectors.engine import OTHER_SEGMENT, WindowSpec
+from detectors.evaluate import RECORD_TYPES
 from detectors.events import EventColumns, concept_values, decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -157,27 +158,8 @@ def segment_dict(monitor: Monitor, key: tuple[str, ...]) -> dict[str, str]:
 
 
 # -- records out -----------------------------------------------------------------------------------
-#: the same fields and types as stream/files.py RECORD_SCHEMA (the one record schema of DESIGN.md)
 RECORD_SCHEMA = pa.schema(
-    [
-        ("monitor", pa.string()),
-        ("segment", pa.map_(pa.string(), pa.string())),
-        ("feature", pa.string()),
-        ("statistic", pa.string()),
-        ("method", pa.string()),
-        ("value", pa.float64()),
-        ("p_value", pa.float64()),
-        ("p_value_adjusted", pa.float64()),
-        ("threshold", pa.float64()),
-        ("drift", pa.bool_()),
-        ("severity", pa.string()),
-        ("window_start", pa.string()),
-        ("window_end", pa.string()),
-        ("n_reference", pa.int64()),
-        ("n_window", pa.int64()),
-        ("n_missing", pa.int64()),
-        ("reference_fingerprint", pa.string()),
-    ]
+    [(name, pa.map_(pa.string(), pa.string()) if t == "map" else pa.type_for_alias(t)) for name, t in RECORD_TYPES]
 )
 
 

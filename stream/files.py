@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from detectors.evaluate import RECORD_TYPES
 from stream.exceptions import InputFileError
 
 PARQUET = (".parquet", ".pq")
@@ -112,25 +113,7 @@ def write_records(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Non
 
 
 RECORD_SCHEMA = pa.schema(
-    [
-        ("monitor", pa.string()),
-        ("segment", pa.map_(pa.string(), pa.string())),
-        ("feature", pa.string()),
-        ("statistic", pa.string()),
-        ("method", pa.string()),
-        ("value", pa.float64()),
-        ("p_value", pa.float64()),
-        ("p_value_adjusted", pa.float64()),
-        ("threshold", pa.float64()),
-        ("drift", pa.bool_()),
-        ("severity", pa.string()),
-        ("window_start", pa.string()),
-        ("window_end", pa.string()),
-        ("n_reference", pa.int64()),
-        ("n_window", pa.int64()),
-        ("n_missing", pa.int64()),
-        ("reference_fingerprint", pa.string()),
-    ]
+    [(name, pa.map_(pa.string(), pa.string()) if t == "map" else pa.type_for_alias(t)) for name, t in RECORD_TYPES]
 )
 
 
