@@ -41,9 +41,10 @@ collect raw values; use ``--engine local`` for it.
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +82,21 @@ FORMATS = {
 Items = Iterator[tuple[Any, int, Any]]  # (event object, input position, kafka timestamp ms or None)
 
 
-def input_frame(
-    spark: Any, monitor: Monitor, source: str, fmt: str | None = None, kafka: Mapping[str, str] | None = None
-) -> tuple[Any, Any]:
-    """The input as a DataFrame, and how one partition's Arrow batches become events (or, for a
-    JSON-lines file, None and an RDD of its events: see :func:`_file_lines`).
+def partials(
+    spark: Any,
+    monitor: Monitor,
+    bc: Any,
+    source: str,
+    fmt: str | None = None,
+    kafka: Mapping[str, str] | None = None,
+) -> Any:
+    """An RDD of every input partition's tagged partial results (:func:`partition_summary`).
 
-    Executors receive the input as Arrow record batches (``mapInArrow``), not as pickled
-    ``Row`` objects (``df.rdd``): pickling every row on the JVM side cost about a fifth of
-    the CPU the Python decoding did, and it ran beside the Python workers, so two cores
-    could not speed the job up as much as they should.
+    Executors receive the input as Arrow record batches (``mapInArrow``, :func:`_arrow_partials`),
+    not as pickled ``Row`` objects (``df.rdd``): pickling every row on the JVM side cost about a
+    fifth of the CPU the Python decoding did, and it ran beside the Python workers, so two cores
+    could not speed the job up as much as they should. A JSON-lines file is read by the
+    executors themselves (:func:`_file_lines`).
     """
     if source == "kafka":
         from pyspark.sql import functions as F
@@ -108,7 +114,7 @@ def input_frame(
                 for value, part, offset, ts in zip(*cols, strict=True):
                     yield (parse_json_value(value), (part << SEQ_SHIFT) + offset, ts)
 
-        return df, records
+        return _arrow_partials(df, records, bc)
     p = Path(source)
     if not p.exists():
         raise JobError(f"--input {source}: no such file or directory")
@@ -117,7 +123,7 @@ def input_frame(
         raise JobError(f"--input {source}: unknown file type {p.suffix!r}; use .parquet, .csv or .jsonl, or --format")
     if kind == "jsonl":
         if p.is_file():
-            return None, _file_lines(spark, p)
+            return _file_lines(spark, p).mapPartitions(lambda it: partition_summary(bc.value, it))
 
         def lines(pid: int, batches: Iterator[Any]) -> Items:
             i = 0
@@ -127,7 +133,7 @@ def input_frame(
                         yield (parse_json_value(value), (pid << SEQ_SHIFT) + i, None)
                     i += 1
 
-        return spark.read.text(str(p)), lines
+        return _arrow_partials(spark.read.text(str(p)), lines, bc)
     if kind == "parquet":
         df = spark.read.parquet(str(p))
     elif kind == "csv":
@@ -142,7 +148,7 @@ def input_frame(
                 yield (row, (pid << SEQ_SHIFT) + i, None)
                 i += 1
 
-    return df, rows
+    return _arrow_partials(df, rows, bc)
 
 
 def _size_bytes(text: str) -> int:
@@ -201,17 +207,10 @@ def _file_lines(spark: Any, path: Path) -> Any:
     return spark.sparkContext.parallelize(range(len(splits)), len(splits)).mapPartitionsWithIndex(lines)
 
 
-def summaries(df: Any, to_items: Any, bc: Any) -> Any:
-    """An RDD of every partition's tagged partial results (:func:`partition_summary`).
-
-    ``df`` None: ``to_items`` is already an RDD of events (a JSON-lines file read directly).
-    """
-    if df is None:
-        return to_items.mapPartitions(lambda it: partition_summary(bc.value, it))
+def _arrow_partials(df: Any, to_items: Callable[[int, Iterator[Any]], Items], bc: Any) -> Any:
+    """Tagged partial results of a DataFrame's partitions, computed on its Arrow batches."""
 
     def summarize(batches: Iterator[Any]) -> Iterator[Any]:
-        import pickle
-
         import pyarrow as pa
         from pyspark import TaskContext
 
@@ -219,8 +218,6 @@ def summaries(df: Any, to_items: Any, bc: Any) -> Any:
         pid = ctx.partitionId() if ctx is not None else 0
         out = list(partition_summary(bc.value, to_items(pid, batches)))
         yield pa.RecordBatch.from_pydict({"part": [pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)]})
-
-    import pickle
 
     return df.mapInArrow(summarize, "part binary").rdd.flatMap(lambda r: pickle.loads(r.part))
 
@@ -334,8 +331,7 @@ def run_backfill(
         raise JobError("window.keep_raw: the Spark backfill keeps no raw values (exact KS); use --engine local")
     sc = spark.sparkContext
     bc = sc.broadcast(monitor)
-    df, to_items = input_frame(spark, monitor, source, fmt, kafka)
-    tagged = summaries(df, to_items, bc)
+    tagged = partials(spark, monitor, bc, source, fmt, kafka)
     tagged = tagged.persist()
     segmented = bool(monitor.segment_fields)
     pane_kind = monitor.spec.kind != "count"
