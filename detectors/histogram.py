@@ -83,7 +83,6 @@ class NumericBinner:
         self.shift = np.array([f[2] for f in fast], dtype=np.float64)
         width = max((len(f[4]) for f in fast), default=0)  # cells + 2 of the widest grid
         self.depth = max((f[4].shape[1] for f in fast), default=0)
-        self.width = width
         self.top = np.array([len(f[4]) - 1 for f in fast], dtype=np.float64)
         self.base = np.arange(len(fast), dtype=np.int64) * width
         table = np.zeros(len(fast) * width, dtype=np.int64)
@@ -220,6 +219,7 @@ class Layout:
             [p for p in num_profiles if isinstance(p, NumericProfile)], [self.offsets[n] for n in self.numeric]
         )
         self._num_pos = [names.index(n) for n in self.numeric]
+        self._num_first = self._num_pos == list(range(len(self.numeric)))  # bin straight into out[:, :k]
         self._cat_pos = [(names.index(n), n) for n in self.categorical]
 
     @property
@@ -249,7 +249,7 @@ class Layout:
                 matrix = np.empty((n, len(self.numeric)), dtype=np.float64)
                 for j, name in enumerate(self.numeric):
                     matrix[:, j] = to_float_array(columns[name])
-            if self._num_pos == list(range(len(self.numeric))):
+            if self._num_first:
                 self._binner.indices(matrix, out[:, : len(self.numeric)])
             else:
                 out[:, self._num_pos] = self._binner.indices(matrix)

@@ -230,21 +230,11 @@ class CategoricalProfile:
         return len(self.categories) if self.other_truncated else len(self.categories) + 1
 
     def bin_index(self, values: Sequence[Any]) -> IntArray:
-        get = self._index.get
-        k = len(self.categories)
-        default = k if self.other_truncated else k + 1
         n = len(values)
         try:  # one dict lookup per value; what the dict does not have goes through bucket_of
             return np.fromiter(map(self._lookup.__getitem__, values), dtype=np.int64, count=n)
-        except TypeError:  # an unhashable value (a list...): value by value below
-            pass
-        out = np.empty(n, dtype=np.int64)
-        for i, v in enumerate(values):
-            if type(v) is str and v:
-                out[i] = get(v, default)
-            else:
-                out[i] = self.bucket_of(v)
-        return out
+        except TypeError:  # an unhashable value (a list...)
+            return np.fromiter(map(self.bucket_of, values), dtype=np.int64, count=n)
 
     def to_dict(self) -> dict[str, Any]:
         return {
