@@ -14,7 +14,6 @@ Rejections carry a reason (human text) and a reason code from :data:`REASON_CODE
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -272,14 +271,6 @@ class EventDecoder:
 
     def _scalar_time(self, raw: Any, kts: int | None) -> int | None:
         """The time of one typed row (None: let the reference path decide and give the reason)."""
-        tr = type(raw)
-        if tr is int or tr is float:
-            v = float(raw)
-            unit = self._unit
-            if unit == "iso":
-                return None
-            ms = v if unit == "ms" or (unit != "s" and (v >= MS_THRESHOLD or v <= -MS_THRESHOLD)) else v * 1000.0
-            return math.floor(ms + 0.5) if math.isfinite(ms) and -(2**62) <= ms <= 2**62 else None
         if raw is None:
             return int(kts) if self._kafka_ok and kts is not None else None
         try:
