@@ -9,10 +9,14 @@ non-empty batch, so group/connection set-up is excluded, as for serve), wall tim
 set-up, VmHWM, and for the floor the sum of every decoded numeric value (the caller compares
 it with the sum of the data it produced, so a decoder that drops or garbles values fails).
 
-The floor's decoder is the fastest found here (ENVIRONMENT.md): msgspec typed Structs with
-``gc=False``, one ``decode`` call per batch on the batch's messages joined into a JSON array,
-then one ``np.array`` per batch into a float64 (n, 20) matrix; timestamps into int64.
-Missing numeric values decode as None and become NaN.
+The floor's decoder is the fastest found here: msgspec typed Structs with ``gc=False``,
+one ``decode`` per message through ``map`` (faster than one decode of the batch joined into
+a JSON array: 1.9-2.1 against 2.8-2.9 us per mixed event, 1.30-1.36 against 1.41-1.64 per
+numeric one), then the features struct's values of the whole batch into one array in one
+``np.fromiter``: float64 (n, 20) directly for the numeric variant; for the mixed one an
+object (n, 25) array whose numeric block converts to float64 at once and whose categorical
+columns become lists. Timestamps go to int64. Missing numeric values decode as None and
+become NaN.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import gc
 import json
 import sys
 import time
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -105,6 +111,7 @@ def ceiling(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
 
 
 def make_decoder(mixed: bool) -> tuple[Any, Any]:
+    """The per-message decoder of one event, and the features struct type."""
     fields: list[Any] = [(f, float | None, None) for f in NUMERIC]
     if mixed:
         fields += [(c, str | None, None) for c in CATEGORICAL]
@@ -113,14 +120,19 @@ def make_decoder(mixed: bool) -> tuple[Any, Any]:
     if mixed:
         ev_fields.append(("segment", str | None, None))
     event = msgspec.defstruct("Event", ev_fields, gc=False)
-    return msgspec.json.Decoder(list[event]), feats
+    return msgspec.json.Decoder(event), feats
 
 
 def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
+    from confluent_kafka import Message
+
     decoder, _ = make_decoder(mixed)
     decode = decoder.decode
+    value = Message.value
     astuple = msgspec.structs.astuple
+    get_ts, get_features, get_segment = attrgetter("timestamp"), attrgetter("features"), attrgetter("segment")
     k = len(NUMERIC)
+    w = k + len(CATEGORICAL)
     sums = np.zeros(k)
     n_cat = 0
     rows = 0
@@ -128,16 +140,21 @@ def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
 
     def handle(msgs: list[Any]) -> None:
         nonlocal rows, last_ts, n_cat
-        events = decode(b"[" + b",".join([m.value() for m in msgs]) + b"]")
-        ts = np.array([e.timestamp for e in events], dtype=np.int64)
+        events = list(map(decode, map(value, msgs)))
+        m = len(events)
+        ts = np.fromiter(map(get_ts, events), dtype=np.int64, count=m)
+        flat = chain.from_iterable(map(astuple, map(get_features, events)))
         if mixed:
-            table = [astuple(e.features) for e in events]
-            x = np.array([t[:k] for t in table], dtype=np.float64)
-            cats = [[t[k + j] for t in table] for j in range(len(CATEGORICAL))]
-            seg = [e.segment for e in events]
+            table = np.fromiter(flat, dtype=object, count=m * w).reshape(m, w)
+            x = table[:, :k].astype(np.float64)
+            cats = [table[:, j].tolist() for j in range(k, w)]
+            seg = list(map(get_segment, events))
             n_cat += sum(len(c) for c in cats) + len(seg)
         else:
-            x = np.array([astuple(e.features) for e in events], dtype=np.float64)
+            try:
+                x = np.fromiter(flat, dtype=np.float64, count=m * k).reshape(m, k)
+            except TypeError:  # a None (missing value): the conversion that maps it to NaN
+                x = np.array([astuple(f) for f in map(get_features, events)], dtype=np.float64)
         sums.__iadd__(x.sum(axis=0))
         rows += len(x)
         last_ts = int(ts[-1])
