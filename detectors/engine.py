@@ -70,9 +70,10 @@ class SegmentRouter:
         if not self.fields:
             return np.full(len(keys), -1, dtype=np.int64)
         ids = self._ids
-        known = list(map(ids.get, keys))
-        if None not in known:  # the usual case: every segment seen before, one dict lookup each
-            return np.array(known, dtype=np.int64).reshape(len(keys))
+        try:  # the usual case: every segment seen before, one dict lookup each
+            return np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))
+        except KeyError:
+            pass  # a new segment: register it (or send it to __other__) in arrival order below
         out = np.full(len(keys), -1, dtype=np.int64)
         n_seg = len(self.keys) - (1 if self.overall else 0) - (1 if self._other is not None else 0)
         for j, key in enumerate(keys):

@@ -177,17 +177,27 @@ class NumericBinner:
 
 
 class FeatureColumns(dict[str, Any]):
-    """Feature columns (name -> values) that may also carry the numeric ones as one (n, k) matrix.
+    """Feature columns (name -> values) that may also carry the numeric ones as one (n, k) matrix,
+    and categorical ones already binned (``codes``: name -> slot within the feature's profile in
+    ``codes_reference``).
 
     The consumer's decoder fills the matrix row by row; binning it whole saves a copy per feature.
+    It bins categoricals while it checks their values, so the layout need not look them up again.
     """
 
     def __init__(
-        self, columns: Mapping[str, Any], matrix: FloatArray | None = None, matrix_features: Sequence[str] = ()
+        self,
+        columns: Mapping[str, Any],
+        matrix: FloatArray | None = None,
+        matrix_features: Sequence[str] = (),
+        codes: Mapping[str, IntArray] | None = None,
+        codes_reference: ReferenceProfile | None = None,
     ):
         super().__init__(columns)
         self.matrix = matrix
         self.matrix_features = tuple(matrix_features)
+        self.codes = dict(codes or {})
+        self.codes_reference = codes_reference
 
 
 class Layout:
@@ -253,10 +263,16 @@ class Layout:
                 self._binner.indices(matrix, out[:, : len(self.numeric)])
             else:
                 out[:, self._num_pos] = self._binner.indices(matrix)
+        carried: Mapping[str, IntArray] = {}
+        if isinstance(columns, FeatureColumns) and columns.codes_reference is self.reference:
+            carried = columns.codes
         for j, name in self._cat_pos:
-            p = self.reference.features[name]
-            assert isinstance(p, CategoricalProfile)
-            out[:, j] = p.bin_index(columns[name]) + self.offsets[name]
+            codes = carried.get(name)
+            if codes is None or len(codes) != n:
+                p = self.reference.features[name]
+                assert isinstance(p, CategoricalProfile)
+                codes = p.bin_index(columns[name])
+            out[:, j] = codes + self.offsets[name]
         return out.reshape(-1)
 
     def histogram(self, columns: Mapping[str, Any]) -> WindowState:

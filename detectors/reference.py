@@ -158,13 +158,16 @@ class _SlotLookup(dict[Any, int]):
     Only strings and None are keys, so no other value can hit one by equality (``True == 1``,
     ``1.0 == 1``): every other value, and every string the reference did not keep, goes
     through ``bucket_of`` (``__missing__`` does not insert, so memory stays bounded).
+    ``misses`` counts those calls: unchanged over a column means every value was a key.
     """
 
     def __init__(self, bucket_of: Any) -> None:
         super().__init__()
         self._bucket_of = bucket_of
+        self.misses = 0
 
     def __missing__(self, value: Any) -> int:
+        self.misses += 1
         return int(self._bucket_of(value))
 
 
@@ -230,11 +233,20 @@ class CategoricalProfile:
         return len(self.categories) if self.other_truncated else len(self.categories) + 1
 
     def bin_index(self, values: Sequence[Any]) -> IntArray:
+        return self.bin_index_plain(values)[0]
+
+    def bin_index_plain(self, values: Sequence[Any]) -> tuple[IntArray, bool]:
+        """Slot of each value, and whether every value was *plain*: a kept string (a category
+        or one of ``other_values``), None or "" (so a plain column with no missing slot holds
+        only non-empty strings, already in the form ``decode_events`` gives)."""
         n = len(values)
+        lookup = self._lookup
+        assert isinstance(lookup, _SlotLookup)
+        before = lookup.misses
         try:  # one dict lookup per value; what the dict does not have goes through bucket_of
-            return np.fromiter(map(self._lookup.__getitem__, values), dtype=np.int64, count=n)
+            return np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=n), lookup.misses == before
         except TypeError:  # an unhashable value (a list...)
-            return np.fromiter(map(self.bucket_of, values), dtype=np.int64, count=n)
+            return np.fromiter(map(self.bucket_of, values), dtype=np.int64, count=n), False
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,7 @@ from detectors.config import MonitorConfig
 from detectors.events import MS_THRESHOLD, EventColumns, decode_events, parse_time_ms
 from detectors.exceptions import InputError
 from detectors.histogram import FeatureColumns
-from detectors.reference import MISSING, NumericProfile, ReferenceProfile
+from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
 
 REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
 
@@ -101,6 +101,7 @@ class EventDecoder:
         ev = config.events
         self.numeric = [f for f in self.features if isinstance(reference.features[f], NumericProfile)]
         self.categorical = [f for f in self.features if f not in self.numeric]
+        self._cat_profiles = [p for f in self.categorical if isinstance(p := reference.features[f], CategoricalProfile)]
         self._decoder = self._build()
         self._unit = ev.time_unit
         self._kafka_ok = ev.time_missing == "kafka_timestamp"
@@ -114,6 +115,7 @@ class EventDecoder:
         self._fobj_get: Callable[[Any], Any] | None = None
         self._num_get: Callable[[Any], Any] = _empty
         self._num_tuple: Callable[[Any], tuple[Any, ...]] = _empty
+        self._features_tuple = False  # the features struct is the numeric fields, then the categoricals
         self._cat_gets: list[Callable[[Any], Any]] = []
         self._top_gets: list[Callable[[Any], Any]] = []
         cat_t: Any = bool | int | str | None
@@ -161,6 +163,7 @@ class EventDecoder:
             self._num_tuple = self._num_get if len(self.numeric) > 1 else _one_tuple(self._num_get)
             if nested and not self.categorical:  # the features struct is exactly the numeric fields, in order
                 self._num_tuple = msgspec.structs.astuple
+        self._features_tuple = nested and bool(self.categorical)
         self._cat_gets = [attrgetter(src[f]) for f in self.categorical]
         tops = [*ev.segment_fields, *(n for n in (ev.prediction_field, ev.label_field) if n is not None)]
         self._top_gets = [attrgetter(top_attrs[f]) for f in tops]
@@ -233,10 +236,11 @@ class EventDecoder:
         if k == 0:
             return good, idx
         min_open = 2 if self.config.events.features_field is not None else 1
-        chosen = [values[i] for i in idx]
-        joined = np.frombuffer(b"".join(chosen), dtype=np.uint8)  # type: ignore[arg-type]
+        chosen = values if k == len(values) else [values[i] for i in idx]  # (idx is 0..n-1 when k == n)
+        raw = b"".join(chosen)  # type: ignore[arg-type]
+        joined = np.frombuffer(raw, dtype=np.uint8)
         opened = np.count_nonzero(joined == _BRACE)  # numpy counts a byte twice as fast as bytes.count
-        if opened - min_open * (k - 1) <= MAX_EVENT_DEPTH and not (joined == _BRACKET).any():
+        if opened - min_open * (k - 1) <= MAX_EVENT_DEPTH and b"[" not in raw:  # (memchr: no scan for "[")
             return good, idx
         opened += np.count_nonzero(joined == _BRACKET)
         if opened - min_open * (k - 1) <= MAX_EVENT_DEPTH:
@@ -320,14 +324,22 @@ class EventDecoder:
         n_num, n_seg = len(self.numeric), len(ev.segment_fields)
         k = len(good)
         fobjs = list(map(self._fobj_get, good)) if self._fobj_get is not None else good
-        num = self._numeric(fobjs)
         n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None)
-        if k:
+        if k and self._features_tuple:
+            # every value of the features struct in one (rows, numeric + categorical) object matrix:
+            # the numeric block converts to float64 at once (None -> NaN), each categorical is a column
+            w = n_num + len(self.categorical)
+            flat = np.fromiter(chain.from_iterable(map(msgspec.structs.astuple, fobjs)), dtype=object, count=k * w)
+            table = flat.reshape(k, w)
+            num = table[:, :n_num].astype(np.float64)
+            cats = [table[:, j].tolist() for j in range(n_num, w)]
+        elif k:
+            num = self._numeric(fobjs)
             cats = [list(map(g, fobjs)) for g in self._cat_gets]
-            tops = [list(map(g, good)) for g in self._top_gets]  # segments, prediction, label
         else:  # (also when there is no typed decoder, and so no getters)
+            num = np.empty((0, n_num), dtype=np.float64)
             cats = [[] for _ in self.categorical]
-            tops = [[] for _ in range(n_top)]
+        tops = [list(map(g, good)) for g in self._top_gets] if k else [[] for _ in range(n_top)]
         if slow:
             pos = np.concatenate([np.asarray(good_idx, dtype=np.int64), [i for i, _r in slow]]).astype(np.int64)
             order = np.argsort(pos, kind="stable")
@@ -342,8 +354,17 @@ class EventDecoder:
             rows = good_idx
         n = len(rows)
         columns: dict[str, Any] = {name: num[:, j] for j, name in enumerate(self.numeric)}
-        for name, col in zip(self.categorical, cats, strict=True):
-            columns[name] = col if _clean(col) else [c if c.__class__ is str and c else _cat_value(c) for c in col]
+        codes: dict[str, npt.NDArray[np.int64]] = {}
+        for name, col, prof in zip(self.categorical, cats, self._cat_profiles, strict=True):
+            # binned here, where the values are checked: a plain column with no missing slot
+            # holds only non-empty strings (no check needed); otherwise convert unless clean
+            slots, plain = prof.bin_index_plain(col)
+            if not plain or (slots == prof.n_bins).any():
+                if not _clean(col):
+                    col = [c if c.__class__ is str and c else _cat_value(c) for c in col]
+                    slots = prof.bin_index(col)
+            columns[name] = col
+            codes[name] = slots
         segs: list[tuple[str, ...]]
         if n_seg == 1:
             col = tops[0]
@@ -359,7 +380,9 @@ class EventDecoder:
         label = np.array(tops[j], dtype=np.float64) if ev.label_field is not None else nan.copy()
         return EventColumns(
             time_ms=times,
-            features=FeatureColumns({f: columns[f] for f in self.features}, num, self.numeric),
+            features=FeatureColumns(
+                {f: columns[f] for f in self.features}, num, self.numeric, codes, self.reference
+            ),
             segments=segs,
             prediction=pred,
             label=label,

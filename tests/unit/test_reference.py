@@ -148,6 +148,17 @@ def test_categorical_bin_index_of_strings_equals_bucket_of_each_value() -> None:
     assert p.bin_index([]).tolist() == []
 
 
+def test_categorical_plain_means_every_value_was_a_kept_string_or_a_missing_marker() -> None:
+    p = categorical_profile("c", ["a"] * 5 + ["b"] * 3 + ["c"], top_n=2)  # keeps a, b; c in other_values
+    for values in (["a", "b", "c"], ["a", None, ""], []):
+        slots, plain = p.bin_index_plain(values)
+        assert plain and slots.tolist() == [p.bucket_of(v) for v in values]
+    # a value that needs converting (True -> "true", 7 -> "7") or was never seen is not plain
+    for values in (["a", True], ["a", 7], ["a", "never-seen"], [["a"]]):
+        slots, plain = p.bin_index_plain(values)
+        assert not plain and slots.tolist() == [p.bucket_of(v) for v in values], values
+
+
 def test_categorical_other_list_truncated_means_unknown_values_go_to_other() -> None:
     values = [f"v{i}" for i in range(MAX_OTHER_VALUES + 5)]
     p = categorical_profile("c", values, top_n=1)

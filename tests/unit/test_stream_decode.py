@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors.config import MonitorConfig
+from detectors.histogram import FeatureColumns, Layout
 from detectors.reference import ReferenceProfile
 from stream.decode import REASON_CODES, EventDecoder, reference_decode
 
@@ -40,6 +41,7 @@ def _config(**events: object) -> MonitorConfig:
 
 REF = _reference()
 FEATURES = ["x", "y", "c"]
+LAYOUT = Layout(REF, FEATURES)
 
 
 def assert_same(values: list[bytes | None], config: MonitorConfig, kts: list[int | None] | None = None) -> None:
@@ -64,6 +66,10 @@ def assert_same(values: list[bytes | None], config: MonitorConfig, kts: list[int
     assert fast.segments == [slow.segments[i] for i in keep]
     np.testing.assert_array_equal(fast.prediction, slow.prediction[keep])
     np.testing.assert_array_equal(fast.label, slow.label[keep])
+    # the slots the decoder carries (numeric matrix, categorical codes) bin like the reference's columns
+    assert isinstance(fast.features, FeatureColumns) and set(fast.features.codes) == {"c"}
+    plain = {f: b[keep] if isinstance(b, np.ndarray) else [b[i] for i in keep] for f, b in slow.features.items()}
+    np.testing.assert_array_equal(LAYOUT.flat_indices(fast.features, len(keep)), LAYOUT.flat_indices(plain, len(keep)))
 
 
 def ev(t: object = 1_700_000_000_000, **kw: object) -> dict[str, object]:
