@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -194,16 +194,15 @@ def window_records(
     start, end = iso_ms(window_start_ms), iso_ms(window_end_ms)
     out = []
     for r in results:
-        d = asdict(r)
         rec = {
             "monitor": monitor,
             "segment": seg,
             "feature": r.feature,
             "statistic": r.statistic,
             "method": r.method,
-            "value": d["value"],
-            "p_value": d["p_value"],
-            "p_value_adjusted": d["p_value_adjusted"],
+            "value": r.value,
+            "p_value": r.p_value,
+            "p_value_adjusted": r.p_value_adjusted,
             "threshold": r.threshold,
             "drift": r.drift,
             "severity": r.severity,

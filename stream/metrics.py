@@ -58,6 +58,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, monitor: str, version: str = "0.1.0") -> None:
         self.registry = registry
         self.monitor = monitor
+        # (segment, feature, statistic) -> the four per-statistic gauge children: a window sets
+        # them all, and looking each up through labels() costs more than setting it
+        self._stat_children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
         r = registry
         self.statistic_value = Gauge(
             "streamdrift_statistic_value", "statistic of the last closed window (NaN: no verdict)", _STAT, registry=r
@@ -165,14 +168,25 @@ class Metrics:
     def window_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Set the per-statistic gauges from a closed window's records."""
         m = self.monitor
+        children = self._stat_children
         for rec in records:
-            labels = (m, segment_label(rec["segment"]), rec["feature"], rec["statistic"])
+            key = (segment_label(rec["segment"]), rec["feature"], rec["statistic"])
+            got = children.get(key)
+            if got is None:
+                labels = (m, *key)
+                got = children[key] = (
+                    self.statistic_value.labels(*labels),
+                    self.statistic_p_value.labels(*labels),
+                    self.drift_detected.labels(*labels),
+                    self.drift_severity.labels(*labels),
+                )
+            value_g, p_g, drift_g, severity_g = got
             value, p, drift = rec["value"], rec["p_value"], rec["drift"]
-            self.statistic_value.labels(*labels).set(_NAN if value is None else float(value))
-            self.statistic_p_value.labels(*labels).set(_NAN if p is None else float(p))
-            self.drift_detected.labels(*labels).set(_NAN if drift is None else float(bool(drift)))
+            value_g.set(_NAN if value is None else float(value))
+            p_g.set(_NAN if p is None else float(p))
+            drift_g.set(_NAN if drift is None else float(bool(drift)))
             level = SEVERITY_LEVEL.get(rec["severity"], -1)
-            self.drift_severity.labels(*labels).set(_NAN if level < 0 else float(level))
+            severity_g.set(_NAN if level < 0 else float(level))
 
 
 def serve_http(
