@@ -504,7 +504,8 @@ class DriftConsumer:
         present, last_rev = np.unique(rev, return_index=True)
         partitions = set(present.tolist())
         self.windows.touch(partitions)
-        res = self.windows.add(cols, part_arr[np.asarray(cols.rows, dtype=np.int64)])
+        valid_parts = part_arr if len(cols.rows) == len(data) else part_arr[np.asarray(cols.rows, dtype=np.int64)]
+        res = self.windows.add(cols, valid_parts)  # (rows are positions in data, in order: all of them, or a subset)
         self.metrics.events.labels(mon, "valid").inc(res.n_added)
         st.valid += res.n_added
         if res.n_late:

@@ -13,6 +13,7 @@ Rejections carry a reason (human text) and a reason code from :data:`REASON_CODE
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from detectors.histogram import FeatureColumns
 from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
 
 REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+
+_INT_ONLY = {int}
 
 #: deeper nesting of arrays/objects is rejected (``too_large``) before any parser sees it
 MAX_EVENT_DEPTH = 64
@@ -129,9 +132,11 @@ class EventDecoder:
             if name is not None:
                 top[name] = bool | float | None
         feats: dict[str, Any] = {f: num_t for f in self.numeric}
-        feats.update({f: cat_t for f in self.categorical})
+        feats.update({f: bool | int | kept_strings(p) | None for f, p in zip(self.categorical, self._cat_profiles)})
         if ev.features_field is None:
             for k, t in feats.items():
+                if k in top and top[k] == cat_t and k in self.categorical:
+                    continue  # a categorical that is also a segment: read as plain strings
                 if k in top and top[k] != t:
                     return None  # one key read two ways: leave it all to the reference path
                 top[k] = t
@@ -256,7 +261,13 @@ class EventDecoder:
         ev = self.config.events
         if ev.time_field is not None and good:
             raw = list(map(self._time_get, good))
-            arr = np.array(raw)
+            if set(map(type, raw)) == _INT_ONLY:  # (checked first: fromiter would truncate a float, parse a str)
+                try:
+                    arr = np.fromiter(raw, dtype=np.int64, count=len(raw))
+                except OverflowError:  # beyond int64: the general conversion (an object array)
+                    arr = np.array(raw)
+            else:
+                arr = np.array(raw)
             if arr.dtype.kind == "i" and self._unit != "iso" and arr.min() >= -(2**53) and arr.max() <= 2**53:
                 # integers exactly representable as floats: the scalar rule, vectorised
                 t = arr.astype(np.int64)
@@ -411,6 +422,42 @@ class EventDecoder:
         return int(cols.time_ms[0]), feats, top
 
 
+#: distinct values a categorical's enum keeps as pseudo-members beyond the reference's strings
+PSEUDO_MEMBERS = 1024
+
+
+class _Kept(enum.StrEnum):
+    """Base of a categorical's kept strings (see :func:`kept_strings`)."""
+
+
+def kept_strings(profile: CategoricalProfile) -> type[enum.StrEnum]:
+    """The strings a categorical's reference kept, as a ``StrEnum`` the typed decoder decodes to.
+
+    msgspec decodes a kept string to its member, which exists once: no new string per event,
+    and the member's hash is computed once, so binning it is one dict hit. Members are ``str``
+    (equal, same hash, ``str()`` is the value). Any other string becomes a pseudo-member
+    (``_missing_``), cached up to :data:`PSEUDO_MEMBERS` values, so it decodes too.
+    """
+    kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
+    kind: Any = _Kept(f"Kept_{profile.name}", [(f"v{i}", v) for i, v in enumerate(kept)])
+    cache: dict[str, Any] = {}
+
+    def _missing_(cls: Any, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        got = cache.get(value)
+        if got is None:
+            got = str.__new__(cls, value)
+            got._value_ = value
+            got._name_ = None
+            if len(cache) < PSEUDO_MEMBERS:
+                cache[value] = got
+        return got
+
+    kind._missing_ = classmethod(_missing_)
+    return kind  # type: ignore[no-any-return]
+
+
 def _none(_obj: Any) -> None:
     return None
 
@@ -444,6 +491,8 @@ def _cat_value(c: Any) -> str | None:
         return None
     if type(c) is bool:
         return "true" if c else "false"
+    if isinstance(c, str):  # a member of kept_strings: its value as a plain string
+        return str.__str__(c) or None
     return str(c)
 
 

@@ -148,6 +148,34 @@ def test_features_at_top_level() -> None:
     assert_same(msgs, _config(features_field=None, segment_fields=[]))
 
 
+def test_a_categorical_that_is_also_the_segment_keeps_the_typed_path() -> None:
+    msgs = [
+        json.dumps({"timestamp": 1_700_000_000_000 + i, "x": 1.0, "y": 2.0, "c": c}).encode()
+        for i, c in enumerate(["a", "zz", "", None, True, 1, "b"])
+    ]
+    decoder = EventDecoder(_config(features_field=None, segment_fields=["c"]), REF, FEATURES)
+    assert decoder._decoder is not None
+    assert_same(msgs, _config(features_field=None, segment_fields=["c"]))
+
+
+def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings() -> None:
+    from stream.decode import PSEUDO_MEMBERS, kept_strings
+
+    decoder = EventDecoder(_config(), REF, FEATURES)
+    msgs = [json.dumps(ev(i, features={"x": 1.0, "c": c})).encode() for i, c in enumerate(["a", "a", "zz", "zz"])]
+    cols, _ = decoder.decode(msgs)
+    a1, a2, z1, z2 = cols.features["c"]
+    assert a1 is a2 and z1 is z2  # one object per value, not one per event
+    assert (a1, z1) == ("a", "zz") and isinstance(a1, str) and str(a1) == "a" and f"{z1}" == "zz"
+    assert hash(a1) == hash("a") and json.dumps([a1, z1]) == '["a", "zz"]'
+    # values the reference never saw become pseudo-members, cached up to a bound (memory stays flat)
+    kind = kept_strings(REF.features["c"])  # type: ignore[arg-type]
+    first = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
+    again = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
+    assert all(x is y for x, y in zip(first[:PSEUDO_MEMBERS], again, strict=False))
+    assert all(x is not y and x == y for x, y in zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True))
+
+
 def test_a_key_read_two_ways_takes_the_reference_path() -> None:
     # the segment field is also the numeric feature "x" at the top level: no typed fast path
     msgs = [
