@@ -36,6 +36,9 @@ REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field
 
 _INT_ONLY = {int}
 
+#: after a batch the strict decoder refused, this many batches go straight to the lenient one
+STRICT_RETRY = 64
+
 #: deeper nesting of arrays/objects is rejected (``too_large``) before any parser sees it
 MAX_EVENT_DEPTH = 64
 _BRACE, _BRACKET = ord("{"), ord("[")
@@ -105,6 +108,7 @@ class EventDecoder:
         self.numeric = [f for f in self.features if isinstance(reference.features[f], NumericProfile)]
         self.categorical = [f for f in self.features if f not in self.numeric]
         self._cat_profiles = [p for f in self.categorical if isinstance(p := reference.features[f], CategoricalProfile)]
+        self._strict_wait = 0  # batches left before the strict decoder is tried again
         self._decoder = self._build()
         self._unit = ev.time_unit
         self._kafka_ok = ev.time_missing == "kafka_timestamp"
@@ -115,6 +119,7 @@ class EventDecoder:
         ev = self.config.events
         # getters of the typed struct's attributes (identity defaults: no typed decoder, no rows)
         self._time_get: Callable[[Any], Any] = _none
+        self._strict: msgspec.json.Decoder[Any] | None = None
         self._fobj_get: Callable[[Any], Any] | None = None
         self._num_get: Callable[[Any], Any] = _empty
         self._num_tuple: Callable[[Any], tuple[Any, ...]] = _empty
@@ -143,18 +148,27 @@ class EventDecoder:
         elif ev.features_field in top:
             return None
 
-        def struct(name: str, fields: dict[str, Any], required: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+        def struct(
+            name: str, fields: dict[str, Any], required: dict[str, Any], strict: bool
+        ) -> tuple[Any, dict[str, str]]:
             attrs = {key: f"f{i}" for i, key in enumerate([*required, *fields])}
             spec: list[Any] = [(attrs[k], t) for k, t in required.items()]
             spec += [(attrs[k], t, None) for k, t in fields.items()]
-            cls = msgspec.defstruct(name, spec, rename={a: k for k, a in attrs.items()}, gc=False)
+            rename = {a: k for k, a in attrs.items()}
+            cls = msgspec.defstruct(name, spec, rename=rename, gc=False, forbid_unknown_fields=strict)
             return cls, attrs
 
-        required: dict[str, Any] = {}
-        if ev.features_field is not None:
-            feat_cls, feat_attrs = struct("Features", feats, {})
-            required[ev.features_field] = feat_cls
-        top_cls, top_attrs = struct("Event", top, required)
+        # two decoders of the same fields: the strict one refuses a field the monitor does not
+        # read, so what it decodes nests at most two levels (event, features) and needs no
+        # nesting check; the lenient one skips such fields (and the batch gets the check)
+        classes = {}
+        for strict in (False, True):
+            required: dict[str, Any] = {}
+            if ev.features_field is not None:
+                feat_cls, feat_attrs = struct("Features", feats, {}, strict)
+                required[ev.features_field] = feat_cls
+            classes[strict], top_attrs = struct("Event", top, required, strict)
+        self._strict = msgspec.json.Decoder(classes[True])
 
         # getters: the time, the features object (when nested), numeric values, categoricals, top fields
         nested = ev.features_field is not None
@@ -172,7 +186,7 @@ class EventDecoder:
         self._cat_gets = [attrgetter(src[f]) for f in self.categorical]
         tops = [*ev.segment_fields, *(n for n in (ev.prediction_field, ev.label_field) if n is not None)]
         self._top_gets = [attrgetter(top_attrs[f]) for f in tops]
-        return msgspec.json.Decoder(top_cls)
+        return msgspec.json.Decoder(classes[False])
 
     # -- decoding -----------------------------------------------------------------------
     @property
@@ -196,8 +210,9 @@ class EventDecoder:
         good: list[Any] = []
         good_idx: list[int] = []
         if self._decoder is not None:
-            good, good_idx = self._typed(values)
-            good, good_idx = self._shallow(values, good, good_idx)
+            good, good_idx, only_known = self._typed(values)
+            if not only_known:
+                good, good_idx = self._shallow(values, good, good_idx)
         times, keep = self._times(good, good_idx, kts)
         if keep is not None:
             good = [o for o, k in zip(good, keep, strict=True) if k]
@@ -206,14 +221,22 @@ class EventDecoder:
         slow, rejected = self._slow_rows(values, kts, slow_idx)
         return self._columns(good, good_idx, times, slow), rejected
 
-    def _typed(self, values: Sequence[bytes | None]) -> tuple[list[Any], list[int]]:
-        """Typed structs of the messages the typed decoder takes, and their positions."""
+    def _typed(self, values: Sequence[bytes | None]) -> tuple[list[Any], list[int], bool]:
+        """Typed structs of the messages the typed decoder takes, their positions, and whether
+        the strict decoder took them all (so none has a field the monitor does not read)."""
         assert self._decoder is not None
         dec = self._decoder.decode
         n = len(values)
         try:  # the common case: every message decodes
             if n and max(map(len, values)) <= self.max_event_bytes:  # type: ignore[arg-type]  # TypeError on None
-                return list(map(dec, values)), list(range(n))  # type: ignore[arg-type]
+                if self._strict_wait == 0 and self._strict is not None:
+                    try:
+                        return list(map(self._strict.decode, values)), list(range(n)), True  # type: ignore[arg-type]
+                    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                        self._strict_wait = STRICT_RETRY  # (events with other fields: do not try every batch)
+                else:
+                    self._strict_wait -= 1
+                return list(map(dec, values)), list(range(n)), False  # type: ignore[arg-type]
         except (TypeError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             pass  # some message is not for the typed path: sort them out one by one below
         good: list[Any] = []
@@ -228,7 +251,7 @@ class EventDecoder:
                 continue
             good.append(obj)
             idx.append(i)
-        return good, idx
+        return good, idx, False
 
     def _shallow(self, values: Sequence[bytes | None], good: list[Any], idx: list[int]) -> tuple[list[Any], list[int]]:
         """Drop messages nesting deeper than MAX_EVENT_DEPTH (the slow path rejects them).

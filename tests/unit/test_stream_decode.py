@@ -176,6 +176,21 @@ def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings(
     assert all(x is not y and x == y for x, y in zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True))
 
 
+def test_events_with_fields_the_monitor_does_not_read_take_the_lenient_decoder_and_the_nesting_check() -> None:
+    from stream.decode import MAX_EVENT_DEPTH, STRICT_RETRY
+
+    decoder = EventDecoder(_config(), REF, FEATURES)
+    clean = [json.dumps(ev(i)).encode() for i in range(20)]
+    cols, rejected = decoder.decode(clean)
+    assert cols.rows == list(range(20)) and not rejected and decoder._strict_wait == 0  # strict took them all
+    deep = json.loads("[" * MAX_EVENT_DEPTH + "]" * MAX_EVENT_DEPTH)
+    mixed = [*clean[:5], json.dumps(ev(5, extra=1)).encode(), json.dumps(ev(6, extra=deep)).encode()]
+    cols, rejected = decoder.decode(mixed)
+    assert cols.rows == [0, 1, 2, 3, 4, 5] and [(r.index, r.code) for r in rejected] == [(6, "too_large")]
+    assert decoder._strict_wait == STRICT_RETRY  # the next batches skip the strict attempt
+    assert_same(mixed, _config())
+
+
 def test_a_key_read_two_ways_takes_the_reference_path() -> None:
     # the segment field is also the numeric feature "x" at the top level: no typed fast path
     msgs = [
