@@ -137,7 +137,8 @@ class EventDecoder:
             if name is not None:
                 top[name] = bool | float | None
         feats: dict[str, Any] = {f: num_t for f in self.numeric}
-        feats.update({f: bool | int | kept_strings(p) | None for f, p in zip(self.categorical, self._cat_profiles)})
+        for f, p in zip(self.categorical, self._cat_profiles, strict=True):
+            feats[f] = bool | int | kept_strings(p) | None
         if ev.features_field is None:
             for k, t in feats.items():
                 if k in top and top[k] == cat_t and k in self.categorical:
@@ -393,10 +394,9 @@ class EventDecoder:
             # binned here, where the values are checked: a plain column with no missing slot
             # holds only non-empty strings (no check needed); otherwise convert unless clean
             slots, plain = prof.bin_index_plain(col)
-            if not plain or (slots == prof.n_bins).any():
-                if not _clean(col):
-                    col = [c if c.__class__ is str and c else _cat_value(c) for c in col]
-                    slots = prof.bin_index(col)
+            if (not plain or (slots == prof.n_bins).any()) and not _clean(col):
+                col = [c if c.__class__ is str and c else _cat_value(c) for c in col]
+                slots = prof.bin_index(col)
             columns[name] = col
             codes[name] = slots
         segs: list[tuple[str, ...]]
@@ -414,9 +414,7 @@ class EventDecoder:
         label = np.array(tops[j], dtype=np.float64) if ev.label_field is not None else nan.copy()
         return EventColumns(
             time_ms=times,
-            features=FeatureColumns(
-                {f: columns[f] for f in self.features}, num, self.numeric, codes, self.reference
-            ),
+            features=FeatureColumns({f: columns[f] for f in self.features}, num, self.numeric, codes, self.reference),
             segments=segs,
             prediction=pred,
             label=label,
@@ -462,7 +460,8 @@ def kept_strings(profile: CategoricalProfile) -> type[enum.StrEnum]:
     (``_missing_``), cached up to :data:`PSEUDO_MEMBERS` values, so it decodes too.
     """
     kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
-    kind: Any = _Kept(f"Kept_{profile.name}", [(f"v{i}", v) for i, v in enumerate(kept)])
+    functional: Any = _Kept  # the functional API (mypy reads the call as a lookup of one member)
+    kind: Any = functional(f"Kept_{profile.name}", [(f"v{i}", v) for i, v in enumerate(kept)])
     cache: dict[str, Any] = {}
 
     def _missing_(cls: Any, value: object) -> Any:
