@@ -82,10 +82,12 @@ def test_in_process_consumer_outputs_and_checkpoint_on_revoke(
         committed = other.committed([TopicPartition(topics["events"], 0)], timeout=10)
         assert committed[0].offset == len(events)
     finally:
-        if other is not None:
-            other.close()
+        # stop the consumer while the other member still owns the partition: closing the other
+        # first lets the group hand the partition back, and the shutdown would then checkpoint it
         stop.set()
         thread.join(timeout=60)
+        if other is not None:
+            other.close()
     assert not thread.is_alive()
     assert result["stats"].valid == len(events)
     # on revoke; the other member owns the partition then, so the shutdown has nothing to write
