@@ -465,18 +465,30 @@ class DriftConsumer:
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
         out = WindowOutput([], [], [])
+        counted = (0, 0, 0)
         if data:
-            out = self._process_data(data)
+            out, counted = self._process_data(data)
         closed = self.windows.advance()
         if closed:
             out.records.extend(self._emit(closed, out))
         if out.records or out.concept:
             self._publish(out)
         if msgs:
-            self.metrics.batch_seconds.labels(mon).observe(time.perf_counter() - t0)
+            # the events' outcomes are counted once the step is done, together with its time, so a
+            # scrape's event count and last-batch time describe the same moment
+            m = self.metrics
+            valid, invalid, late = counted
+            m.events.labels(mon, "valid").inc(valid)
+            if invalid:
+                m.events.labels(mon, "invalid").inc(invalid)
+            if late:
+                m.events.labels(mon, "late").inc(late)
+            m.last_batch.labels(mon).set(self.wall_clock())
+            m.batch_seconds.labels(mon).observe(time.perf_counter() - t0)
         return out
 
-    def _process_data(self, data: list[Message]) -> WindowOutput:
+    def _process_data(self, data: list[Message]) -> tuple[WindowOutput, tuple[int, int, int]]:
+        """Decode, route and add a batch; returns the output and the (valid, invalid, late) counts."""
         mon = self.monitor.monitor
         st = self.stats
         st.batches += 1
@@ -496,7 +508,6 @@ class DriftConsumer:
                 )
             self.metrics.dead_letters.labels(mon, r.code).inc()
         if rejected:
-            self.metrics.events.labels(mon, "invalid").inc(len(rejected))
             st.invalid += len(rejected)
             log.debug("%d invalid events; first: %s", len(rejected), rejected[0].reason)
         # the last message of each partition in the batch (a partition's messages come in offset order)
@@ -506,11 +517,8 @@ class DriftConsumer:
         self.windows.touch(partitions)
         valid_parts = part_arr if len(cols.rows) == len(data) else part_arr[np.asarray(cols.rows, dtype=np.int64)]
         res = self.windows.add(cols, valid_parts)  # (rows are positions in data, in order: all of them, or a subset)
-        self.metrics.events.labels(mon, "valid").inc(res.n_added)
         st.valid += res.n_added
-        if res.n_late:
-            self.metrics.events.labels(mon, "late").inc(res.n_late)
-            st.late += res.n_late
+        st.late += res.n_late
         over = self.windows.router.overflowed
         if over > self._overflowed:
             self.metrics.segments_overflow.labels(mon).inc(over - self._overflowed)
@@ -525,7 +533,7 @@ class DriftConsumer:
                 self.next_offset[p] = o + 1
         self._dirty = True
         self._lag(partitions)
-        return out
+        return out, (res.n_added, len(rejected), res.n_late)
 
     def _concept(self, cols: EventColumns) -> list[dict[str, Any]]:
         det, tracker = self.detector, self.tracker

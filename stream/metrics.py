@@ -40,6 +40,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_window_size_seconds",
     "streamdrift_consumer_lag_messages",
     "streamdrift_batch_processing_seconds",
+    "streamdrift_last_batch_timestamp_seconds",
     "streamdrift_checkpoints_total",
     "streamdrift_last_checkpoint_timestamp_seconds",
     "streamdrift_segments_overflow_total",
@@ -120,6 +121,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
+        self.last_batch = Gauge(
+            "streamdrift_last_batch_timestamp_seconds",
+            "wall-clock time when the consumer last finished a batch of messages (NaN until the first)",
+            ("monitor",),
+            registry=r,
+        )
         self.checkpoints = Counter("streamdrift_checkpoints", "checkpoints", ("monitor", "outcome"), registry=r)
         self.last_checkpoint = Gauge(
             "streamdrift_last_checkpoint_timestamp_seconds",
@@ -148,6 +155,7 @@ class Metrics:
         # start time, not NaN: a consumer that never closes a window must still go stale
         self.last_window_closed.labels(m).set(time.time())
         self.last_checkpoint.labels(m).set(_NAN)
+        self.last_batch.labels(m).set(_NAN)
 
     def set_config(self, layout: Layout, cfg: StatisticsConfig, window_size_s: float | None) -> None:
         """Thresholds and window size, once at start."""

@@ -18,6 +18,11 @@ from stream.settings import ServeConfig
 
 log = logging.getLogger("streamdrift.serve")
 
+#: the collector's thresholds while serving: a batch allocates ~10k short-lived tuples and
+#: lists, so the young generation is collected every 50k allocations instead of every 700
+#: (the default), i.e. about once a batch
+GC_THRESHOLD = (50_000, 20, 100)
+
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="monitor YAML with kafka/outputs/metrics/state sections")
@@ -45,9 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # out of the collector's generations, so full collections scan only what batches leave behind
     gc.collect()
     gc.freeze()
-    # a batch allocates ~10k short-lived tuples and lists: collect the young generation every
-    # 50k allocations instead of every 700 (the default), i.e. about once a batch
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLD)
     log.info("serving monitor %s: %r", config.monitor.monitor, config)
     stats = consumer.run(stop)
     log.info(

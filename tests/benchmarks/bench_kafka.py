@@ -16,7 +16,7 @@ numeric one), then the features struct's values of the whole batch into one arra
 ``np.fromiter``: float64 (n, 20) directly for the numeric variant; for the mixed one an
 object (n, 25) array whose numeric block converts to float64 at once and whose categorical
 columns become lists. Timestamps go to int64. Missing numeric values decode as None and
-become NaN.
+become NaN. The process runs with serve's garbage-collector settings.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from stream.serve_cli import GC_THRESHOLD
 from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, fast_fetch_config
 
 BATCH = 10_000
@@ -159,8 +160,11 @@ def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
         rows += len(x)
         last_ts = int(ts[-1])
 
+    # the process settings of ``streamdrift serve`` (stream.serve_cli): start-up objects frozen,
+    # the young generation collected every GC_THRESHOLD[0] allocations
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
     c = _consumer(bootstrap, topic)
     try:
         steady, wall, n_steady, cpu = _loop(c, n, handle)

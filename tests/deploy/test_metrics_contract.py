@@ -30,6 +30,7 @@ CONTRACT = {
     "streamdrift_window_size_seconds": "gauge",
     "streamdrift_consumer_lag_messages": "gauge",
     "streamdrift_batch_processing_seconds": "histogram",
+    "streamdrift_last_batch_timestamp_seconds": "gauge",
     "streamdrift_checkpoints": "counter",
     "streamdrift_last_checkpoint_timestamp_seconds": "gauge",
     "streamdrift_segments_overflow": "counter",
