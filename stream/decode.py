@@ -124,6 +124,7 @@ class EventDecoder:
         self._num_get: Callable[[Any], Any] = _empty
         self._num_tuple: Callable[[Any], tuple[Any, ...]] = _empty
         self._features_tuple = False  # the features struct is the numeric fields, then the categoricals
+        self._coded = False  # the strict decoder decodes categoricals to their slots (coded_strings)
         self._cat_gets: list[Callable[[Any], Any]] = []
         self._top_gets: list[Callable[[Any], Any]] = []
         cat_t: Any = bool | int | str | None
@@ -148,13 +149,25 @@ class EventDecoder:
                 top[k] = t
         elif ev.features_field in top:
             return None
+        # the strict decoder takes only the common shapes, so what it gives needs no check: an
+        # integer time (unless ISO text), and (nested features) each categorical a string it
+        # decodes straight to its slot (coded_strings) or absent
+        strict_top = dict(top)
+        if ev.time_field is not None and ev.time_unit != "iso":
+            strict_top[ev.time_field] = int | None
+        strict_feats = dict(feats)
+        defaults: dict[str, Any] = {}
+        self._coded = ev.features_field is not None and bool(self.categorical)
+        if self._coded:
+            for f, p in zip(self.categorical, self._cat_profiles, strict=True):
+                strict_feats[f], defaults[f] = coded_strings(p)
 
         def struct(
-            name: str, fields: dict[str, Any], required: dict[str, Any], strict: bool
+            name: str, fields: dict[str, Any], required: dict[str, Any], strict: bool, default: dict[str, Any]
         ) -> tuple[Any, dict[str, str]]:
             attrs = {key: f"f{i}" for i, key in enumerate([*required, *fields])}
             spec: list[Any] = [(attrs[k], t) for k, t in required.items()]
-            spec += [(attrs[k], t, None) for k, t in fields.items()]
+            spec += [(attrs[k], t, default.get(k)) for k, t in fields.items()]
             rename = {a: k for k, a in attrs.items()}
             cls = msgspec.defstruct(name, spec, rename=rename, gc=False, forbid_unknown_fields=strict)
             return cls, attrs
@@ -166,9 +179,10 @@ class EventDecoder:
         for strict in (False, True):
             required: dict[str, Any] = {}
             if ev.features_field is not None:
-                feat_cls, feat_attrs = struct("Features", feats, {}, strict)
+                fields = strict_feats if strict else feats
+                feat_cls, feat_attrs = struct("Features", fields, {}, strict, defaults if strict else {})
                 required[ev.features_field] = feat_cls
-            classes[strict], top_attrs = struct("Event", top, required, strict)
+            classes[strict], top_attrs = struct("Event", strict_top if strict else top, required, strict, {})
         self._strict = msgspec.json.Decoder(classes[True])
 
         # getters: the time, the features object (when nested), numeric values, categoricals, top fields
@@ -210,17 +224,18 @@ class EventDecoder:
         kts = kafka_timestamps_ms
         good: list[Any] = []
         good_idx: list[int] = []
+        strict = False
         if self._decoder is not None:
-            good, good_idx, only_known = self._typed(values)
-            if not only_known:
+            good, good_idx, strict = self._typed(values)
+            if not strict:
                 good, good_idx = self._shallow(values, good, good_idx)
-        times, keep = self._times(good, good_idx, kts)
+        times, keep = self._times(good, good_idx, kts, strict)
         if keep is not None:
             good = [o for o, k in zip(good, keep, strict=True) if k]
             good_idx = [i for i, k in zip(good_idx, keep, strict=True) if k]
         slow_idx = sorted(set(range(n)).difference(good_idx)) if len(good_idx) != n else []
         slow, rejected = self._slow_rows(values, kts, slow_idx)
-        return self._columns(good, good_idx, times, slow), rejected
+        return self._columns(good, good_idx, times, slow, strict), rejected
 
     def _typed(self, values: Sequence[bytes | None]) -> tuple[list[Any], list[int], bool]:
         """Typed structs of the messages the typed decoder takes, their positions, and whether
@@ -279,19 +294,29 @@ class EventDecoder:
         return [good[j] for j in kept], [idx[j] for j in kept]
 
     def _times(
-        self, good: list[Any], idx: list[int], kts: Sequence[int | None] | None
+        self, good: list[Any], idx: list[int], kts: Sequence[int | None] | None, strict: bool = False
     ) -> tuple[npt.NDArray[np.int64], list[bool] | None]:
-        """Event times (ms) of the typed rows, and which rows have one (None: all of them)."""
+        """Event times (ms) of the typed rows, and which rows have one (None: all of them).
+
+        ``strict``: the rows come from the strict decoder, whose time is an int or None."""
         ev = self.config.events
         if ev.time_field is not None and good:
-            raw = list(map(self._time_get, good))
-            if set(map(type, raw)) == _INT_ONLY:  # (checked first: fromiter would truncate a float, parse a str)
-                try:
-                    arr = np.fromiter(raw, dtype=np.int64, count=len(raw))
-                except OverflowError:  # beyond int64: the general conversion (an object array)
+            arr: npt.NDArray[Any] | None = None
+            raw: list[Any] | None = None
+            if strict and self._unit != "iso":
+                try:  # ints only: straight into int64 (None raises TypeError, beyond int64 OverflowError)
+                    arr = np.fromiter(map(self._time_get, good), dtype=np.int64, count=len(good))
+                except (TypeError, OverflowError):
+                    arr = None
+            if arr is None:
+                raw = list(map(self._time_get, good))
+                if set(map(type, raw)) == _INT_ONLY:  # (checked first: fromiter would truncate a float, parse a str)
+                    try:
+                        arr = np.fromiter(raw, dtype=np.int64, count=len(raw))
+                    except OverflowError:  # beyond int64: the general conversion (an object array)
+                        arr = np.array(raw)
+                else:
                     arr = np.array(raw)
-            else:
-                arr = np.array(raw)
             if arr.dtype.kind == "i" and self._unit != "iso" and arr.min() >= -(2**53) and arr.max() <= 2**53:
                 # integers exactly representable as floats: the scalar rule, vectorised
                 t = arr.astype(np.int64)
@@ -302,6 +327,8 @@ class EventDecoder:
                     return t, None
                 else:  # auto: |t| >= MS_THRESHOLD is milliseconds, else seconds
                     return np.where(np.abs(t) >= MS_THRESHOLD, t, t * 1000), None
+            if raw is None:
+                raw = list(map(self._time_get, good))
             scalar = [self._scalar_time(r, kts[i] if kts is not None else None) for r, i in zip(raw, idx, strict=True)]
         else:
             scalar = [(int(k) if (k := kts[i]) is not None else None) if kts is not None else None for i in idx]
@@ -353,6 +380,7 @@ class EventDecoder:
         good_idx: list[int],
         times: npt.NDArray[np.int64],
         slow: list[tuple[int, tuple[int, tuple[Any, ...], tuple[Any, ...]]]],
+        strict: bool = False,
     ) -> EventColumns:
         """Columns of the typed rows and the reference path's rows, in message order."""
         ev = self.config.events
@@ -360,7 +388,23 @@ class EventDecoder:
         k = len(good)
         fobjs = list(map(self._fobj_get, good)) if self._fobj_get is not None else good
         n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None)
-        if k and self._features_tuple:
+        carried: npt.NDArray[np.int64] | None = None  # (rows, categorical) slots from the strict decoder
+        cats: list[Any]  # a list of values per categorical (CodedColumn: the strict decoder's)
+        if k and strict and self._coded:
+            # numeric values and categorical slots are all floats: the features structs of the
+            # batch go into one float64 matrix in one fromiter (a None, a missing numeric value,
+            # makes it an object matrix whose numeric block converts with None -> NaN)
+            w = n_num + len(self.categorical)
+            flat_values = chain.from_iterable(map(msgspec.structs.astuple, fobjs))
+            try:
+                matrix = np.fromiter(flat_values, dtype=np.float64, count=k * w).reshape(k, w)
+            except TypeError:
+                obj = np.fromiter(chain.from_iterable(map(msgspec.structs.astuple, fobjs)), dtype=object, count=k * w)
+                matrix = obj.reshape(k, w).astype(np.float64)
+            num = matrix[:, :n_num]
+            carried = matrix[:, n_num:].astype(np.int64)
+            cats = [CodedColumn(fobjs, g) for g in self._cat_gets]
+        elif k and self._features_tuple:
             # every value of the features struct in one (rows, numeric + categorical) object matrix:
             # the numeric block converts to float64 at once (None -> NaN), each categorical is a column
             w = n_num + len(self.categorical)
@@ -376,6 +420,8 @@ class EventDecoder:
             cats = [[] for _ in self.categorical]
         tops = [list(map(g, good)) for g in self._top_gets] if k else [[] for _ in range(n_top)]
         if slow:
+            cats = [list(c) for c in cats]  # (the strict decoder's slots are not merged: binned below)
+            carried = None
             pos = np.concatenate([np.asarray(good_idx, dtype=np.int64), [i for i, _r in slow]]).astype(np.int64)
             order = np.argsort(pos, kind="stable")
             times = np.concatenate([times, [r[0] for _i, r in slow]]).astype(np.int64)[order]
@@ -390,7 +436,11 @@ class EventDecoder:
         n = len(rows)
         columns: dict[str, Any] = {name: num[:, j] for j, name in enumerate(self.numeric)}
         codes: dict[str, npt.NDArray[np.int64]] = {}
-        for name, col, prof in zip(self.categorical, cats, self._cat_profiles, strict=True):
+        for j, (name, col, prof) in enumerate(zip(self.categorical, cats, self._cat_profiles, strict=True)):
+            if carried is not None:  # slots from the strict decoder, exact for every value
+                columns[name] = col
+                codes[name] = carried[:, j]
+                continue
             # binned here, where the values are checked: a plain column with no missing slot
             # holds only non-empty strings (no check needed); otherwise convert unless clean
             slots, plain = prof.bin_index_plain(col)
@@ -478,6 +528,89 @@ def kept_strings(profile: CategoricalProfile) -> type[enum.StrEnum]:
 
     kind._missing_ = classmethod(_missing_)
     return kind  # type: ignore[no-any-return]
+
+
+class _Coded(float, enum.Enum):
+    """Base of a categorical's slots (see :func:`coded_strings`): a member is its slot as a float,
+    and its value the string it decodes from."""
+
+    def __new__(cls, slot: int, text: str | None) -> _Coded:
+        obj = float.__new__(cls, slot)
+        obj._value_ = text
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._value_!r}: slot {float(self):g}>"
+
+
+def coded_strings(profile: CategoricalProfile) -> tuple[type[enum.Enum], Any]:
+    """The strings of a categorical as an enum the strict decoder decodes to, whose members are
+    their slots (``profile.bucket_of``) as floats; and the member that stands for an absent value.
+
+    msgspec decodes an enum whose values are strings from JSON strings, whatever the members'
+    base type; as ``float`` subclasses they pass through the same ``np.fromiter`` into float64
+    as the numeric values, so decoding a batch also bins its categoricals. Kept strings are
+    members; any other string becomes a pseudo-member with its own slot (unseen, other, or
+    missing for ""), cached up to :data:`PSEUDO_MEMBERS` values. ``member.value`` is the string.
+    """
+    kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
+    functional: Any = _Coded  # the functional API (mypy reads the call as a lookup of one member)
+    kind: Any = functional(f"Coded_{profile.name}", [(f"v{i}", (profile.bucket_of(v), v)) for i, v in enumerate(kept)])
+    cache: dict[str, Any] = {}
+
+    def pseudo(slot: int, value: str | None) -> Any:
+        got = float.__new__(kind, slot)
+        got._value_ = value
+        got._name_ = None
+        return got
+
+    def _missing_(cls: Any, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        got = cache.get(value)
+        if got is None:
+            got = pseudo(profile.bucket_of(value), value)
+            if len(cache) < PSEUDO_MEMBERS:
+                cache[value] = got
+        return got
+
+    kind._missing_ = classmethod(_missing_)
+    return kind, pseudo(profile.n_bins, None)
+
+
+class CodedColumn(Sequence[str | None]):
+    """A categorical column the strict decoder gave as slots: its values as ``decode_events`` has
+    them (the string, None for missing or ""), made on first use (the consumer bins by slot and
+    never reads them)."""
+
+    __slots__ = ("_get", "_rows", "_values")
+
+    def __init__(self, rows: list[Any], get: Callable[[Any], Any]) -> None:
+        self._rows = rows
+        self._get = get
+        self._values: list[str | None] | None = None
+
+    def _list(self) -> list[str | None]:
+        if self._values is None:
+            self._values = [m._value_ or None for m in map(self._get, self._rows)]
+        return self._values
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._list()[i]
+
+    def __iter__(self) -> Any:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return self._list() == (list(other) if isinstance(other, CodedColumn) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"CodedColumn({self._list()!r})"
 
 
 def _none(_obj: Any) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from detectors.config import MonitorConfig
 from detectors.histogram import FeatureColumns, Layout
-from detectors.reference import ReferenceProfile
+from detectors.reference import CategoricalProfile, ReferenceProfile
 from stream.decode import REASON_CODES, EventDecoder, reference_decode
 
 pytestmark = pytest.mark.unit
@@ -162,9 +162,13 @@ def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings(
     from stream.decode import PSEUDO_MEMBERS, kept_strings
 
     decoder = EventDecoder(_config(), REF, FEATURES)
-    msgs = [json.dumps(ev(i, features={"x": 1.0, "c": c})).encode() for i, c in enumerate(["a", "a", "zz", "zz"])]
+    # (a field the monitor does not read: the lenient decoder, whose categoricals are kept_strings)
+    msgs = [
+        json.dumps(ev(i, features={"x": 1.0, "c": c}, other=1)).encode() for i, c in enumerate(["a", "a", "zz", "zz"])
+    ]
     cols, _ = decoder.decode(msgs)
     a1, a2, z1, z2 = cols.features["c"]
+    assert type(a1).__name__ == "Kept_c"
     assert a1 is a2 and z1 is z2  # one object per value, not one per event
     assert (a1, z1) == ("a", "zz") and isinstance(a1, str) and str(a1) == "a" and f"{z1}" == "zz"
     assert hash(a1) == hash("a") and json.dumps([a1, z1]) == '["a", "zz"]'
@@ -174,6 +178,51 @@ def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings(
     again = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
     assert all(x is y for x, y in zip(first[:PSEUDO_MEMBERS], again, strict=False))
     assert all(x is not y and x == y for x, y in zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True))
+
+
+strict_event = st.builds(
+    lambda t, x, c, country: json.dumps(
+        {
+            "timestamp": t,
+            "features": {"y": 1.5, **({} if x is ... else {"x": x}), **({} if c is ... else {"c": c})},
+            "country": country,
+        }
+    ).encode(),
+    st.integers(min_value=-(2**43), max_value=2**43),  # (valid in every unit: no row leaves the batch path)
+    st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none(), st.integers(-(10**6), 10**6), st.just(...)),
+    st.one_of(st.sampled_from(["a", "b", "c", "1", "true", "zz", "", "ä"]), st.text(max_size=3), st.just(...)),
+    st.sampled_from(["de", "fr"]),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(strict_event, min_size=1, max_size=30), st.sampled_from(["auto", "ms", "s"]))
+def test_strict_batches_bin_categoricals_while_decoding(msgs: list[bytes], unit: str) -> None:
+    """Batches the strict decoder takes whole: categoricals arrive as their slots, with the
+    reference's values (string, None for "" or absent) on demand."""
+    from stream.decode import CodedColumn
+
+    cols, _ = EventDecoder(_config(time_unit=unit), REF, FEATURES).decode(msgs)
+    assert isinstance(cols.features["c"], CodedColumn)  # the strict decoder took the batch
+    assert_same(msgs, _config(time_unit=unit))
+
+
+def test_coded_strings_are_their_slots_and_pseudo_members_are_bounded() -> None:
+    from stream.decode import PSEUDO_MEMBERS, coded_strings
+
+    prof = REF.features["c"]
+    assert isinstance(prof, CategoricalProfile)
+    kind, absent = coded_strings(prof)
+    for text in [*prof.categories, "", "never-seen", "A", "true", "1"]:
+        member = kind(text)
+        assert float(member) == prof.bucket_of(text) and member.value == text
+    assert float(absent) == prof.bucket_of(None) == prof.n_bins and absent.value is None
+    kind, _ = coded_strings(prof)  # (a fresh cache)
+    first = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
+    again = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
+    assert all(x is y for x, y in zip(first[:PSEUDO_MEMBERS], again, strict=False))
+    beyond = zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True)
+    assert all(x is not y and x.value == y.value for x, y in beyond)
 
 
 def test_events_with_fields_the_monitor_does_not_read_take_the_lenient_decoder_and_the_nesting_check() -> None:
