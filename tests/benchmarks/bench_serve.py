@@ -9,14 +9,16 @@ Completion and timing: the benchmark polls /metrics (every 0.01 s until the firs
 shows, then every 0.1 s) and stops when ``streamdrift_events_total`` (all outcomes) reaches
 N. The clock is serve's own: ``streamdrift_last_batch_timestamp_seconds`` is set when a
 batch is done, together with the event counters, so the steady rate is (N - events at the
-first scrape that shows any, and the next poll agrees) / (last-batch time at the end - last-batch time
-at that scrape): from the end of a batch to the end of the last one, as the floor times itself,
-whatever the polling interval (group join and start-up excluded). The wall time from
-process start is reported too. A poll asks only for the counters it reads (``?name[]=``);
-once a second it scrapes every series, as Prometheus would (at 15-60x Prometheus' usual
-rate). ``cpu_rate`` divides the same messages by the CPU seconds serve used meanwhile (all
-its threads, /proc/<pid>/stat): on a machine shared with other work it is the steadier
-figure. Peak memory is ``VmHWM`` of the serve
+first scrape that shows any) / (last-batch time at the end - last-batch time at that
+scrape): from the end of a batch to the end of the last one, as the floor times itself,
+whatever the polling interval (group join and start-up excluded). (Serve sets the two one
+statement apart, so a scrape could in principle fall between them and pair a batch's count
+with the previous batch's time, an error of one batch in the 1M; the final reading is taken
+again once serve is idle.) The wall time from process start is reported too. A poll asks
+only for the counters it reads (``?name[]=``); once a second it scrapes every series, as
+Prometheus would (at 15-60x Prometheus' usual rate). ``cpu_rate`` divides the same messages
+by the CPU seconds serve used meanwhile (all its threads, /proc/<pid>/stat): on a machine
+shared with other work it is the steadier figure. Peak memory is ``VmHWM`` of the serve
 process, read from ``/proc/<pid>/status`` before SIGTERM; ``VmRSS`` is sampled along the way.
 """
 
@@ -179,7 +181,6 @@ def _watch(
     proc: subprocess.Popen[bytes], port: int, n: int, t_start: float, timeout: float, log_path: Path
 ) -> dict[str, Any]:
     first: tuple[float, float, float] | None = None  # (serve's last-batch time, events, CPU s) at the first sample
-    prev: tuple[float, float, float] | None = None
     rss: list[tuple[float, int]] = []  # (fraction of the stream consumed, VmRSS kB)
     hwm = 0
     last: dict[str, float] = {}
@@ -204,12 +205,7 @@ def _watch(
             if seen > 0:
                 rss.append((seen / n, st["VmRSS"]))
                 if first is None:
-                    # serve counts a batch's events and sets its time one after the other: a sample
-                    # taken between the two would pair them wrongly, so take one the next poll repeats
-                    sample = (m["streamdrift_last_batch_timestamp_seconds"], seen, cpu_seconds(proc.pid))
-                    if prev is not None and prev[:2] == sample[:2]:
-                        first = prev
-                    prev = sample
+                    first = (m["streamdrift_last_batch_timestamp_seconds"], seen, cpu_seconds(proc.pid))
             if seen >= n:
                 cpu_done = cpu_seconds(proc.pid)
                 time.sleep(0.05)  # (as above: read the time again, now that serve is idle)
