@@ -46,6 +46,7 @@ class SegmentRouter:
         self.max_segments = max_segments
         self.overall = overall or not self.fields
         self._ids: dict[tuple[str, ...], int] = {}
+        self._ids1: dict[str, int] = {}  # one segment field: its value -> id (the same ids as _ids)
         self.keys: list[tuple[str, ...]] = []
         self.overflowed = 0  # events routed to __other__
         if self.overall:
@@ -55,6 +56,8 @@ class SegmentRouter:
     def _register(self, key: tuple[str, ...]) -> int:
         i = len(self.keys)
         self._ids[key] = i
+        if len(key) == 1:
+            self._ids1[key[0]] = i
         self.keys.append(key)
         return i
 
@@ -90,11 +93,21 @@ class SegmentRouter:
             out[j] = i
         return out
 
+    def route_values(self, values: Sequence[str]) -> npt.NDArray[np.int64]:
+        """:meth:`route` for one segment field, given its values rather than 1-tuples of them."""
+        if len(self.fields) != 1:
+            raise ValueError(f"route_values needs exactly one segment field, not {self.fields}")
+        try:
+            return np.fromiter(map(self._ids1.__getitem__, values), dtype=np.int64, count=len(values))
+        except KeyError:
+            return self.route([(v,) for v in values])
+
     def snapshot(self) -> dict[str, Any]:
         return {"keys": [list(k) for k in self.keys], "other": self._other, "overflowed": self.overflowed}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         self._ids.clear()
+        self._ids1.clear()
         self.keys.clear()
         for k in snap["keys"]:
             self._register(tuple(k))

@@ -93,6 +93,9 @@ class EventColumns:
     prediction: npt.NDArray[np.float64]
     label: npt.NDArray[np.float64]
     rows: list[int] = field(default_factory=list)  # index of each valid event in the input
+    #: with one segment field, its values when all are plain strings (``segments[i] ==
+    #: (segment_values[i],)``): the router looks them up without the tuples
+    segment_values: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.time_ms)

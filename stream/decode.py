@@ -450,9 +450,13 @@ class EventDecoder:
             columns[name] = col
             codes[name] = slots
         segs: list[tuple[str, ...]]
+        seg_values = None
         if n_seg == 1:
             col = tops[0]
-            segs = list(zip(col)) if _clean(col) else [(_seg_value(c),) for c in col]
+            if _clean(col):
+                segs, seg_values = list(zip(col)), col
+            else:
+                segs = [(_seg_value(c),) for c in col]
         elif n_seg:
             segs = list(zip(*([_seg_value(c) for c in col] for col in tops[:n_seg]), strict=True))
         else:
@@ -469,6 +473,7 @@ class EventDecoder:
             prediction=pred,
             label=label,
             rows=rows,
+            segment_values=seg_values,
         )
 
     def _slow_row(self, value: bytes, kts: int | None) -> tuple[int, tuple[Any, ...], tuple[Any, ...]]:

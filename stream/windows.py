@@ -253,18 +253,29 @@ class WindowManager:
         return AddResult(len(rows), int(late.sum()), closed)
 
     def _late(self, t: npt.NDArray[np.int64], partitions: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        late = np.zeros(len(t), dtype=bool)
-        for p in np.unique(partitions).tolist():
-            m = partitions == p
-            tp = t[m]
-            prev = self.max_time.get(p, _NEG)
-            before = np.maximum.accumulate(np.concatenate([[prev], tp]))[:-1]
-            late[m] = tp < before - self.lateness_ms
-            self.max_time[p] = max(prev, int(tp.max()))
-        if self.frontier is not None:
+        p0 = int(partitions[0])
+        if (partitions == p0).all():  # the usual batch: one partition, no masks
+            late = self._late_in(p0, t)
+        else:
+            late = np.zeros(len(t), dtype=bool)
+            for p in np.unique(partitions).tolist():
+                m = partitions == p
+                late[m] = self._late_in(p, t[m])
+        # the last window an event belongs to ends at pane_of(t) * slide + size, monotone in t:
+        # when the earliest event's is past the frontier, every event's is
+        if self.frontier is not None and int(self.spec.pane_of(t.min())) * self.spec.slide_ms + self.spec.size_ms <= (
+            self.frontier
+        ):
             last_end = self.spec.pane_of(t) * self.spec.slide_ms + self.spec.size_ms
             late |= last_end <= self.frontier
         return late
+
+    def _late_in(self, p: int, tp: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Events of partition ``p`` (in offset order) behind its watermark; advances the watermark."""
+        prev = self.max_time.get(p, _NEG)
+        before = np.maximum.accumulate(np.concatenate([[prev], tp]))[:-1]
+        self.max_time[p] = max(prev, int(tp.max()))
+        return tp < before - self.lateness_ms
 
     def _grouped(
         self, idx: npt.NDArray[np.int64], seg: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], key2: Any
@@ -273,7 +284,10 @@ class WindowManager:
         uniq, inv = unique_pairs(seg, key2)
         size = self.layout.size
         whole = len(rows) == len(idx) and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(idx) - 1))
-        flat = ((idx if whole else idx[rows]) + (inv * size)[:, None]).reshape(-1)  # whole: rows = 0..n-1
+        flat = idx if whole else idx[rows]  # whole: rows = 0..n-1
+        if len(uniq) > 1:  # (one group: its slots are the slots)
+            flat = flat + (inv * size)[:, None]
+        flat = flat.reshape(-1)
         counts = np.bincount(flat, minlength=len(uniq) * size).reshape(len(uniq), size).astype(np.int64)
         sizes = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
         return uniq, counts, sizes
@@ -289,8 +303,11 @@ class WindowManager:
             return
         with_overall = self.router.active and self.router.overall
         if self.router.active:  # each row in its routed segment; the overall is summed from them below
-            keys = cols.segments
-            seg = self.router.route(keys if len(rows) == len(keys) else [keys[i] for i in rows.tolist()])
+            keys: Any = cols.segments
+            route: Callable[[Any], npt.NDArray[np.int64]] = self.router.route
+            if cols.segment_values is not None and len(self.router.fields) == 1:
+                keys, route = cols.segment_values, self.router.route_values
+            seg = route(keys if len(rows) == len(keys) else [keys[i] for i in rows.tolist()])
         else:
             seg = np.zeros(len(rows), dtype=np.int64)
         key, pu, n_p = _partition_key(seg, partitions[rows])

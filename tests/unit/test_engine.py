@@ -192,6 +192,20 @@ def test_segment_router_bounds_segments_and_snapshots() -> None:
     assert SegmentRouter([], 5, overall=False).route([(), ()]).tolist() == [-1, -1]
 
 
+def test_routing_values_of_one_field_equals_routing_their_tuples() -> None:
+    by_tuple = SegmentRouter(["g"], max_segments=3, overall=True)
+    by_value = SegmentRouter(["g"], max_segments=3, overall=True)
+    batches = [["a", "b", "a"], ["c", "a", "d", "e", "b"], ["e", "f", "c"]]
+    for values in batches:
+        assert by_value.route_values(values).tolist() == by_tuple.route([(v,) for v in values]).tolist()
+    assert by_value.keys == by_tuple.keys and by_value.overflowed == by_tuple.overflowed == 4
+    restored = SegmentRouter(["g"], max_segments=3, overall=True)
+    restored.restore(json.loads(json.dumps(by_value.snapshot())))
+    assert restored.route_values(["c", "zz", "a"]).tolist() == by_tuple.route([("c",), ("zz",), ("a",)]).tolist()
+    with pytest.raises(ValueError, match="one segment field"):
+        SegmentRouter(["g", "h"], 3, overall=True).route_values(["a"])
+
+
 def test_window_spec() -> None:
     spec = WindowSpec.from_config(_config({"kind": "sliding", "size": "10m", "slide": "5m"}))
     assert spec.panes_per_window == 2

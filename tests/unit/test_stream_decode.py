@@ -64,6 +64,8 @@ def assert_same(values: list[bytes | None], config: MonitorConfig, kts: list[int
         else:
             assert a == [b[i] for i in keep]
     assert fast.segments == [slow.segments[i] for i in keep]
+    if fast.segment_values is not None:  # (the one segment field's plain values, for routing)
+        assert [(v,) for v in fast.segment_values] == fast.segments
     np.testing.assert_array_equal(fast.prediction, slow.prediction[keep])
     np.testing.assert_array_equal(fast.label, slow.label[keep])
     # the slots the decoder carries (numeric matrix, categorical codes) bin like the reference's columns
