@@ -17,19 +17,21 @@ Records follow the one schema of DESIGN.md ("Records"), plus ``p_value_adjusted`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.config import StatisticsConfig
 from detectors.histogram import Layout, coarse_counts
 from detectors.reference import CategoricalProfile, IntArray, NumericProfile
-from detectors.statistics import adjust, chi_square, ks_binned, ks_exact, psi
+from detectors.statistics import adjust, chi_square, ks_exact, ks_p_value, ks_statistic_many, psi, psi_many
 
 OK, WARNING, CRITICAL, INSUFFICIENT = "ok", "warning", "critical", "insufficient_data"
 SEVERITY_LEVEL = {INSUFFICIENT: -1, OK: 0, WARNING: 1, CRITICAL: 2}
@@ -89,24 +91,103 @@ def _stat_list(profile: NumericProfile | CategoricalProfile, cfg: StatisticsConf
     return out
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What every window of a layout needs from the reference, computed once per layout.
+
+    The numeric features' fine bins are gathered end to end (``fine``: their positions in a
+    count vector) so PSI (on coarse bins) and the binned KS of all of them take a few array
+    operations per window (:func:`psi_many`, :func:`ks_statistic_many`).
+    """
+
+    fine: IntArray  # positions of the numeric features' fine bins in a count vector, end to end
+    fine_starts: IntArray  # where each numeric feature starts in that gather
+    coarse_starts: IntArray  # where each coarse bin starts in that gather
+    coarse_feature_starts: IntArray  # where each numeric feature's coarse bins start among all coarse bins
+    r_fine: npt.NDArray[np.float64]
+    r_coarse: npt.NDArray[np.float64]
+    m: dict[str, int]  # reference size of every feature
+    r: dict[str, IntArray]  # reference bin counts of every feature
+    numeric_index: dict[str, int]  # numeric feature -> its position among the numeric features
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(layout: Layout) -> _Plan:
+    fine: list[IntArray] = []
+    fine_starts: list[int] = []
+    coarse_starts: list[int] = []
+    coarse_feature_starts: list[int] = []
+    r_fine: list[npt.NDArray[np.float64]] = []
+    r_coarse: list[npt.NDArray[np.float64]] = []
+    m: dict[str, int] = {}
+    r_all: dict[str, IntArray] = {}
+    index: dict[str, int] = {}
+    at = n_coarse = 0
+    for name in layout.features:
+        profile = layout.reference.features[name]
+        r = np.asarray(profile.counts, dtype=np.int64)
+        r_all[name], m[name] = r, int(r.sum())
+        if isinstance(profile, NumericProfile):
+            index[name] = len(fine)
+            o, nb = layout.offsets[name], profile.n_bins
+            fine.append(np.arange(o, o + nb, dtype=np.intp))
+            fine_starts.append(at)
+            coarse_starts.extend(at + int(c) for c in profile.coarse_starts)
+            coarse_feature_starts.append(n_coarse)
+            n_coarse += len(profile.coarse_starts)
+            r_fine.append(r.astype(np.float64))
+            r_coarse.append(coarse_counts(profile, r).astype(np.float64))
+            at += nb
+
+    def ints(x: Sequence[int]) -> IntArray:
+        return np.asarray(x, dtype=np.intp)
+
+    empty = np.zeros(0)
+    return _Plan(
+        fine=np.concatenate(fine) if fine else ints([]),
+        fine_starts=ints(fine_starts),
+        coarse_starts=ints(coarse_starts),
+        coarse_feature_starts=ints(coarse_feature_starts),
+        r_fine=np.concatenate(r_fine) if r_fine else empty,
+        r_coarse=np.concatenate(r_coarse) if r_coarse else empty,
+        m=m,
+        r=r_all,
+        numeric_index=index,
+    )
+
+
 def evaluate_counts(
     layout: Layout,
     counts: IntArray,
     cfg: StatisticsConfig,
     raw: Mapping[str, Sequence[float]] | None = None,
 ) -> list[StatisticResult]:
-    """Every configured statistic of every feature, corrected across the window's tests."""
-    results: list[StatisticResult] = []
-    tested: list[int] = []  # indices of results in the p-value family
+    """Every configured statistic of every feature, corrected across the window's tests.
+
+    The numeric features' PSI and binned KS statistics are computed together (see
+    :class:`_Plan`); the values are those of :func:`psi` and :func:`ks_binned` on each feature.
+    """
+    plan = _plan(layout)
+    psi_num = ks_num = None
+    if len(plan.fine):
+        w_fine = counts[plan.fine].astype(np.float64)
+        if cfg.psi.enabled:
+            w_coarse = np.add.reduceat(w_fine, plan.coarse_starts)
+            psi_num = psi_many(plan.r_coarse, w_coarse, plan.coarse_feature_starts, cfg.psi.epsilon)
+        if cfg.ks.enabled:
+            ks_num = ks_statistic_many(plan.r_fine, w_fine, plan.fine_starts)
+    # (feature, statistic, method, value, p, threshold, m, n, n_missing, tested) of every result
+    rows: list[tuple[str, str, str, float | None, float | None, float, int, int, int, bool]] = []
     for name in layout.features:
         profile = layout.reference.features[name]
         slot = layout.slot(counts, name)
         nb = profile.n_bins
         w = slot[:nb]
-        r = np.asarray(profile.counts, dtype=np.int64)
-        n, m = int(w.sum()), int(r.sum())
+        r = plan.r[name]
+        n, m = int(w.sum()), plan.m[name]
         n_missing = int(slot[nb] + slot[nb + 1])
         enough = n >= cfg.min_events and m >= cfg.min_events
+        j = plan.numeric_index.get(name)
         for stat in _stat_list(profile, cfg):
             threshold = {"psi": cfg.psi.warning, "ks": cfg.ks.alpha, "chi2": cfg.chi2.alpha}[stat]
             method = {"psi": "psi_coarse", "ks": "ks_binned", "chi2": "chi2_homogeneity"}[stat]
@@ -114,53 +195,51 @@ def evaluate_counts(
             if stat == "ks" and exact:
                 method = "ks_exact"
             if not enough:
-                results.append(
-                    StatisticResult(
-                        name, stat, method, None, None, None, threshold, m, n, n_missing, None, INSUFFICIENT
-                    )
-                )
+                rows.append((name, stat, method, None, None, threshold, m, n, n_missing, False))
                 continue
             value: float
             p: float
             if stat == "psi":
-                if isinstance(profile, NumericProfile):
-                    value, p = psi(coarse_counts(profile, r), coarse_counts(profile, w), cfg.psi.epsilon)
+                if j is not None and psi_num is not None:
+                    value, p = float(psi_num[0][j]), float(psi_num[1][j])
                 else:
                     value, p = psi(r, w, cfg.psi.epsilon)
-                sev = CRITICAL if value >= cfg.psi.critical else WARNING if value >= cfg.psi.warning else OK
-                results.append(
-                    StatisticResult(name, stat, method, value, p, None, threshold, m, n, n_missing, sev != OK, sev)
-                )
-                continue
-            if stat == "ks":
+            elif stat == "ks":
                 if method == "ks_exact":
                     assert raw is not None and isinstance(profile, NumericProfile) and profile.values is not None
                     window_values = np.asarray(raw[name], dtype=np.float64)
                     window_values = window_values[np.isfinite(window_values)]
                     value, p = ks_exact(profile.values, window_values)
                 else:
-                    k = ks_binned(r, w)
-                    value, p = k.statistic, k.p_value
+                    assert j is not None and ks_num is not None
+                    value = float(ks_num[j])
+                    p = ks_p_value(value, n, m)
             else:
                 c = chi_square(r, w)
                 value, p = c.statistic, c.p_value
-            tested.append(len(results))
-            results.append(StatisticResult(name, stat, method, value, p, None, threshold, m, n, n_missing, None, OK))
+            rows.append((name, stat, method, value, p, threshold, m, n, n_missing, stat != "psi"))
     # multiple testing across the window's KS and chi-square tests
-    adjusted = adjust([results[i].p_value or 0.0 for i in tested], cfg.correction)
-    for i, q in zip(tested, adjusted, strict=True):
-        res = results[i]
-        drift = q < res.threshold
-        sev = OK
-        if drift:
-            assert res.value is not None
-            if res.statistic == "ks":
-                big = res.value >= cfg.ks.critical_statistic
-            else:
-                total = res.n_reference + res.n_window
-                big = float(np.sqrt(res.value / total)) >= cfg.chi2.critical_cramers_v
-            sev = CRITICAL if big else WARNING
-        results[i] = replace(res, p_value_adjusted=q, drift=drift, severity=sev)
+    tested = [i for i, row in enumerate(rows) if row[9]]
+    adjusted = dict(zip(tested, adjust([rows[i][4] or 0.0 for i in tested], cfg.correction), strict=True))
+    results: list[StatisticResult] = []
+    for i, (name, stat, method, val, pv, threshold, m, n, n_missing, _tested) in enumerate(rows):
+        q = adjusted.get(i)
+        drift: bool | None
+        if val is None:
+            drift, sev = None, INSUFFICIENT
+        elif stat == "psi":
+            sev = CRITICAL if val >= cfg.psi.critical else WARNING if val >= cfg.psi.warning else OK
+            drift = sev != OK
+        else:
+            assert q is not None
+            drift, sev = q < threshold, OK
+            if drift:
+                if stat == "ks":
+                    big = val >= cfg.ks.critical_statistic
+                else:
+                    big = float(np.sqrt(val / (m + n))) >= cfg.chi2.critical_cramers_v
+                sev = CRITICAL if big else WARNING
+        results.append(StatisticResult(name, stat, method, val, pv, q, threshold, m, n, n_missing, drift, sev))
     return results
 
 

@@ -55,16 +55,39 @@ def psi(reference: ArrayLike, window: ArrayLike, epsilon: float = DEFAULT_EPSILO
     """
     r = np.asarray(reference, dtype=np.float64)
     w = np.asarray(window, dtype=np.float64)
-    m, n = r.sum(), w.sum()
-    if m <= 0 or n <= 0:
+    if r.sum() <= 0 or w.sum() <= 0:
         raise ValueError("psi needs a non-empty reference and window")
-    pr = np.maximum(r / m, epsilon)
-    pw = np.maximum(w / n, epsilon)
-    value = float(np.sum((pw - pr) * np.log(pw / pr)))
-    dof = max(int(np.count_nonzero((r + w) > 0)) - 1, 1)
-    scaled = value / (1.0 / n + 1.0 / m)
-    p_value = _chi2_sf(scaled, dof)
-    return value, p_value
+    values, p_values = psi_many(r, w, _ONE, epsilon)
+    return float(values[0]), float(p_values[0])
+
+
+_ONE = np.zeros(1, dtype=np.intp)
+
+
+def psi_many(
+    reference: npt.NDArray[np.float64],
+    window: npt.NDArray[np.float64],
+    starts: npt.NDArray[np.intp],
+    epsilon: float = DEFAULT_EPSILON,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """:func:`psi` of many features at once: ``reference`` and ``window`` hold their bins end to
+    end, feature ``i``'s from ``starts[i]`` to the next start (every feature has at least one
+    bin). A feature with an empty reference or window gets NaN (the caller decides what that
+    means; :func:`psi` raises)."""
+    r, w = reference, window
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m, n = np.add.reduceat(r, starts), np.add.reduceat(w, starts)
+        lengths = np.diff(np.append(starts, len(r)))
+        pr = np.maximum(r / np.repeat(m, lengths), epsilon)
+        pw = np.maximum(w / np.repeat(n, lengths), epsilon)
+        values = np.add.reduceat((pw - pr) * np.log(pw / pr), starts)
+        dof = np.maximum(np.add.reduceat((r + w > 0).astype(np.intp), starts) - 1, 1)
+        scaled = values / (1.0 / n + 1.0 / m)
+        p_values = np.where(scaled < 0, 1.0, _sp.chdtrc(dof, scaled))
+    bad = (m <= 0) | (n <= 0)
+    values[bad] = np.nan
+    p_values[bad] = np.nan
+    return values, p_values
 
 
 @dataclass(frozen=True)
@@ -85,11 +108,29 @@ def ks_binned(reference: ArrayLike, window: ArrayLike) -> KSBinned:
     m, n = r.sum(), w.sum()
     if m <= 0 or n <= 0:
         raise ValueError("ks needs a non-empty reference and window")
-    cr = np.cumsum(r) / m
-    cw = np.cumsum(w) / n
-    d = float(np.max(np.abs(cw - cr)))
+    d = float(ks_statistic_many(r, w, _ONE)[0])
     max_error = float(max(np.max(r) / m, np.max(w) / n))
     return KSBinned(d, ks_p_value(d, int(n), int(m)), max_error)
+
+
+def ks_statistic_many(
+    reference: npt.NDArray[np.float64], window: npt.NDArray[np.float64], starts: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64]:
+    """The binned KS statistic (:func:`ks_binned`) of many features at once, laid out as for
+    :func:`psi_many` (NaN for a feature with an empty reference or window).
+
+    Counts are integers, so the running sums over all features minus each feature's start are
+    exactly each feature's own cumulative counts (as long as the totals stay below 2**53)."""
+    r, w = reference, window
+    lengths = np.diff(np.append(starts, len(r)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cdfs = []
+        for x in (r, w):
+            run = np.cumsum(x)
+            before = np.concatenate([[0.0], run[starts[1:] - 1]])  # running sum before each feature
+            total = np.add.reduceat(x, starts)
+            cdfs.append((run - np.repeat(before, lengths)) / np.repeat(total, lengths))
+        return np.maximum.reduceat(np.abs(cdfs[1] - cdfs[0]), starts)
 
 
 #: from this effective size on, the KS p-value comes from the limiting distribution (see ks_p_value)

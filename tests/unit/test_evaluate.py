@@ -125,6 +125,43 @@ def test_values_match_the_statistic_functions_and_bonferroni_family() -> None:
     assert res["x", "psi"].p_value_adjusted is None
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_numeric_features_evaluated_together_equal_each_one_alone(seed: int) -> None:
+    """PSI and binned KS of all numeric features at once (different bin counts, one feature
+    empty in the window) are exactly the per-feature functions' values."""
+    rng = np.random.default_rng(seed)
+    ref = ReferenceProfile.build(
+        {
+            "a": rng.normal(size=3000),
+            "b": rng.integers(0, 4, size=3000).astype(float),  # few distinct values: few bins
+            "c": rng.choice(["p", "q"], size=3000).tolist(),
+            "d": rng.exponential(size=3000),
+            "e": rng.uniform(size=3000),
+        },
+        categorical=["c"],
+    )
+    layout = Layout(ref)
+    n = 500
+    window = {
+        "a": rng.normal(0.3, 1.0, n),
+        "b": rng.integers(0, 5, size=n).astype(float),
+        "c": rng.choice(["p", "q", "r"], size=n).tolist(),
+        "d": np.full(n, np.nan),  # no valid value: no verdict
+        "e": rng.uniform(size=n) ** 2,
+    }
+    counts = layout.histogram(window).counts
+    res = _by(evaluate_counts(layout, counts, _cfg(min_events=50)))
+    assert len({ref.features[f].n_bins for f in "abde"}) > 1
+    for f in "abe":
+        p = ref.features[f]
+        assert isinstance(p, NumericProfile)
+        r, w = np.asarray(p.counts), layout.slot(counts, f)[: p.n_bins]
+        assert (res[f, "psi"].value, res[f, "psi"].p_value) == psi(coarse_counts(p, r), coarse_counts(p, w))
+        kb = ks_binned(r, w)
+        assert (res[f, "ks"].value, res[f, "ks"].p_value) == (kb.statistic, kb.p_value)
+    assert res["d", "psi"].value is None and res["d", "ks"].severity == INSUFFICIENT
+
+
 def test_bh_correction_is_applied_across_the_window() -> None:
     ref = _ref()
     layout = Layout(ref)
