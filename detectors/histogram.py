@@ -155,12 +155,11 @@ class NumericBinner:
             np.fmin(t, self.top, out=t)
             cell = t.astype(np.int64)
             cell += self.base
-            res = self.table.take(cell)
+            # (mode="clip": every cell is in range, and take writes into out without a buffer)
+            res = self.table.take(cell, out=out, mode="clip") if self.all_fast else self.table.take(cell)
             for d in range(self.depth):
                 res += xf >= self.bounds[d].take(cell)
-            if self.all_fast:
-                out[...] = res
-            else:
+            if not self.all_fast:
                 out[:, self.fast_cols] = res
         for j, edges, off in self.slow:
             out[:, j] = np.searchsorted(edges, x[:, j], side="right") + off

@@ -511,8 +511,11 @@ class DriftConsumer:
             st.invalid += len(rejected)
             log.debug("%d invalid events; first: %s", len(rejected), rejected[0].reason)
         # the last message of each partition in the batch (a partition's messages come in offset order)
-        rev = part_arr[::-1]
-        present, last_rev = np.unique(rev, return_index=True)
+        p0 = int(part_arr[0])
+        if (part_arr == p0).all():  # the usual batch: one partition
+            present, last_rev = np.array([p0]), np.zeros(1, dtype=np.int64)
+        else:
+            present, last_rev = np.unique(part_arr[::-1], return_index=True)
         partitions = set(present.tolist())
         self.windows.touch(partitions)
         valid_parts = part_arr if len(cols.rows) == len(data) else part_arr[np.asarray(cols.rows, dtype=np.int64)]

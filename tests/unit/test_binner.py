@@ -77,6 +77,9 @@ def test_binner_equals_searchsorted(name: str) -> None:
     other = RNG.normal(size=len(values))
     x = np.column_stack([values, other])
     assert np.array_equal(binner.indices(x), _expected(profiles, offsets, x))
+    wide = np.full((len(x), 5), -1, dtype=np.int64)  # into columns of a wider matrix (as the layout does)
+    binner.indices(x, wide[:, 1:3])
+    assert np.array_equal(wide[:, 1:3], _expected(profiles, offsets, x)) and (wide[:, [0, 3, 4]] == -1).all()
 
 
 def test_crowded_edges_keep_searchsorted_and_regular_ones_use_the_table() -> None:
