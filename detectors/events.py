@@ -89,7 +89,7 @@ class EventColumns:
 
     time_ms: npt.NDArray[np.int64]
     features: dict[str, Any]  # numeric: float64 array; categorical: list of str | None
-    segments: list[tuple[str, ...]]
+    segments: Sequence[tuple[str, ...]]
     prediction: npt.NDArray[np.float64]
     label: npt.NDArray[np.float64]
     rows: list[int] = field(default_factory=list)  # index of each valid event in the input

@@ -449,12 +449,12 @@ class EventDecoder:
                 slots = prof.bin_index(col)
             columns[name] = col
             codes[name] = slots
-        segs: list[tuple[str, ...]]
+        segs: Sequence[tuple[str, ...]]
         seg_values = None
         if n_seg == 1:
             col = tops[0]
             if _clean(col):
-                segs, seg_values = list(zip(col)), col
+                segs, seg_values = OneFieldSegments(col), col
             else:
                 segs = [(_seg_value(c),) for c in col]
         elif n_seg:
@@ -616,6 +616,35 @@ class CodedColumn(Sequence[str | None]):
 
     def __repr__(self) -> str:
         return f"CodedColumn({self._list()!r})"
+
+
+class OneFieldSegments(Sequence[tuple[str, ...]]):
+    """The segment keys of events with one segment field, as 1-tuples of its plain values,
+    made only when read (the router reads the values themselves)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: list[str]) -> None:
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return list(zip(self._values[i]))
+        return (self._values[i],)
+
+    def __iter__(self) -> Any:
+        return zip(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, OneFieldSegments) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OneFieldSegments({self._values!r})"
 
 
 def _none(_obj: Any) -> None:
