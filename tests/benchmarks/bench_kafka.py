@@ -17,6 +17,11 @@ numeric one), then the features struct's values of the whole batch into one arra
 object (n, 25) array whose numeric block converts to float64 at once and whose categorical
 columns become lists. Timestamps go to int64. Missing numeric values decode as None and
 become NaN. The process runs with serve's garbage-collector settings.
+
+The floor knows the events' schema (field names and types), not their values: categorical
+values decode to strings. Serve also knows the reference profile, and its strict decoder
+turns each categorical string straight into its reference bin (``stream.decode.coded_strings``)
+instead of making a string, so on the mixed stream its decode does less than the floor's.
 """
 
 from __future__ import annotations
