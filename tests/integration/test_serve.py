@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from detectors.reference import ReferenceProfile
 from stream.broker import free_port
 from stream.publish import DEAD_LETTER_MAX_BYTES
 from tests.conftest import create_topics
+from tests.reliability.harness import kill, stop
 
 pytestmark = pytest.mark.integration
 
@@ -138,12 +138,6 @@ def start_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
             stdout=f,
             stderr=subprocess.STDOUT,
         )
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    return proc.wait(timeout=timeout)
 
 
 def topics_for(prefix: str) -> dict[str, str]:
@@ -341,9 +335,7 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
         assert "Traceback" not in log.read_text()
     finally:
         stats.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)
 
 
 def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -410,6 +402,4 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str, tm
         assert Counter(positions.values())["missing_field"] == 2
     finally:
         dlq.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)

@@ -27,12 +27,12 @@ from tests.integration.test_serve import (
     make_events,
     produce,
     start_serve,
-    stop,
     topics_for,
     wait_for,
     window_key,
     write_config,
 )
+from tests.reliability.harness import kill, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -109,9 +109,7 @@ def test_kill_9_at_many_points_gives_identical_statistics(kafka_bootstrap: str, 
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
         killed_at.append(latest_offset(state))
     # every kill hit the consumer part-way through the stream
     assert all(o is not None and 0 < o < n for o in killed_at), killed_at
@@ -139,6 +137,4 @@ def test_kill_9_at_many_points_gives_identical_statistics(kafka_bootstrap: str, 
         assert "Traceback" not in text
     finally:
         reader.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)

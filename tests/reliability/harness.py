@@ -152,6 +152,13 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
     return proc.wait(timeout=timeout)
 
 
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process if it still runs, and reap it (a test's clean-up)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(
     cond: Callable[[], bool],
     what: str,

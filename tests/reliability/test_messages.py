@@ -246,9 +246,7 @@ def test_serve_survives_hostile_stream(kafka_bootstrap: str, tmp_path: Path) -> 
         )
         assert h.stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        h.kill(proc)
     mon = MonitorConfig.from_mapping(h.monitor_section(str(tmp_path / "ref.json")))
     valid = sorted(expected_valid(list(values), mon, ref))
     # on time: not older than the running max event time of the partition (allowed_lateness 0)

@@ -132,9 +132,7 @@ def test_sasl_scram_handshake_reaches_the_broker_and_the_secret_stays_hidden(tmp
             page = h.scrape(port_m)
             assert h.stop(proc) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            h.kill(proc)
     finally:
         broker.stop()
     text = log.read_text()
@@ -243,9 +241,7 @@ def test_metrics_loopback_by_default_and_https_when_configured(kafka_bootstrap: 
             h.scrape(port)
         assert h.stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        h.kill(proc)
     print(
         f"\n/metrics: listening on {sorted(addrs)} (0100007F = 127.0.0.1), HTTPS with a self-signed cert verified: "
         f"{'streamdrift_build_info' in page}, plain HTTP refused"

@@ -78,9 +78,7 @@ def test_a_million_distinct_segments(kafka_bootstrap: str, tmp_path: Path) -> No
         page = h.scrape(port)
         assert h.stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        h.kill(proc)
     segments: set[str] = set()
     series = 0
     overflow = None

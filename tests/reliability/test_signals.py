@@ -73,9 +73,7 @@ def test_sigterm_mid_window_then_restart(kafka_bootstrap: str, tmp_path: Path) -
         h.wait_for(lambda: sum(offsets_of(state).values()) == N, "the restart to catch up", 60, proc, log)
         assert h.stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        h.kill(proc)
     equal, n_records = equals_local(tmp_path, cfg, events)
     text = log.read_text()
     mid_window = sum(at_stop.values()) % (h.WINDOW_MS // h.STEP_MS) != 0
@@ -116,9 +114,7 @@ def test_broker_paused_longer_than_the_session_timeout(tmp_path: Path) -> None:
             resumed_in = time.monotonic() - t0
             assert h.stop(proc) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            h.kill(proc)
     text = log.read_text()
     equal, n_records = equals_local(tmp_path, cfg, events)
     rebalances = len(re.findall(r"assigned \[", text))

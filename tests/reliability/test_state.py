@@ -60,9 +60,7 @@ def run_until(cfg: Path, log: Path, state: Path, total: int) -> None:
         h.wait_for(lambda: read_all(state, total), f"serve to read {total} messages", 90, proc, log)
         assert h.stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        h.kill(proc)
 
 
 def final_equals_local(tmp: Path, cfg: Path, values: list[bytes]) -> bool:
@@ -117,9 +115,7 @@ def test_all_checkpoints_corrupt_starts_from_committed_offsets(kafka_bootstrap: 
         h.wait_for(lambda: "assigned [" in log.read_text(), "assignment", 30, proc, log)
         assert h.stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        h.kill(proc)
     text = log.read_text()
     skipped = re.findall(r"skipping corrupt checkpoint \S+: (.*?) \(", text)
     reassigned = re.findall(r"assigned \[\(0, (-?\d+)\)\]", text)
@@ -177,9 +173,7 @@ def test_full_disk_fails_checkpoints_loudly_and_commits_nothing(kafka_bootstrap:
             after = committed(kafka_bootstrap, "g-disk", topics["events"])
             assert h.stop(proc) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            h.kill(proc)
         err = re.search(r"checkpoint \(\w+\) failed, offsets not committed; will retry: (.*)", log.read_text())
         equal = final_equals_local(tmp_path, cfg, values)
         print(
