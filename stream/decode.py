@@ -123,8 +123,9 @@ class EventDecoder:
         self._fobj_get: Callable[[Any], Any] | None = None
         self._num_get: Callable[[Any], Any] = _empty
         self._num_tuple: Callable[[Any], tuple[Any, ...]] = _empty
-        self._features_tuple = False  # the features struct is the numeric fields, then the categoricals
-        self._coded = False  # the strict decoder decodes categoricals to their slots (coded_strings)
+        # the features struct is the numeric fields, then the categoricals (nested features with
+        # categoricals); the strict decoder then decodes categoricals to their slots (coded_strings)
+        self._features_tuple = False
         self._cat_gets: list[Callable[[Any], Any]] = []
         self._top_gets: list[Callable[[Any], Any]] = []
         cat_t: Any = bool | int | str | None
@@ -157,8 +158,8 @@ class EventDecoder:
             strict_top[ev.time_field] = int | None
         strict_feats = dict(feats)
         defaults: dict[str, Any] = {}
-        self._coded = ev.features_field is not None and bool(self.categorical)
-        if self._coded:
+        self._features_tuple = ev.features_field is not None and bool(self.categorical)
+        if self._features_tuple:
             for f, p in zip(self.categorical, self._cat_profiles, strict=True):
                 strict_feats[f], defaults[f] = coded_strings(p)
 
@@ -197,7 +198,6 @@ class EventDecoder:
             self._num_tuple = self._num_get if len(self.numeric) > 1 else _one_tuple(self._num_get)
             if nested and not self.categorical:  # the features struct is exactly the numeric fields, in order
                 self._num_tuple = msgspec.structs.astuple
-        self._features_tuple = nested and bool(self.categorical)
         self._cat_gets = [attrgetter(src[f]) for f in self.categorical]
         tops = [*ev.segment_fields, *(n for n in (ev.prediction_field, ev.label_field) if n is not None)]
         self._top_gets = [attrgetter(top_attrs[f]) for f in tops]
@@ -390,7 +390,7 @@ class EventDecoder:
         n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None)
         carried: npt.NDArray[np.int64] | None = None  # (rows, categorical) slots from the strict decoder
         cats: list[Any]  # a list of values per categorical (CodedColumn: the strict decoder's)
-        if k and strict and self._coded:
+        if k and strict and self._features_tuple:
             # numeric values and categorical slots are all floats: the features structs of the
             # batch go into one float64 matrix in one fromiter (a None, a missing numeric value,
             # makes it an object matrix whose numeric block converts with None -> NaN)
@@ -506,6 +506,38 @@ class _Kept(enum.StrEnum):
     """Base of a categorical's kept strings (see :func:`kept_strings`)."""
 
 
+def _enum_of_kept(base: Any, name: str, profile: CategoricalProfile, member: Callable[[str], Any]) -> Any:
+    """An enum (functional API on ``base``) with one member per string the reference kept, in
+    order, made from ``member(text)``; any other string becomes a pseudo-member (``_missing_``),
+    cached up to :data:`PSEUDO_MEMBERS` values so that memory stays bounded."""
+    kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
+    functional: Any = base  # (mypy reads the functional API as a lookup of one member)
+    kind: Any = functional(name, [(f"v{i}", member(v)) for i, v in enumerate(kept)])
+    cache: dict[str, Any] = {}
+
+    def _missing_(cls: Any, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        got = cache.get(value)
+        if got is None:
+            got = _pseudo(kind, member(value), value)
+            if len(cache) < PSEUDO_MEMBERS:
+                cache[value] = got
+        return got
+
+    kind._missing_ = classmethod(_missing_)
+    return kind
+
+
+def _pseudo(kind: Any, args: Any, value: str | None) -> Any:
+    """A member of ``kind`` that is not in its lookup table (``args``: what its base type is made of)."""
+    base = str if issubclass(kind, str) else float
+    got = base.__new__(kind, args[0] if isinstance(args, tuple) else args)
+    got._value_ = value
+    got._name_ = None
+    return got
+
+
 def kept_strings(profile: CategoricalProfile) -> type[enum.StrEnum]:
     """The strings a categorical's reference kept, as a ``StrEnum`` the typed decoder decodes to.
 
@@ -514,25 +546,7 @@ def kept_strings(profile: CategoricalProfile) -> type[enum.StrEnum]:
     (equal, same hash, ``str()`` is the value). Any other string becomes a pseudo-member
     (``_missing_``), cached up to :data:`PSEUDO_MEMBERS` values, so it decodes too.
     """
-    kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
-    functional: Any = _Kept  # the functional API (mypy reads the call as a lookup of one member)
-    kind: Any = functional(f"Kept_{profile.name}", [(f"v{i}", v) for i, v in enumerate(kept)])
-    cache: dict[str, Any] = {}
-
-    def _missing_(cls: Any, value: object) -> Any:
-        if not isinstance(value, str):
-            return None
-        got = cache.get(value)
-        if got is None:
-            got = str.__new__(cls, value)
-            got._value_ = value
-            got._name_ = None
-            if len(cache) < PSEUDO_MEMBERS:
-                cache[value] = got
-        return got
-
-    kind._missing_ = classmethod(_missing_)
-    return kind  # type: ignore[no-any-return]
+    return _enum_of_kept(_Kept, f"Kept_{profile.name}", profile, lambda v: v)  # type: ignore[no-any-return]
 
 
 class _Coded(float, enum.Enum):
@@ -558,29 +572,8 @@ def coded_strings(profile: CategoricalProfile) -> tuple[type[enum.Enum], Any]:
     members; any other string becomes a pseudo-member with its own slot (unseen, other, or
     missing for ""), cached up to :data:`PSEUDO_MEMBERS` values. ``member.value`` is the string.
     """
-    kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
-    functional: Any = _Coded  # the functional API (mypy reads the call as a lookup of one member)
-    kind: Any = functional(f"Coded_{profile.name}", [(f"v{i}", (profile.bucket_of(v), v)) for i, v in enumerate(kept)])
-    cache: dict[str, Any] = {}
-
-    def pseudo(slot: int, value: str | None) -> Any:
-        got = float.__new__(kind, slot)
-        got._value_ = value
-        got._name_ = None
-        return got
-
-    def _missing_(cls: Any, value: object) -> Any:
-        if not isinstance(value, str):
-            return None
-        got = cache.get(value)
-        if got is None:
-            got = pseudo(profile.bucket_of(value), value)
-            if len(cache) < PSEUDO_MEMBERS:
-                cache[value] = got
-        return got
-
-    kind._missing_ = classmethod(_missing_)
-    return kind, pseudo(profile.n_bins, None)
+    kind = _enum_of_kept(_Coded, f"Coded_{profile.name}", profile, lambda v: (profile.bucket_of(v), v))
+    return kind, _pseudo(kind, profile.n_bins, None)
 
 
 class CodedColumn(Sequence[str | None]):

@@ -263,11 +263,9 @@ class WindowManager:
                 late[m] = self._late_in(p, t[m])
         # the last window an event belongs to ends at pane_of(t) * slide + size, monotone in t:
         # when the earliest event's is past the frontier, every event's is
-        if self.frontier is not None and int(self.spec.pane_of(t.min())) * self.spec.slide_ms + self.spec.size_ms <= (
-            self.frontier
-        ):
-            last_end = self.spec.pane_of(t) * self.spec.slide_ms + self.spec.size_ms
-            late |= last_end <= self.frontier
+        spec = self.spec
+        if self.frontier is not None and int(spec.pane_of(t.min())) * spec.slide_ms + spec.size_ms <= self.frontier:
+            late |= spec.pane_of(t) * spec.slide_ms + spec.size_ms <= self.frontier
         return late
 
     def _late_in(self, p: int, tp: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
