@@ -135,11 +135,24 @@ class WindowConfig(_Model):
         return parse_duration_ms(self.idle_timeout, "window.idle_timeout")
 
 
+def _moved(data: Any, section: str) -> Any:
+    """Settings of earlier versions get an error that says what replaced them."""
+    if isinstance(data, Mapping) and "alpha" in data:
+        raise ValueError(
+            f"statistics.{section}.alpha was replaced by statistics.false_alarm_rate: thresholds are now "
+            "calibrated from the reference, and the rate is the chance that a window with no drift pages "
+            "(default 0.01); remove alpha"
+        )
+    return data
+
+
 class PSIConfig(_Model):
+    """PSI: its verdict reads the chi-square test on the same bins; ``warning`` is its effect floor."""
+
     enabled: bool = True
-    warning: float = Field(0.1, gt=0)
-    critical: float = Field(0.25, gt=0)
-    epsilon: float = Field(1e-4, gt=0, lt=0.01)
+    warning: float = Field(0.1, gt=0, description="PSI floor of a verdict (and of severity warning)")
+    critical: float = Field(0.25, gt=0, description="PSI at or above which a drift is critical")
+    epsilon: float = Field(1e-4, gt=0, lt=0.01, description="floor of a bin's proportion in PSI's logarithm")
 
     @model_validator(mode="after")
     def _order(self) -> PSIConfig:
@@ -150,21 +163,52 @@ class PSIConfig(_Model):
 
 class KSConfig(_Model):
     enabled: bool = True
-    alpha: float = Field(0.01, gt=0, lt=1)
+    min_statistic: float = Field(0.05, ge=0, le=1, description="KS D floor of a verdict")
     critical_statistic: float = Field(0.2, gt=0, le=1, description="D at or above which a drift is critical")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha(cls, data: Any) -> Any:
+        return _moved(data, "ks")
 
 
 class ChiSquareConfig(_Model):
     enabled: bool = True
-    alpha: float = Field(0.01, gt=0, lt=1)
+    min_cramers_v: float = Field(0.05, ge=0, le=1, description="Cramér's V floor of a verdict")
     critical_cramers_v: float = Field(0.2, gt=0, le=1, description="Cramér's V at or above which a drift is critical")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha(cls, data: Any) -> Any:
+        return _moved(data, "chi2")
+
+
+class UnseenConfig(_Model):
+    """The share of events of categories the reference never had (categorical features)."""
+
+    enabled: bool = True
+    min_share: float = Field(0.005, ge=0, le=1, description="share floor of a verdict")
+    critical_share: float = Field(0.05, gt=0, le=1, description="share at or above which a drift is critical")
 
 
 class StatisticsConfig(_Model):
+    false_alarm_rate: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="chance that a window family (see family) with no drift has any verdict; the "
+        "correction spreads it over the family's tests",
+    )
+    correction: Literal["bonferroni", "bh", "none"] = "bonferroni"
+    family: Literal["segment", "window"] = Field(
+        "segment",
+        description="segment: every (window, segment) is a family; window: all segments of a time window "
+        "together (the page rate per window then stays at false_alarm_rate however many segments)",
+    )
     psi: PSIConfig = PSIConfig()
     ks: KSConfig = KSConfig()
     chi2: ChiSquareConfig = ChiSquareConfig()
-    correction: Literal["bonferroni", "bh", "none"] = "bonferroni"
+    unseen: UnseenConfig = UnseenConfig()
     min_events: int = Field(100, ge=1, description="fewer valid values in a window give no verdict")
 
 
@@ -211,6 +255,15 @@ class MonitorConfig(_Model):
     statistics: StatisticsConfig = StatisticsConfig()
     segments: SegmentsConfig = SegmentsConfig()
     concept: ConceptConfig = ConceptConfig()
+
+    @model_validator(mode="after")
+    def _family(self) -> MonitorConfig:
+        if self.statistics.family == "window" and self.window.kind == "count":
+            raise ValueError(
+                "statistics.family: 'window' spans the segments of one time window; count windows of "
+                "different segments do not line up (use family: segment)"
+            )
+        return self
 
     @property
     def concept_active(self) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.config import MonitorConfig
-from detectors.evaluate import evaluate_counts, iso_ms, window_records
+from detectors.evaluate import evaluate_window, iso_ms, require_calibration, window_records
 from detectors.events import EventColumns, concept_values
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -162,14 +162,21 @@ def run_local(
     layout: Layout,
 ) -> list[dict[str, Any]]:
     """Every window statistic record (and concept-drift record) of a complete history."""
+    require_calibration(layout)
     spec = WindowSpec.from_config(config)
     router = SegmentRouter(config.events.segment_fields, config.segments.max_segments, config.segments.overall)
     seg_ids = router.route(cols.segments)
-    records: list[dict[str, Any]] = []
+    # every (segment, window) with data; a window's segments are evaluated together (one family
+    # with statistics.family: window)
+    by_window: dict[tuple[int, int], list[tuple[dict[str, str], Any, dict[str, Any] | None]]] = {}
     for seg_id, rows in _segment_rows(router, seg_ids, len(cols)):
         segment = router.segment(seg_id)
         for start, end, counts, raw in _windows(cols, rows, spec, layout, config):
-            results = evaluate_counts(layout, counts, config.statistics, raw)
+            by_window.setdefault((start, end), []).append((segment, counts, raw))
+    records: list[dict[str, Any]] = []
+    for (start, end), members in by_window.items():
+        verdicts = evaluate_window(layout, [(c, raw) for _s, c, raw in members], config.statistics)
+        for (segment, _c, _raw), results in zip(members, verdicts, strict=True):
             records.extend(
                 window_records(
                     results,

@@ -1,18 +1,51 @@
-"""Evaluate one window's histogram against the reference: statistics, correction, verdicts, records.
+"""Evaluate windows against the reference: tests, calibrated p-values, corrections, verdicts, records.
 
-Verdicts
-    * PSI: ``warning`` when PSI >= ``psi.warning``, ``critical`` when PSI >= ``psi.critical``.
-      Its chi-square p-value is reported but does not decide the verdict (it is not part
-      of the multiple-testing family).
-    * KS and chi-square: drift when the *adjusted* p-value (Bonferroni or Benjamini–Hochberg
-      across every KS and chi-square test of the window and segment) is below ``alpha``;
-      ``critical`` if the effect is also large (KS D >= ``ks.critical_statistic``, Cramér's V
-      >= ``chi2.critical_cramers_v``), else ``warning``.
-    * fewer than ``min_events`` valid values in the window (or the reference) give no verdict:
-      ``value``, ``p_value`` and ``drift`` are ``None`` and ``severity`` is
-      ``insufficient_data``. Undefined is never reported as 0.
+The tests of a window (one per hypothesis; :mod:`detectors.calibration` gives their calibrated
+p-values at the window's size)
+    * ``bins`` (every feature): the chi-square homogeneity test of the window against the
+      reference on the feature's PSI bins (coarse bins; a categorical's seen buckets), sparse
+      bins pooled (:func:`detectors.statistics.pool_cells`). It decides PSI's verdict (PSI ≈
+      X² (1/n + 1/m) for small differences, without PSI's jump when a bin of a small window is
+      empty) and the chi-square verdict of a categorical.
+    * ``ks`` (numeric): the binned KS statistic (exact ``ks_2samp`` when a count window keeps
+      raw values and the reference keeps its values).
+    * ``unseen`` (categorical): the number of events of categories the reference never had,
+      against ``Binomial(n, unseen_rate)`` (the reference's Good–Turing estimate of how often a
+      new category appears when nothing changed). Never-seen categories are not a cell of the
+      chi-square test (a zero reference cell would make one odd value decisive).
 
-Records follow the one schema of DESIGN.md ("Records"), plus ``p_value_adjusted`` and ``method``.
+Multiple testing
+    Every test of a window and segment is one *family* (``statistics.family: segment``), or
+    every test of every segment of a time window (``family: window``); the correction
+    (``bonferroni`` by default, ``bh``, ``none``) keeps the chance that a window (family) with no
+    drift has any verdict at ``statistics.false_alarm_rate`` (1 %) or below: Bonferroni tests
+    each p-value at ``rate / K`` for ``K`` tests, Benjamini–Hochberg at ``rate R / K`` for its
+    ``R`` rejections.
+
+Verdicts (records; several verdicts may read one test)
+    ====== ============================ ======================= ====================================
+    record value (``effect``)            test                    effect floor / critical
+    ====== ============================ ======================= ====================================
+    psi    PSI on the PSI bins           ``bins``                ``psi.warning`` / ``psi.critical``
+    ks     KS D                          ``ks``                  ``ks.min_statistic`` / ``ks.critical_statistic``
+    chi2   X² (effect: Cramér's V)       ``bins``                ``chi2.min_cramers_v`` / ``chi2.critical_cramers_v``
+    unseen share of never-seen values    ``unseen``              ``unseen.min_share`` / ``unseen.critical_share``
+    ====== ============================ ======================= ====================================
+
+    A verdict is *drift* when its test's p-value passes the correction **and** its effect is at
+    least the floor (so a huge window does not page on a negligible difference, and a tiny one
+    does not page on noise); ``critical`` when the effect also reaches the critical level, else
+    ``warning``. ``threshold`` is the effect from which this window would have been flagged: the
+    larger of the floor and the statistic's calibrated critical value at the window's size and
+    the family's level (for PSI through ``PSI ≈ X² (1/n + 1/m)``, approximate). Cramér's V is
+    size-balanced (:func:`detectors.statistics.cramers_v`).
+
+    Fewer than ``min_events`` valid values in the window (or the reference) give no verdict:
+    ``value``, ``effect``, ``p_value``, ``threshold`` and ``drift`` are ``None`` and ``severity``
+    is ``insufficient_data``. Undefined is never reported as 0.
+
+Records follow the one schema of DESIGN.md ("Records"), plus ``effect``, ``p_value_adjusted``
+and ``method``.
 """
 
 from __future__ import annotations
@@ -20,6 +53,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,11 +61,24 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special as _sp
 
+from detectors.calibration import Calibration, chi2_textbook_p, ks_scale, ks_textbook_p
 from detectors.config import StatisticsConfig
+from detectors.exceptions import ConfigError
 from detectors.histogram import Layout, coarse_counts
 from detectors.reference import CategoricalProfile, IntArray, NumericProfile
-from detectors.statistics import adjust, chi_square, ks_exact, ks_p_value, ks_statistic_many, psi, psi_many
+from detectors.statistics import (
+    adjust,
+    chi_square_statistic,
+    cramers_v,
+    ks_exact,
+    ks_statistic_many,
+    pool_cells,
+    psi,
+    psi_many,
+    unseen_p_value,
+)
 
 OK, WARNING, CRITICAL, INSUFFICIENT = "ok", "warning", "critical", "insufficient_data"
 SEVERITY_LEVEL = {INSUFFICIENT: -1, OK: 0, WARNING: 1, CRITICAL: 2}
@@ -46,6 +93,7 @@ RECORD_TYPES = (
     ("statistic", "string"),
     ("method", "string"),
     ("value", "float64"),
+    ("effect", "float64"),
     ("p_value", "float64"),
     ("p_value_adjusted", "float64"),
     ("threshold", "float64"),
@@ -59,36 +107,55 @@ RECORD_TYPES = (
     ("reference_fingerprint", "string"),
 )
 RECORD_FIELDS = tuple(name for name, _type in RECORD_TYPES)
+#: the window statistics (concept-drift records carry their detector's name instead)
+WINDOW_STATISTICS = ("psi", "ks", "chi2", "unseen")
 
 
 @dataclass(frozen=True)
 class StatisticResult:
-    """One statistic of one feature in one window, and how it was produced."""
+    """One verdict on one feature in one window, and how it was produced."""
 
     feature: str
-    statistic: str  # psi | ks | chi2
-    method: str  # psi_coarse | ks_binned | ks_exact | chi2_homogeneity
+    statistic: str  # psi | ks | chi2 | unseen
+    method: str  # psi_coarse | ks_binned | ks_exact | chi2_pooled | unseen_binomial
     value: float | None
     p_value: float | None
     p_value_adjusted: float | None
-    threshold: float
+    threshold: float | None
     n_reference: int
     n_window: int
     n_missing: int
     drift: bool | None
     severity: str
+    effect: float | None = None
 
 
-def _stat_list(profile: NumericProfile | CategoricalProfile, cfg: StatisticsConfig) -> list[str]:
-    out = []
-    if cfg.psi.enabled:
-        out.append("psi")
-    if isinstance(profile, NumericProfile):
-        if cfg.ks.enabled:
-            out.append("ks")
-    elif cfg.chi2.enabled:
-        out.append("chi2")
-    return out
+@dataclass
+class _Test:
+    """One hypothesis test of a window: its calibrated p-value and what inverting it needs."""
+
+    feature: str
+    kind: str  # bins | ks | ks_exact | unseen
+    p: float
+    n: int  # events the test counted
+    m: int  # reference values
+    dof: int = 1  # bins: cells - 1
+    unseen_rate: float = 0.0
+
+
+@dataclass
+class _Verdict:
+    """A verdict to be decided once the family's correction is known (``test`` None: no data)."""
+
+    feature: str
+    statistic: str
+    method: str
+    value: float | None
+    effect: float | None
+    test: int | None  # index into the family's tests
+    m: int
+    n: int
+    n_missing: int
 
 
 @dataclass(frozen=True)
@@ -107,7 +174,8 @@ class _Plan:
     r_fine: npt.NDArray[np.float64]
     r_coarse: npt.NDArray[np.float64]
     m: dict[str, int]  # reference size of every feature
-    r: dict[str, IntArray]  # reference bin counts of every feature
+    r: dict[str, IntArray]  # reference bin counts of every feature (a categorical's without __unseen__)
+    r_psi: dict[str, IntArray]  # reference counts on the PSI bins
     numeric_index: dict[str, int]  # numeric feature -> its position among the numeric features
 
 
@@ -121,13 +189,16 @@ def _plan(layout: Layout) -> _Plan:
     r_coarse: list[npt.NDArray[np.float64]] = []
     m: dict[str, int] = {}
     r_all: dict[str, IntArray] = {}
+    r_psi: dict[str, IntArray] = {}
     index: dict[str, int] = {}
     at = n_coarse = 0
     for name in layout.features:
         profile = layout.reference.features[name]
         r = np.asarray(profile.counts, dtype=np.int64)
-        r_all[name], m[name] = r, int(r.sum())
+        m[name] = int(r.sum())
         if isinstance(profile, NumericProfile):
+            r_all[name] = r
+            r_psi[name] = coarse_counts(profile, r)
             index[name] = len(fine)
             o, nb = layout.offsets[name], profile.n_bins
             fine.append(np.arange(o, o + nb, dtype=np.intp))
@@ -136,8 +207,10 @@ def _plan(layout: Layout) -> _Plan:
             coarse_feature_starts.append(n_coarse)
             n_coarse += len(profile.coarse_starts)
             r_fine.append(r.astype(np.float64))
-            r_coarse.append(coarse_counts(profile, r).astype(np.float64))
+            r_coarse.append(r_psi[name].astype(np.float64))
             at += nb
+        else:
+            r_all[name] = r_psi[name] = r[:-1]  # the seen buckets: __unseen__ is a test of its own
 
     def ints(x: Sequence[int]) -> IntArray:
         return np.asarray(x, dtype=np.intp)
@@ -152,8 +225,241 @@ def _plan(layout: Layout) -> _Plan:
         r_coarse=np.concatenate(r_coarse) if r_coarse else empty,
         m=m,
         r=r_all,
+        r_psi=r_psi,
         numeric_index=index,
     )
+
+
+def require_calibration(layout: Layout) -> Calibration:
+    """The reference's calibration, checked when a monitor starts (a profile without one cannot
+    give verdicts: the error says how to add it)."""
+    return _calibration(layout)
+
+
+def _calibration(layout: Layout) -> Calibration:
+    cal = layout.reference.calibration
+    if cal is None:
+        raise ConfigError(
+            "reference: the profile has no calibration, so no verdict can be given; add it with "
+            "`streamdrift reference calibrate --reference FILE --out NEW` or rebuild the reference"
+        )
+    return cal
+
+
+def _effective(n: int, m: int) -> float:
+    return n * m / (n + m)
+
+
+def _bins_test(cal: Calibration, name: str, r: IntArray, w: Any, n: int, m: int) -> _Test | None:
+    """The chi-square test on a feature's PSI bins (None: one cell after pooling, no test)."""
+    n_e = _effective(n, m)
+    cells = pool_cells(r, max(1, round(n_e)))
+    k = int(cells.max()) + 1
+    if k < 2:
+        return None
+    rc = np.bincount(cells, weights=r, minlength=k)
+    wc = np.bincount(cells, weights=np.asarray(w, dtype=np.float64), minlength=k)
+    x2 = float(chi_square_statistic(rc, wc))
+    p = cal.p_value(name, "bins", float(chi2_textbook_p(x2, k - 1)), n_e)
+    return _Test(name, "bins", p, n, m, dof=k - 1)
+
+
+def _measure(
+    layout: Layout, counts: IntArray, cfg: StatisticsConfig, raw: Mapping[str, Sequence[float]] | None
+) -> tuple[list[_Test], list[_Verdict]]:
+    """Every test and verdict-to-be of one window (nothing decided yet)."""
+    plan = _plan(layout)
+    cal = _calibration(layout)
+    psi_num = ks_num = None
+    if len(plan.fine):
+        w_fine = counts[plan.fine].astype(np.float64)
+        if cfg.psi.enabled:
+            w_coarse = np.add.reduceat(w_fine, plan.coarse_starts)
+            psi_num = psi_many(plan.r_coarse, w_coarse, plan.coarse_feature_starts, cfg.psi.epsilon)[0]
+        if cfg.ks.enabled:
+            ks_num = ks_statistic_many(plan.r_fine, w_fine, plan.fine_starts)
+    tests: list[_Test] = []
+    verdicts: list[_Verdict] = []
+
+    def add(test: _Test | None) -> int | None:
+        if test is None:
+            return None
+        tests.append(test)
+        return len(tests) - 1
+
+    for name in layout.features:
+        profile = layout.reference.features[name]
+        slot = layout.slot(counts, name)
+        nb = profile.n_bins
+        m = plan.m[name]
+        n_missing = int(slot[nb] + slot[nb + 1])
+        if isinstance(profile, NumericProfile):
+            w = slot[:nb]
+            n = int(w.sum())
+            enough = n >= cfg.min_events and m >= cfg.min_events
+            j = plan.numeric_index[name]
+            if cfg.psi.enabled:
+                if enough:
+                    assert psi_num is not None
+                    w_psi = coarse_counts(profile, w)
+                    t = add(_bins_test(cal, name, plan.r_psi[name], w_psi, n, m))
+                    value = float(psi_num[j])
+                    verdicts.append(_Verdict(name, "psi", "psi_coarse", value, value, t, m, n, n_missing))
+                else:
+                    verdicts.append(_Verdict(name, "psi", "psi_coarse", None, None, None, m, n, n_missing))
+            if cfg.ks.enabled:
+                exact = raw is not None and name in raw and profile.values is not None
+                method = "ks_exact" if exact else "ks_binned"
+                if not enough:
+                    verdicts.append(_Verdict(name, "ks", method, None, None, None, m, n, n_missing))
+                    continue
+                n_e = _effective(n, m)
+                if exact:
+                    assert raw is not None and profile.values is not None
+                    values = np.asarray(raw[name], dtype=np.float64)
+                    d, p = ks_exact(profile.values, values[np.isfinite(values)])
+                    t = add(_Test(name, "ks_exact", p, n, m))
+                else:
+                    assert ks_num is not None
+                    d = float(ks_num[j])
+                    p_text = float(ks_textbook_p(d, n_e))
+                    t = add(_Test(name, "ks", cal.p_value(name, "ks", p_text, n_e), n, m))
+                verdicts.append(_Verdict(name, "ks", method, d, d, t, m, n, n_missing))
+            continue
+        assert isinstance(profile, CategoricalProfile)
+        w_all = slot[:nb]
+        w = w_all[:-1]
+        unseen = int(w_all[-1])
+        n_seen = int(w.sum())
+        n = n_seen + unseen
+        r = plan.r[name]
+        enough = n_seen >= cfg.min_events and m >= cfg.min_events
+        if cfg.psi.enabled or cfg.chi2.enabled:
+            t = add(_bins_test(cal, name, r, w, n_seen, m)) if enough else None
+            if cfg.psi.enabled:
+                psi_value = psi(r, w, cfg.psi.epsilon)[0] if enough else None
+                verdicts.append(_Verdict(name, "psi", "psi_coarse", psi_value, psi_value, t, m, n_seen, n_missing))
+            if cfg.chi2.enabled:
+                if enough:
+                    x2 = float(chi_square_statistic(r, w))
+                    v = float(cramers_v(x2, n_seen, m))
+                    verdicts.append(_Verdict(name, "chi2", "chi2_pooled", x2, v, t, m, n_seen, n_missing))
+                else:
+                    verdicts.append(_Verdict(name, "chi2", "chi2_pooled", None, None, None, m, n_seen, n_missing))
+        if cfg.unseen.enabled and profile.unseen_rate > 0:
+            if n >= cfg.min_events and m >= cfg.min_events:
+                rate = profile.unseen_rate
+                p = unseen_p_value(unseen, n, rate)
+                t = add(_Test(name, "unseen", p, n, m, unseen_rate=rate))
+                share = unseen / n
+                verdicts.append(_Verdict(name, "unseen", "unseen_binomial", share, share, t, m, n, n_missing))
+            else:
+                verdicts.append(_Verdict(name, "unseen", "unseen_binomial", None, None, None, m, n, n_missing))
+    return tests, verdicts
+
+
+def _critical(cal: Calibration, test: _Test, level: float) -> float:
+    """The test's statistic at which its calibrated p-value equals ``level``, as an effect:
+    X² for ``bins`` (the caller converts), D for KS, the share for ``unseen``."""
+    n_e = _effective(test.n, test.m)
+    if test.kind == "unseen":
+        k = _sp.bdtrik(1.0 - level, test.n, test.unseen_rate)  # real-valued count at the level
+        kmin = math.floor(k) + 1 if math.isfinite(k) else test.n + 1
+        while kmin > 1 and unseen_p_value(kmin - 1, test.n, test.unseen_rate) <= level:
+            kmin -= 1
+        while kmin <= test.n and unseen_p_value(kmin, test.n, test.unseen_rate) > level:
+            kmin += 1
+        return kmin / test.n
+    if test.kind == "ks_exact":
+        return float(_sp.kolmogi(level)) / ks_scale(n_e)
+    p_text = cal.textbook_level(test.feature, test.kind, level, n_e)
+    if test.kind == "ks":
+        return float(_sp.kolmogi(p_text)) / ks_scale(n_e)
+    return float(_sp.chdtri(test.dof, p_text))  # bins: X²
+
+
+def _floors(statistic: str, cfg: StatisticsConfig) -> tuple[float, float]:
+    if statistic == "psi":
+        return cfg.psi.warning, cfg.psi.critical
+    if statistic == "ks":
+        return cfg.ks.min_statistic, cfg.ks.critical_statistic
+    if statistic == "chi2":
+        return cfg.chi2.min_cramers_v, cfg.chi2.critical_cramers_v
+    return cfg.unseen.min_share, cfg.unseen.critical_share
+
+
+def _decide(
+    layout: Layout, family: Sequence[tuple[list[_Test], list[_Verdict]]], cfg: StatisticsConfig
+) -> list[list[StatisticResult]]:
+    """Correct the family's p-values together and decide every verdict of every window in it."""
+    cal = _calibration(layout)
+    tests = [t for ts, _v in family for t in ts]
+    adjusted = adjust([t.p for t in tests], cfg.correction) if tests else []
+    rate = cfg.false_alarm_rate
+    k = len(tests)
+    if cfg.correction == "bonferroni":
+        level = rate / max(k, 1)
+    elif cfg.correction == "bh":
+        level = rate * max(sum(q <= rate for q in adjusted), 1) / max(k, 1)
+    else:
+        level = rate
+    out: list[list[StatisticResult]] = []
+    base = 0
+    for ts, verdicts in family:
+        results: list[StatisticResult] = []
+        critical: dict[int, float] = {}
+        for v in verdicts:
+            if v.test is None:
+                results.append(
+                    StatisticResult(
+                        v.feature,
+                        v.statistic,
+                        v.method,
+                        None,
+                        None,
+                        None,
+                        None,
+                        v.m,
+                        v.n,
+                        v.n_missing,
+                        None,
+                        INSUFFICIENT,
+                    )
+                )
+                continue
+            test = ts[v.test]
+            q = adjusted[base + v.test]
+            if v.test not in critical:
+                critical[v.test] = _critical(cal, test, level)
+            crit = critical[v.test]
+            if v.statistic == "psi":  # PSI ≈ X² (1/n + 1/m)
+                crit = crit / _effective(v.n, v.m)
+            elif v.statistic == "chi2":
+                crit = float(cramers_v(crit, v.n, v.m))
+            floor, high = _floors(v.statistic, cfg)
+            assert v.effect is not None
+            drift = test.p <= level and v.effect >= floor
+            severity = (CRITICAL if v.effect >= high else WARNING) if drift else OK
+            results.append(
+                StatisticResult(
+                    v.feature,
+                    v.statistic,
+                    v.method,
+                    v.value,
+                    test.p,
+                    q,
+                    max(floor, crit),
+                    v.m,
+                    v.n,
+                    v.n_missing,
+                    drift,
+                    severity,
+                    v.effect,
+                )
+            )
+        base += len(ts)
+        out.append(results)
+    return out
 
 
 def evaluate_counts(
@@ -162,85 +468,22 @@ def evaluate_counts(
     cfg: StatisticsConfig,
     raw: Mapping[str, Sequence[float]] | None = None,
 ) -> list[StatisticResult]:
-    """Every configured statistic of every feature, corrected across the window's tests.
+    """Every configured verdict of every feature of one window (one family)."""
+    return _decide(layout, [_measure(layout, counts, cfg, raw)], cfg)[0]
 
-    The numeric features' PSI and binned KS statistics are computed together (see
-    :class:`_Plan`); the values are those of :func:`psi` and :func:`ks_binned` on each feature.
-    """
-    plan = _plan(layout)
-    psi_num = ks_num = None
-    if len(plan.fine):
-        w_fine = counts[plan.fine].astype(np.float64)
-        if cfg.psi.enabled:
-            w_coarse = np.add.reduceat(w_fine, plan.coarse_starts)
-            psi_num = psi_many(plan.r_coarse, w_coarse, plan.coarse_feature_starts, cfg.psi.epsilon)
-        if cfg.ks.enabled:
-            ks_num = ks_statistic_many(plan.r_fine, w_fine, plan.fine_starts)
-    # (feature, statistic, method, value, p, threshold, m, n, n_missing, tested) of every result
-    rows: list[tuple[str, str, str, float | None, float | None, float, int, int, int, bool]] = []
-    for name in layout.features:
-        profile = layout.reference.features[name]
-        slot = layout.slot(counts, name)
-        nb = profile.n_bins
-        w = slot[:nb]
-        r = plan.r[name]
-        n, m = int(w.sum()), plan.m[name]
-        n_missing = int(slot[nb] + slot[nb + 1])
-        enough = n >= cfg.min_events and m >= cfg.min_events
-        j = plan.numeric_index.get(name)
-        for stat in _stat_list(profile, cfg):
-            threshold = {"psi": cfg.psi.warning, "ks": cfg.ks.alpha, "chi2": cfg.chi2.alpha}[stat]
-            method = {"psi": "psi_coarse", "ks": "ks_binned", "chi2": "chi2_homogeneity"}[stat]
-            exact = raw is not None and name in raw and getattr(profile, "values", None) is not None
-            if stat == "ks" and exact:
-                method = "ks_exact"
-            if not enough:
-                rows.append((name, stat, method, None, None, threshold, m, n, n_missing, False))
-                continue
-            value: float
-            p: float
-            if stat == "psi":
-                if j is not None and psi_num is not None:
-                    value, p = float(psi_num[0][j]), float(psi_num[1][j])
-                else:
-                    value, p = psi(r, w, cfg.psi.epsilon)
-            elif stat == "ks":
-                if method == "ks_exact":
-                    assert raw is not None and isinstance(profile, NumericProfile) and profile.values is not None
-                    window_values = np.asarray(raw[name], dtype=np.float64)
-                    window_values = window_values[np.isfinite(window_values)]
-                    value, p = ks_exact(profile.values, window_values)
-                else:
-                    assert j is not None and ks_num is not None
-                    value = float(ks_num[j])
-                    p = ks_p_value(value, n, m)
-            else:
-                c = chi_square(r, w)
-                value, p = c.statistic, c.p_value
-            rows.append((name, stat, method, value, p, threshold, m, n, n_missing, stat != "psi"))
-    # multiple testing across the window's KS and chi-square tests
-    tested = [i for i, row in enumerate(rows) if row[9]]
-    adjusted = dict(zip(tested, adjust([rows[i][4] or 0.0 for i in tested], cfg.correction), strict=True))
-    results: list[StatisticResult] = []
-    for i, (name, stat, method, val, pv, threshold, m, n, n_missing, _tested) in enumerate(rows):
-        q = adjusted.get(i)
-        drift: bool | None
-        if val is None:
-            drift, sev = None, INSUFFICIENT
-        elif stat == "psi":
-            sev = CRITICAL if val >= cfg.psi.critical else WARNING if val >= cfg.psi.warning else OK
-            drift = sev != OK
-        else:
-            assert q is not None
-            drift, sev = q < threshold, OK
-            if drift:
-                if stat == "ks":
-                    big = val >= cfg.ks.critical_statistic
-                else:
-                    big = float(np.sqrt(val / (m + n))) >= cfg.chi2.critical_cramers_v
-                sev = CRITICAL if big else WARNING
-        results.append(StatisticResult(name, stat, method, val, pv, q, threshold, m, n, n_missing, drift, sev))
-    return results
+
+def evaluate_window(
+    layout: Layout,
+    windows: Sequence[tuple[IntArray, Mapping[str, Sequence[float]] | None]],
+    cfg: StatisticsConfig,
+) -> list[list[StatisticResult]]:
+    """The verdicts of every segment of one window (``windows``: the segments' counts and raw
+    values, in order): with ``statistics.family: window`` the correction spans all of them, with
+    ``segment`` each is its own family (as :func:`evaluate_counts`)."""
+    measured = [_measure(layout, counts, cfg, raw) for counts, raw in windows]
+    if cfg.family == "window":
+        return _decide(layout, measured, cfg)
+    return [_decide(layout, [one], cfg)[0] for one in measured]
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -280,6 +523,7 @@ def window_records(
             "statistic": r.statistic,
             "method": r.method,
             "value": r.value,
+            "effect": r.effect,
             "p_value": r.p_value,
             "p_value_adjusted": r.p_value_adjusted,
             "threshold": r.threshold,

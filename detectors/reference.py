@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,15 +46,18 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from detectors.calibration import REPLICATES, Calibration, calibrate, categorical_null, numeric_null
 from detectors.exceptions import ConfigError, InputError, ReferenceFormatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: calibration, n_singletons, discrete_values
 KIND = "streamdrift.reference"
 OTHER = "__other__"
 UNSEEN = "__unseen__"
 MISSING = "__missing__"
 #: most reference categories kept to tell ``__other__`` from ``__unseen__``
 MAX_OTHER_VALUES = 10_000
+#: a numeric feature with at most this many distinct reference values gets one bin per value
+DISCRETE_VALUES = 20
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -181,6 +185,7 @@ class CategoricalProfile:
     other_values: tuple[str, ...]
     other_truncated: bool
     n_missing: int
+    n_singletons: int = 0  # reference categories seen exactly once (the unseen rate's estimate)
     type: Literal["categorical"] = "categorical"
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _lookup: dict[Any, int] = field(default_factory=dict, compare=False, repr=False)
@@ -212,6 +217,17 @@ class CategoricalProfile:
     def slot_size(self) -> int:
         """Buckets + missing + invalid."""
         return self.n_bins + 2
+
+    @property
+    def unseen_rate(self) -> float:
+        """The share of events whose category the reference never had, expected under no drift:
+        Good–Turing's estimate (the share of reference values whose category occurred exactly
+        once), add-one smoothed, ``(n_singletons + 1) / (n + 1)``, so a reference without rare
+        categories still allows the odd new one. 0 when the reference's list of categories was
+        truncated (a new category then cannot be told from ``__other__``)."""
+        if self.other_truncated:
+            return 0.0
+        return (self.n_singletons + 1) / (self.n + 1)
 
     def bucket_of(self, v: Any) -> int:
         """Slot index of one value."""
@@ -256,6 +272,7 @@ class CategoricalProfile:
             "other_values": list(self.other_values),
             "other_truncated": self.other_truncated,
             "n_missing": self.n_missing,
+            "n_singletons": self.n_singletons,
         }
 
 
@@ -320,6 +337,19 @@ def coarse_starts_from_counts(counts: Sequence[int], coarse_bins: int) -> tuple[
     return tuple(sorted(cuts))
 
 
+def discrete_edges(distinct: FloatArray) -> tuple[float, ...]:
+    """Edges giving each of a discrete feature's values its own bin: the sorted distinct values,
+    then one just above the largest (so values beyond the reference's range have a bin apart,
+    as do values below it, in the bin below the first edge).
+
+    >>> discrete_edges(np.array([0.0, 1.0, 2.0]))
+    (0.0, 1.0, 2.0, 2.0000000000000004)
+    """
+    values = [float(v) for v in np.unique(distinct)]
+    above = float(np.nextafter(values[-1], np.inf))
+    return (*values, above) if math.isfinite(above) else tuple(values)
+
+
 def numeric_profile(
     name: str,
     values: Any,
@@ -327,12 +357,20 @@ def numeric_profile(
     fine_bins: int = 100,
     coarse_bins: int = 10,
     keep_values: int = 0,
+    discrete_values: int = DISCRETE_VALUES,
 ) -> NumericProfile:
+    """A numeric feature's profile. A feature with at most ``discrete_values`` distinct values (and
+    no more than ``fine_bins``) gets one fine and one coarse (PSI) bin per value, so its PSI is
+    the textbook PSI over its values; others get quantile bins (:func:`quantile_edges`)."""
     x = to_float_array(values)
     finite = np.isfinite(x)
     n_missing = int(np.isnan(x).sum())
     n_invalid = int(np.isinf(x).sum())
     xv = x[finite]
+    distinct = np.unique(xv)
+    if 0 < len(distinct) <= min(discrete_values, fine_bins - 2):
+        edges = discrete_edges(distinct)
+        return numeric_profile_from_edges(name, edges, xv, n_missing, n_invalid, coarse_bins=0, keep_values=keep_values)
     edges = quantile_edges(xv, fine_bins)
     return numeric_profile_from_edges(
         name, edges, xv, n_missing, n_invalid, coarse_bins=coarse_bins, keep_values=keep_values
@@ -349,6 +387,7 @@ def numeric_profile_from_edges(
     coarse_bins: int = 10,
     keep_values: int = 0,
 ) -> NumericProfile:
+    """The profile for given edges; ``coarse_bins=0``: one coarse bin per fine bin (discrete data)."""
     e = np.asarray(edges, dtype=np.float64)
     idx = np.searchsorted(e, finite_values, side="right")
     counts = np.bincount(idx, minlength=len(e) + 1)
@@ -359,7 +398,9 @@ def numeric_profile_from_edges(
         name=name,
         edges=tuple(float(v) for v in e),
         counts=tuple(int(v) for v in counts),
-        coarse_starts=coarse_starts_from_counts(counts.tolist(), coarse_bins),
+        coarse_starts=(
+            tuple(range(len(counts))) if coarse_bins == 0 else coarse_starts_from_counts(counts.tolist(), coarse_bins)
+        ),
         n_missing=n_missing,
         n_invalid=n_invalid,
         values=kept,
@@ -402,6 +443,7 @@ def categorical_profile_from_counts(
         other_values=tuple(other_values[:MAX_OTHER_VALUES]),
         other_truncated=truncated,
         n_missing=n_missing,
+        n_singletons=sum(1 for c in counter.values() if c == 1),
     )
 
 
@@ -420,6 +462,8 @@ class ReferenceProfile:
     top_n: int = 50
     n_rows: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None
+    discrete_values: int = DISCRETE_VALUES
 
     @classmethod
     def build(
@@ -432,9 +476,20 @@ class ReferenceProfile:
         coarse_bins: int = 10,
         top_n: int = 50,
         keep_values: int = 0,
+        discrete_values: int = DISCRETE_VALUES,
         metadata: Mapping[str, Any] | None = None,
+        calibrate: bool = True,
+        chunks: bool = True,
+        calibration_replicates: int = REPLICATES,
+        calibration_seed: int = 0,
     ) -> ReferenceProfile:
-        """Build from columns (name -> array or list). ``features`` defaults to all columns."""
+        """Build from columns (name -> array or list, rows in the reference's order). ``features``
+        defaults to all columns.
+
+        ``calibrate``: compute the null-distribution calibration (:mod:`detectors.calibration`),
+        also from chunks of the rows in their order unless ``chunks`` is off (rows in no
+        meaningful order). A profile without calibration cannot give verdicts.
+        """
         if fine_bins < 2:
             raise ConfigError(f"fine_bins must be >= 2 (got {fine_bins}); fewer bins cannot show a shift")
         if not 2 <= coarse_bins <= fine_bins:
@@ -456,18 +511,64 @@ class ReferenceProfile:
             else:
                 try:
                     profiles[name] = numeric_profile(
-                        name, columns[name], fine_bins=fine_bins, coarse_bins=coarse_bins, keep_values=keep_values
+                        name,
+                        columns[name],
+                        fine_bins=fine_bins,
+                        coarse_bins=coarse_bins,
+                        keep_values=keep_values,
+                        discrete_values=discrete_values,
                     )
                 except InputError as exc:
                     raise InputError(f"feature {name!r}: {exc}; declare it categorical if it holds labels") from exc
-        return cls(
+        ref = cls(
             features=profiles,
             fine_bins=fine_bins,
             coarse_bins=coarse_bins,
             top_n=top_n,
             n_rows=n_rows,
             metadata=dict(metadata or {}),
+            discrete_values=discrete_values,
         )
+        if not calibrate:
+            return ref
+        rows = {name: ref.row_bins(name, columns[name]) for name in names} if chunks else None
+        return ref.calibrated(replicates=calibration_replicates, seed=calibration_seed, rows=rows)
+
+    # -- calibration ---------------------------------------------------------------------
+    def row_bins(self, name: str, values: Any) -> npt.NDArray[np.int64]:
+        """The calibration bin of every value of a reference column in order, missing values left out
+        (a numeric feature's fine bin; a categorical's bucket, ``__unseen__`` excluded)."""
+        p = self.features[name]
+        if isinstance(p, NumericProfile):
+            x = to_float_array(values)
+            x = x[np.isfinite(x)]
+            return np.searchsorted(p.edges_array, x, side="right").astype(np.int64)
+        idx = p.bin_index(values)
+        return idx[idx < p.n_bins - 1]
+
+    def calibrated(
+        self,
+        *,
+        replicates: int = REPLICATES,
+        seed: int = 0,
+        rows: Mapping[str, npt.NDArray[np.int64]] | None = None,
+    ) -> ReferenceProfile:
+        """This profile with its calibration computed (``rows``: :meth:`row_bins` of every feature, in
+        the reference's order, for the chunks). Features empty in the reference are left out of it:
+        they never have enough data for a verdict."""
+        nulls = []
+        for name, p in self.features.items():
+            if p.n == 0:
+                continue
+            if isinstance(p, NumericProfile):
+                nulls.append(numeric_null(name, p.counts, p.coarse_starts))
+            else:
+                nulls.append(categorical_null(name, p.counts[:-1]))
+        try:
+            cal = calibrate(nulls, chunk_bins=rows, replicates=replicates, seed=seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        return dataclasses.replace(self, calibration=cal)
 
     # -- serialisation -------------------------------------------------------------------
     def content(self) -> dict[str, Any]:
@@ -475,9 +576,15 @@ class ReferenceProfile:
         return {
             "kind": KIND,
             "schema_version": SCHEMA_VERSION,
-            "settings": {"fine_bins": self.fine_bins, "coarse_bins": self.coarse_bins, "top_n": self.top_n},
+            "settings": {
+                "fine_bins": self.fine_bins,
+                "coarse_bins": self.coarse_bins,
+                "top_n": self.top_n,
+                "discrete_values": self.discrete_values,
+            },
             "n_rows": self.n_rows,
             "features": {name: p.to_dict() for name, p in self.features.items()},
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
     @property
@@ -498,30 +605,47 @@ class ReferenceProfile:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
-    def from_json(cls, text: str) -> ReferenceProfile:
+    def from_json(cls, text: str, *, upgrade: bool = False) -> ReferenceProfile:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ReferenceFormatError(f"reference is not valid JSON: {exc}") from exc
-        return cls.from_dict(doc)
+        return cls.from_dict(doc, upgrade=upgrade)
 
     @classmethod
-    def load(cls, path: str | Path) -> ReferenceProfile:
+    def load(cls, path: str | Path, *, upgrade: bool = False) -> ReferenceProfile:
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ReferenceFormatError(f"cannot read reference file {p}: {exc.strerror}") from exc
         try:
-            return cls.from_json(text)
+            return cls.from_json(text, upgrade=upgrade)
         except ReferenceFormatError as exc:
             raise ReferenceFormatError(f"{p}: {exc}") from exc
 
     @classmethod
-    def from_dict(cls, doc: Any) -> ReferenceProfile:
+    def from_dict(cls, doc: Any, *, upgrade: bool = False) -> ReferenceProfile:
+        """A profile from its JSON document. ``upgrade``: also read a version 1 document (no
+        calibration, no singleton counts: its unseen rate is then that of a reference without
+        rare categories), for ``streamdrift reference calibrate``."""
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             raise ReferenceFormatError(f"not a streamdrift reference profile (kind must be {KIND!r})")
         version = doc.get("schema_version")
+        if version == 1 and upgrade:
+            doc = dict(doc, schema_version=SCHEMA_VERSION, calibration=None, fingerprint=None)
+            doc["settings"] = {"discrete_values": 0, **doc["settings"]}
+            doc["features"] = {
+                k: ({"n_singletons": 0, **f} if f.get("type") == "categorical" else f)
+                for k, f in doc["features"].items()
+            }
+            version = SCHEMA_VERSION
+        if version == 1:
+            raise ReferenceFormatError(
+                "reference schema_version 1 has no calibrated thresholds (this streamdrift reads version "
+                f"{SCHEMA_VERSION}); add them with `streamdrift reference calibrate --reference FILE --out NEW` "
+                "or rebuild it with `streamdrift reference build`"
+            )
         if version != SCHEMA_VERSION:
             raise ReferenceFormatError(
                 f"reference schema_version {version!r} is not supported (this streamdrift reads "
@@ -553,6 +677,7 @@ class ReferenceProfile:
                         other_values=tuple(str(v) for v in f["other_values"]),
                         other_truncated=bool(f["other_truncated"]),
                         n_missing=int(f["n_missing"]),
+                        n_singletons=int(f["n_singletons"]),
                     )
                 else:
                     raise ReferenceFormatError(f"feature {name!r}: unknown type {f['type']!r}")
@@ -563,6 +688,8 @@ class ReferenceProfile:
                 top_n=int(settings["top_n"]),
                 n_rows=int(doc["n_rows"]),
                 metadata=dict(doc.get("metadata") or {}),
+                calibration=None if doc["calibration"] is None else Calibration.from_dict(doc["calibration"]),
+                discrete_values=int(settings["discrete_values"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReferenceFormatError):
@@ -588,6 +715,7 @@ class ReferenceProfile:
         unknown = [n for n in names if n not in self.features]
         if unknown:
             raise ConfigError(f"features {unknown} are not in the reference (it has {sorted(self.features)})")
+        cal = self.calibration
         return ReferenceProfile(
             features={n: self.features[n] for n in names},
             fine_bins=self.fine_bins,
@@ -595,4 +723,6 @@ class ReferenceProfile:
             top_n=self.top_n,
             n_rows=self.n_rows,
             metadata=self.metadata,
+            calibration=None if cal is None else cal.subset([n for n in names if n in cal.features]),
+            discrete_values=self.discrete_values,
         )

@@ -71,22 +71,24 @@ def psi_many(
     epsilon: float = DEFAULT_EPSILON,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """:func:`psi` of many features at once: ``reference`` and ``window`` hold their bins end to
-    end, feature ``i``'s from ``starts[i]`` to the next start (every feature has at least one
-    bin). A feature with an empty reference or window gets NaN (the caller decides what that
-    means; :func:`psi` raises)."""
+    end along the last axis, feature ``i``'s from ``starts[i]`` to the next start (every feature
+    has at least one bin). ``window`` may be a matrix of many windows (one per row, as the
+    calibration's null samples are) and ``reference`` one vector or a matching matrix. A feature
+    with an empty reference or window gets NaN (the caller decides what that means; :func:`psi`
+    raises)."""
     r, w = reference, window
     with np.errstate(divide="ignore", invalid="ignore"):
-        m, n = np.add.reduceat(r, starts), np.add.reduceat(w, starts)
-        lengths = np.diff(np.append(starts, len(r)))
-        pr = np.maximum(r / np.repeat(m, lengths), epsilon)
-        pw = np.maximum(w / np.repeat(n, lengths), epsilon)
-        values = np.add.reduceat((pw - pr) * np.log(pw / pr), starts)
-        dof = np.maximum(np.add.reduceat((r + w > 0).astype(np.intp), starts) - 1, 1)
+        m, n = np.add.reduceat(r, starts, axis=-1), np.add.reduceat(w, starts, axis=-1)
+        lengths = np.diff(np.append(starts, r.shape[-1]))
+        pr = np.maximum(r / np.repeat(m, lengths, axis=-1), epsilon)
+        pw = np.maximum(w / np.repeat(n, lengths, axis=-1), epsilon)
+        values = np.add.reduceat((pw - pr) * np.log(pw / pr), starts, axis=-1)
+        dof = np.maximum(np.add.reduceat((r + w > 0).astype(np.intp), starts, axis=-1) - 1, 1)
         scaled = values / (1.0 / n + 1.0 / m)
         p_values = np.where(scaled < 0, 1.0, _sp.chdtrc(dof, scaled))
-    bad = (m <= 0) | (n <= 0)
-    values[bad] = np.nan
-    p_values[bad] = np.nan
+        bad = (m <= 0) | (n <= 0)
+    values = np.where(bad, np.nan, values)
+    p_values = np.where(bad, np.nan, p_values)
     return values, p_values
 
 
@@ -117,20 +119,22 @@ def ks_statistic_many(
     reference: npt.NDArray[np.float64], window: npt.NDArray[np.float64], starts: npt.NDArray[np.intp]
 ) -> npt.NDArray[np.float64]:
     """The binned KS statistic (:func:`ks_binned`) of many features at once, laid out as for
-    :func:`psi_many` (NaN for a feature with an empty reference or window).
+    :func:`psi_many` (also many windows at once, one per row; NaN for a feature with an empty
+    reference or window).
 
     Counts are integers, so the running sums over all features minus each feature's start are
     exactly each feature's own cumulative counts (as long as the totals stay below 2**53)."""
     r, w = reference, window
-    lengths = np.diff(np.append(starts, len(r)))
+    lengths = np.diff(np.append(starts, r.shape[-1]))
     with np.errstate(divide="ignore", invalid="ignore"):
         cdfs = []
         for x in (r, w):
-            run = np.cumsum(x)
-            before = np.concatenate([[0.0], run[starts[1:] - 1]])  # running sum before each feature
-            total = np.add.reduceat(x, starts)
-            cdfs.append((run - np.repeat(before, lengths)) / np.repeat(total, lengths))
-        return np.maximum.reduceat(np.abs(cdfs[1] - cdfs[0]), starts)
+            run = np.cumsum(x, axis=-1)
+            zero = np.zeros((*run.shape[:-1], 1))
+            before = np.concatenate([zero, run[..., starts[1:] - 1]], axis=-1)  # running sum before each feature
+            total = np.add.reduceat(x, starts, axis=-1)
+            cdfs.append((run - np.repeat(before, lengths, axis=-1)) / np.repeat(total, lengths, axis=-1))
+        return np.maximum.reduceat(np.abs(cdfs[1] - cdfs[0]), starts, axis=-1)
 
 
 #: from this effective size on, the KS p-value comes from the limiting distribution (see ks_p_value)
@@ -201,6 +205,96 @@ def _chi2_sf(x: float, dof: int) -> float:
     """``scipy.stats.chi2.sf(x, dof)``: the special function it evaluates (``chdtrc``), without the
     distribution object's argument handling (some 50 us a call; a window makes one per feature)."""
     return 1.0 if x < 0 else float(_sp.chdtrc(dof, x))
+
+
+#: expected window events a chi-square cell needs (the usual rule of thumb); sparser buckets are pooled
+MIN_EXPECTED = 5.0
+
+
+def pool_cells(reference: ArrayLike, n: int, min_expected: float = MIN_EXPECTED) -> npt.NDArray[np.intp]:
+    """The chi-square cell of each bucket for a window of ``n`` events against ``reference``.
+
+    Buckets whose expected window count ``n * p`` (``p`` the reference share) is below
+    ``min_expected`` are pooled into one cell; if that pool is itself below ``min_expected``,
+    the next smallest buckets join it until it is not (or every bucket is in it). Other
+    buckets keep a cell each, in bucket order; the pool is the last cell. A bucket the
+    reference never had (``p = 0``) is pooled, so no cell has a zero expectation, unless that
+    would leave a single cell: then the buckets the reference had form one cell and those it
+    never had another (a constant reference still tells values elsewhere apart).
+
+    >>> pool_cells([50, 30, 15, 4, 1], 100).tolist()     # expected 50, 30, 15, 4, 1
+    [0, 1, 2, 3, 3]
+    >>> pool_cells([50, 30, 15, 4, 1], 1000).tolist()    # expected 500, 300, 150, 40, 10
+    [0, 1, 2, 3, 4]
+    >>> pool_cells([0, 500, 0], 100).tolist()              # a constant reference
+    [1, 0, 1]
+    """
+    r = np.asarray(reference, dtype=np.float64)
+    m = r.sum()
+    if m <= 0:
+        raise ValueError("pool_cells needs a non-empty reference")
+    expected = n * r / m
+    pooled = expected < min_expected
+    if pooled.any():
+        total = float(expected[pooled].sum())
+        for i in np.argsort(expected, kind="stable"):
+            if total >= min_expected:
+                break
+            if not pooled[i]:
+                pooled[i] = True
+                total += float(expected[i])
+    cells = np.empty(len(r), dtype=np.intp)
+    own = np.flatnonzero(~pooled)
+    cells[own] = np.arange(len(own))
+    cells[pooled] = len(own)
+    if len(own) == 0 and (r == 0).any():
+        cells = (r == 0).astype(np.intp)
+    return cells
+
+
+def chi_square_statistic(reference: ArrayLike, window: ArrayLike) -> npt.NDArray[np.float64]:
+    """Pearson's X² of the 2 x K homogeneity table of ``reference`` and ``window`` along the last
+    axis (buckets empty in both rows add nothing); many windows at once, one per row.
+
+    >>> float(chi_square_statistic([30, 70], [70, 30]))
+    32.0
+    """
+    r = np.asarray(reference, dtype=np.float64)
+    w = np.asarray(window, dtype=np.float64)
+    m = r.sum(axis=-1, keepdims=True)
+    n = w.sum(axis=-1, keepdims=True)
+    col = r + w
+    share_r, share_w = m / (m + n), n / (m + n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = (r - col * share_r) ** 2 / (col * share_r) + (w - col * share_w) ** 2 / (col * share_w)
+    return np.asarray(np.where(col > 0, terms, 0.0).sum(axis=-1), dtype=np.float64)
+
+
+def cramers_v(x2: float | npt.NDArray[np.float64], n: float, m: float) -> float | npt.NDArray[np.float64]:
+    """Cramér's V of a 2 x K table as if window and reference were the same size:
+    ``min(1, sqrt(X² / (4 * n_e)))`` with ``n_e = n * m / (n + m)``.
+
+    With ``n = m`` this is the usual ``sqrt(X² / (n + m))``; unlike it, it does not shrink as the
+    reference grows, so one effect-size floor means the same at every window and reference size
+    (it is half of Cohen's w against the pooled shares).
+
+    >>> round(float(cramers_v(32.0, 100, 100)), 6)    # the usual V of [[30, 70], [70, 30]]: sqrt(32 / 200)
+    0.4
+    """
+    n_e = n * m / (n + m)
+    return np.minimum(1.0, np.sqrt(np.asarray(x2, dtype=np.float64) / (4.0 * n_e)))
+
+
+def unseen_p_value(k: int, n: int, p0: float) -> float:
+    """P(K >= k) for K ~ Binomial(n, p0): the chance of at least ``k`` never-seen categories in a
+    window of ``n`` events when each event is new with probability ``p0``.
+
+    >>> unseen_p_value(0, 100, 0.01), round(unseen_p_value(1, 100, 0.01), 6)
+    (1.0, 0.633968)
+    """
+    if k <= 0:
+        return 1.0
+    return float(_sp.bdtrc(k - 1, n, p0))
 
 
 def bonferroni(p_values: Sequence[float]) -> list[float]:

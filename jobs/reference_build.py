@@ -29,6 +29,11 @@ How it differs from the in-memory build
       and integers their decimal text, as in the in-memory build; floats become text such
       as ``1.0`` (the in-memory build rejects them).
     * nested ``features`` structs (JSON events) are flattened, like ``reference build``.
+    * numeric features with at most ``--discrete-values`` distinct values get one bin per value,
+      as in the in-memory build.
+    * the calibration (:mod:`detectors.calibration`) is computed on the driver from the bins;
+      Spark keeps no row order, so it has no design effect from chunks of the reference (run
+      ``streamdrift reference calibrate --input`` on the baseline in its order for that).
 """
 
 from __future__ import annotations
@@ -43,14 +48,17 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from detectors.calibration import REPLICATES
 from detectors.config import reference_columns
 from detectors.exceptions import StreamdriftError
 from detectors.reference import (
+    DISCRETE_VALUES,
     FeatureProfile,
     NumericProfile,
     ReferenceProfile,
     categorical_profile_from_counts,
     coarse_starts_from_counts,
+    discrete_edges,
 )
 from jobs.common import JobError
 
@@ -89,6 +97,8 @@ def build_reference(
     coarse_bins: int = 10,
     top_n: int = 50,
     relative_error: float = 1e-4,
+    discrete_values: int = DISCRETE_VALUES,
+    calibration_replicates: int = REPLICATES,
     metadata: dict[str, Any] | None = None,
 ) -> ReferenceProfile:
     """The reference profile of ``features`` of ``df`` (see the module docstring for the differences)."""
@@ -122,6 +132,14 @@ def build_reference(
         probs = [i / fine_bins for i in range(1, fine_bins)]
         quantiles = clean.approxQuantile(nums, probs, relative_error)
         edges = {f: np.unique(np.asarray(q, dtype=np.float64)) for f, q in zip(nums, quantiles, strict=True)}
+        # a feature with few distinct values gets one bin per value, as the local build does
+        limit = min(discrete_values, fine_bins - 2)
+        discrete: set[str] = set()
+        for f in nums:
+            got = clean.select(f).where(F.col(f).isNotNull()).distinct().limit(limit + 1).collect()
+            if 0 < len(got) <= limit:
+                edges[f] = np.asarray(discrete_edges(np.asarray([r[0] for r in got], dtype=np.float64)))
+                discrete.add(f)
         aggs = []
         for f in nums:
             x = F.col(f).cast("double")
@@ -135,7 +153,9 @@ def build_reference(
                 name=f,
                 edges=tuple(float(e) for e in edges[f]),
                 counts=tuple(int(v) for v in c),
-                coarse_starts=coarse_starts_from_counts(c.tolist(), coarse_bins),
+                coarse_starts=(
+                    tuple(range(len(c))) if f in discrete else coarse_starts_from_counts(c.tolist(), coarse_bins)
+                ),
                 n_missing=int(extra[f"m_{f}"] or 0),
                 n_invalid=int(extra[f"i_{f}"] or 0),
             )
@@ -145,14 +165,18 @@ def build_reference(
         counter = {r["v"]: int(r["count"]) for r in rows if r["v"] is not None and r["v"] != ""}
         n_missing = sum(int(r["count"]) for r in rows if r["v"] is None or r["v"] == "")
         profiles[f] = categorical_profile_from_counts(f, counter, n_missing, top_n=top_n)
-    return ReferenceProfile(
+    ref = ReferenceProfile(
         features={f: profiles[f] for f in features},
         fine_bins=fine_bins,
         coarse_bins=coarse_bins,
         top_n=top_n,
         n_rows=int(df.count()),
         metadata={**(metadata or {}), "builder": "spark", "relative_error": relative_error},
+        discrete_values=discrete_values,
     )
+    # the bootstrap runs on the driver from the bins alone; Spark keeps no row order, so there is
+    # no design effect from chunks (build locally, or `reference calibrate --input`, for it)
+    return ref.calibrated(replicates=calibration_replicates)
 
 
 _NUMERIC_TYPES = {"byte", "short", "integer", "long", "float", "double", "decimal"}
@@ -204,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coarse-bins", type=int, default=10)
     p.add_argument("--top-n", type=int, default=50)
     p.add_argument("--relative-error", type=float, default=1e-4, help="approxQuantile relative error (0 = exact)")
+    p.add_argument("--discrete-values", type=int, default=DISCRETE_VALUES)
+    p.add_argument("--calibration-replicates", type=int, default=REPLICATES)
     args = p.parse_args(argv)
     from pyspark.sql import SparkSession
 
@@ -223,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             coarse_bins=args.coarse_bins,
             top_n=args.top_n,
             relative_error=args.relative_error,
+            discrete_values=args.discrete_values,
+            calibration_replicates=args.calibration_replicates,
             metadata={"source": Path(args.input).name},
         )
         ref.save(args.out)

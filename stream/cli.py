@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from detectors.config import reference_columns
+from detectors.calibration import REPLICATES
+from detectors.config import MonitorConfig, reference_columns
 from detectors.engine import run_local
+from detectors.evaluate import WINDOW_STATISTICS
 from detectors.events import decode_events
 from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
-from detectors.reference import ReferenceProfile
+from detectors.reference import DISCRETE_VALUES, ReferenceProfile
 from stream.files import read_columns, read_rows, write_records
 from stream.settings import load_monitor, load_yaml
 
@@ -39,10 +42,16 @@ def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], 
     return register
 
 
-# -- reference build --------------------------------------------------------------------
+# -- reference build / calibrate --------------------------------------------------------
 def _reference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["build"], help="build a reference profile")
-    p.add_argument("--input", required=True, help="baseline data: .parquet, .csv or .jsonl")
+    p.add_argument(
+        "action",
+        choices=["build", "calibrate"],
+        help="build: a reference profile from baseline data; calibrate: (re)compute an existing profile's "
+        "calibrated thresholds (also upgrades a profile of an earlier version)",
+    )
+    p.add_argument("--input", help="baseline data: .parquet, .csv or .jsonl (build; calibrate: for the design effect)")
+    p.add_argument("--reference", help="calibrate: the profile to calibrate")
     p.add_argument("--out", required=True, help="where to write the reference JSON")
     p.add_argument("--config", help="monitor YAML: features.include / features.categorical are used")
     p.add_argument("--features", help="comma-separated feature columns (default: all but the event fields)")
@@ -50,7 +59,25 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-bins", type=int, default=100)
     p.add_argument("--coarse-bins", type=int, default=10)
     p.add_argument("--top-n", type=int, default=50, help="categories kept per categorical feature")
+    p.add_argument(
+        "--discrete-values",
+        type=int,
+        default=DISCRETE_VALUES,
+        help="numeric features with at most this many distinct values get one bin per value",
+    )
     p.add_argument("--keep-values", type=int, default=0, help="keep up to N raw values for exact KS")
+    p.add_argument(
+        "--calibration-replicates",
+        type=int,
+        default=REPLICATES,
+        help="null windows drawn per feature and window size for the calibrated thresholds",
+    )
+    p.add_argument(
+        "--no-chunks",
+        action="store_true",
+        help="the baseline's rows are in no meaningful order (shuffled): calibrate from the bootstrap alone, "
+        "not also from chunks of consecutive rows",
+    )
     p.add_argument("--engine", choices=["local", "spark"], default="local", help="spark: for data larger than memory")
     p.add_argument("--master", default="local[2]", help="Spark master for --engine spark")
 
@@ -59,13 +86,18 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
 
-@command("reference", "build a frozen reference profile from baseline data", _reference_args)
+@command("reference", "build or calibrate a frozen reference profile", _reference_args)
 def cmd_reference(args: argparse.Namespace) -> int:
+    if args.action == "calibrate":
+        return _calibrate(args)
+    if not args.input:
+        raise ConfigError("reference build: --input (the baseline data) is required")
     if args.engine == "spark":
         if args.keep_values:
             raise ConfigError("--keep-values: the Spark reference build does not keep raw values")
         job_args = ["--input", args.input, "--out", args.out, "--fine-bins", str(args.fine_bins)]
         job_args += ["--coarse-bins", str(args.coarse_bins), "--top-n", str(args.top_n)]
+        job_args += ["--calibration-replicates", str(args.calibration_replicates)]
         for flag, value in (("--config", args.config), ("--features", args.features)):
             if value:
                 job_args += [flag, value]
@@ -76,6 +108,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     features, categorical = reference_columns(
         list(cols), _split(args.features), _split(args.categorical), load_yaml(args.config) if args.config else None
     )
+    t0 = time.perf_counter()
     ref = ReferenceProfile.build(
         cols,
         features=features,
@@ -84,13 +117,50 @@ def cmd_reference(args: argparse.Namespace) -> int:
         coarse_bins=args.coarse_bins,
         top_n=args.top_n,
         keep_values=args.keep_values,
+        discrete_values=args.discrete_values,
+        calibration_replicates=args.calibration_replicates,
+        chunks=not args.no_chunks,
         metadata={"source": Path(args.input).name},
     )
     ref.save(args.out)
-    print(f"reference: {len(ref.features)} features from {ref.n_rows} rows -> {args.out}")
+    took = time.perf_counter() - t0
+    print(f"reference: {len(ref.features)} features from {ref.n_rows} rows -> {args.out} ({took:.1f} s)")
     print(f"fingerprint: {ref.fingerprint}")
+    _print_profile(ref)
+    return 0
+
+
+def _print_profile(ref: ReferenceProfile) -> None:
+    cal = ref.calibration
     for name, prof in ref.features.items():
-        print(f"  {name:<24} {prof.type:<12} {prof.n_bins:>4} bins  {prof.n_missing} missing")
+        line = f"  {name:<24} {prof.type:<12} {prof.n_bins:>4} bins  {prof.n_missing} missing"
+        if cal is not None and name in cal.features and cal.features[name].chunked:
+            line += "  (its windows vary more than independent rows would: thresholds from chunks)"
+        print(line)
+    if cal is not None:
+        print(
+            f"calibration: {cal.method}, {cal.replicates:,} null windows per feature at each of {len(cal.sizes)} "
+            f"window sizes ({cal.sizes[0]:,} to {cal.sizes[-1]:,} events)"
+        )
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    if not args.reference:
+        raise ConfigError("reference calibrate: --reference (the profile to calibrate) is required")
+    ref = ReferenceProfile.load(args.reference, upgrade=True)
+    rows = None
+    if args.input:
+        cols = read_columns(args.input)
+        missing = [n for n in ref.features if n not in cols]
+        if missing:
+            raise ConfigError(f"--input: the data has no column(s) {missing} of the reference")
+        rows = {n: ref.row_bins(n, cols[n]) for n in ref.features}
+    t0 = time.perf_counter()
+    ref = ref.calibrated(replicates=args.calibration_replicates, rows=None if args.no_chunks else rows)
+    ref.save(args.out)
+    print(f"reference: calibrated {len(ref.features)} features -> {args.out} ({time.perf_counter() - t0:.1f} s)")
+    print(f"fingerprint: {ref.fingerprint}")
+    _print_profile(ref)
     return 0
 
 
@@ -102,25 +172,100 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["local", "spark"], default="local")
     p.add_argument("--master", default="local[2]", help="Spark master for --engine spark")
     p.add_argument("--quiet", action="store_true", help="no summary table")
+    p.add_argument(
+        "--reference-check",
+        action="store_true",
+        help="--input is the reference's own baseline data: run the monitor over it and say what it would flag "
+        "(with calibrated thresholds, about statistics.false_alarm_rate of its windows)",
+    )
+    p.add_argument(
+        "--window-events",
+        type=int,
+        help="with --reference-check: cut the baseline into windows of N rows (for a baseline without event times)",
+    )
 
 
 @command("backfill", "compute window statistics over a file of events", _backfill_args)
 def cmd_backfill(args: argparse.Namespace) -> int:
     if args.engine == "spark":
+        if args.reference_check:
+            raise ConfigError("--reference-check runs with --engine local")
         return _spark_backfill(args)
     config = load_monitor(args.config)
     reference = ReferenceProfile.load(config.reference)
     layout = Layout(reference, config.features.include)
     rows = read_rows(args.input)
+    if args.reference_check:
+        config = reference_check_config(config, rows, args.window_events)
     cols, errors = decode_events(rows, config, reference, layout.features)
     records = run_local(cols, config, reference, layout)
     write_records(args.output, records)
     if errors:
         print(f"{len(errors)} of {len(rows)} events rejected; first: row {errors[0][0] + 1}: {errors[0][1]}")
-    if not args.quiet:
+    if args.reference_check:
+        print_reference_check(records, config, sys.stdout)
+    elif not args.quiet:
         print_summary(records, sys.stdout)
     print(f"{len(records)} records from {len(cols)} events -> {args.output}")
     return 0
+
+
+def reference_check_config(config: MonitorConfig, rows: Sequence[Any], window_events: int | None) -> MonitorConfig:
+    """The monitor as the reference check runs it: the baseline's shape (flat rows are common for a
+    baseline), and count windows of ``window_events`` rows when asked (or when it has no event time)."""
+    first = next((r for r in rows if isinstance(r, Mapping)), None)
+    if first is None:
+        raise ConfigError("--reference-check: the baseline has no rows")
+    events = config.events
+    update: dict[str, Any] = {}
+    if events.features_field is not None and not isinstance(first.get(events.features_field), Mapping):
+        update["features_field"] = None  # a flat baseline: features are columns
+    if window_events is None and events.time_field is not None and events.time_field not in first:
+        raise ConfigError(
+            f"--reference-check: the baseline has no event time field {events.time_field!r}; "
+            "pass --window-events N to cut it into windows of N rows"
+        )
+    data = config.model_dump()
+    data["events"].update(update)
+    if window_events is not None:
+        if window_events < 1:
+            raise ConfigError("--window-events must be at least 1")
+        data["window"] = {"kind": "count", "size": window_events}
+        if events.time_field is not None and events.time_field not in first:
+            data["events"]["time_field"] = None
+            data["events"]["time_missing"] = "reject"
+        if data["statistics"]["family"] == "window":
+            data["statistics"]["family"] = "segment"
+    return MonitorConfig.model_validate(data)
+
+
+def print_reference_check(records: Sequence[Mapping[str, Any]], config: MonitorConfig, out: TextIO) -> None:
+    """What the monitor would flag on its own reference: windows with any verdict, per feature."""
+    window_recs = [r for r in records if r["statistic"] in WINDOW_STATISTICS and not r["segment"]]
+    windows: dict[tuple[str, str], bool] = {}
+    per_feature: dict[str, list[int]] = {}
+    for r in window_recs:
+        key = (r["window_start"], r["window_end"])
+        windows[key] = windows.get(key, False) or bool(r["drift"])
+        got = per_feature.setdefault(r["feature"], [0, 0])
+        if r["drift"] is not None:
+            got[1] += 1
+            got[0] += bool(r["drift"])
+    flagged = sum(windows.values())
+    rate = config.statistics.false_alarm_rate
+    out.write(
+        f"reference check: {flagged} of {len(windows)} windows of the reference flagged "
+        f"(calibrated for at most {rate:.1%} of windows with no drift)\n"
+    )
+    for feature, (hits, total) in per_feature.items():
+        if hits:
+            out.write(f"  {feature:<24} flagged by {hits} of {total} verdicts\n")
+    if len(windows) and flagged > max(1, 3 * rate * len(windows)):
+        out.write(
+            "  more than expected: the reference's windows differ from each other more than the calibration "
+            "allows (is the baseline in time order? rebuild it without --no-chunks), or the baseline "
+            "itself drifts\n"
+        )
 
 
 def _spark_backfill(args: argparse.Namespace) -> int:

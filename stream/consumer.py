@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry
 
 from detectors.config import MonitorConfig
 from detectors.engine import ConceptTracker
-from detectors.evaluate import evaluate_counts, make_alert, window_records
+from detectors.evaluate import evaluate_window, make_alert, require_calibration, window_records
 from detectors.events import EventColumns, concept_values
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -101,20 +101,25 @@ class RunStats:
 
 
 def closed_records(layout: Layout, config: MonitorConfig, closed: Sequence[ClosedWindow]) -> list[dict[str, Any]]:
-    """Window statistic records of closed windows (evaluation, correction, verdicts)."""
-    records: list[dict[str, Any]] = []
+    """Window statistic records of closed windows (evaluation, correction, verdicts): the segments of
+    one window are evaluated together (one family with ``statistics.family: window``)."""
+    by_window: dict[tuple[int, int], list[ClosedWindow]] = {}
     for w in closed:
-        results = evaluate_counts(layout, w.counts, config.statistics, w.raw)
-        records.extend(
-            window_records(
-                results,
-                monitor=config.monitor,
-                segment=w.segment,
-                window_start_ms=w.start_ms,
-                window_end_ms=w.end_ms,
-                fingerprint=layout.fingerprint,
+        by_window.setdefault((w.start_ms, w.end_ms), []).append(w)
+    records: list[dict[str, Any]] = []
+    for (start, end), members in by_window.items():
+        verdicts = evaluate_window(layout, [(w.counts, w.raw) for w in members], config.statistics)
+        for w, results in zip(members, verdicts, strict=True):
+            records.extend(
+                window_records(
+                    results,
+                    monitor=config.monitor,
+                    segment=w.segment,
+                    window_start_ms=start,
+                    window_end_ms=end,
+                    fingerprint=layout.fingerprint,
+                )
             )
-        )
     return records
 
 
@@ -145,6 +150,7 @@ class DriftConsumer:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.reference = ReferenceProfile.load(self.monitor.reference)
         self.layout = Layout(self.reference, self.monitor.features.include)
+        require_calibration(self.layout)
         self.decoder = EventDecoder(self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes)
         self.windows = WindowManager(self.monitor, self.layout, clock=clock)
         self.detector: ConceptDetector | None = None
@@ -152,7 +158,7 @@ class DriftConsumer:
         self._fresh_concept()
         self.metrics = Metrics(self.registry, self.monitor.monitor, _version())
         size_s = None if self.monitor.window.kind == "count" else self.monitor.window.size_ms / 1000.0
-        self.metrics.set_config(self.layout, self.monitor.statistics, size_s)
+        self.metrics.set_config(size_s)
         self.state_dir = prepare_state_dir(config.state.dir)
         self.stores: dict[int, CheckpointStore] = {}  # partition -> its checkpoints
         self.topic = config.kafka.topic

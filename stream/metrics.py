@@ -15,10 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from detectors.config import StatisticsConfig
 from detectors.evaluate import SEVERITY_LEVEL, segment_label
-from detectors.histogram import Layout
-from detectors.reference import NumericProfile
 
 log = logging.getLogger("streamdrift.metrics")
 
@@ -30,6 +27,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_drift_detected",
     "streamdrift_drift_severity",
     "streamdrift_threshold",
+    "streamdrift_effect_size",
     "streamdrift_events_total",
     "streamdrift_dead_letters_total",
     "streamdrift_windows_closed_total",
@@ -59,9 +57,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, monitor: str, version: str = "0.1.0") -> None:
         self.registry = registry
         self.monitor = monitor
-        # (segment, feature, statistic) -> the four per-statistic gauge children: a window sets
-        # them all, and looking each up through labels() costs more than setting it
-        self._stat_children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        # (segment, feature, statistic) -> the per-statistic gauge children: a window sets them
+        # all, and looking each up through labels() costs more than setting it
+        self._stat_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         r = registry
         self.statistic_value = Gauge(
             "streamdrift_statistic_value", "statistic of the last closed window (NaN: no verdict)", _STAT, registry=r
@@ -75,10 +73,17 @@ class Metrics:
         self.drift_severity = Gauge(
             "streamdrift_drift_severity", "0 ok, 1 warning, 2 critical (NaN: no verdict)", _STAT, registry=r
         )
+        self.effect = Gauge(
+            "streamdrift_effect_size",
+            "effect size of the last closed window: PSI, KS D, Cramér's V (chi2), unseen share (NaN: no verdict)",
+            _STAT,
+            registry=r,
+        )
         self.threshold = Gauge(
             "streamdrift_threshold",
-            "configured thresholds (level = warning, critical or alpha)",
-            ("monitor", "feature", "statistic", "level"),
+            "effect size from which the last closed window would have been flagged: the larger of the effect "
+            "floor and the calibrated critical value at its size (NaN: no verdict)",
+            _STAT,
             registry=r,
         )
         self.events = Counter("streamdrift_events", "events by outcome", ("monitor", "outcome"), registry=r)
@@ -157,21 +162,9 @@ class Metrics:
         self.last_checkpoint.labels(m).set(_NAN)
         self.last_batch.labels(m).set(_NAN)
 
-    def set_config(self, layout: Layout, cfg: StatisticsConfig, window_size_s: float | None) -> None:
-        """Thresholds and window size, once at start."""
-        m = self.monitor
-        self.window_size.labels(m).set(_NAN if window_size_s is None else window_size_s)
-        for name in layout.features:
-            numeric = isinstance(layout.reference.features[name], NumericProfile)
-            if cfg.psi.enabled:
-                self.threshold.labels(m, name, "psi", "warning").set(cfg.psi.warning)
-                self.threshold.labels(m, name, "psi", "critical").set(cfg.psi.critical)
-            if numeric and cfg.ks.enabled:
-                self.threshold.labels(m, name, "ks", "alpha").set(cfg.ks.alpha)
-                self.threshold.labels(m, name, "ks", "critical").set(cfg.ks.critical_statistic)
-            if not numeric and cfg.chi2.enabled:
-                self.threshold.labels(m, name, "chi2", "alpha").set(cfg.chi2.alpha)
-                self.threshold.labels(m, name, "chi2", "critical").set(cfg.chi2.critical_cramers_v)
+    def set_config(self, window_size_s: float | None) -> None:
+        """The window size, once at start."""
+        self.window_size.labels(self.monitor).set(_NAN if window_size_s is None else window_size_s)
 
     def window_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Set the per-statistic gauges from a closed window's records."""
@@ -187,10 +180,15 @@ class Metrics:
                     self.statistic_p_value.labels(*labels),
                     self.drift_detected.labels(*labels),
                     self.drift_severity.labels(*labels),
+                    self.effect.labels(*labels),
+                    self.threshold.labels(*labels),
                 )
-            value_g, p_g, drift_g, severity_g = got
+            value_g, p_g, drift_g, severity_g, effect_g, threshold_g = got
             value, p, drift = rec["value"], rec["p_value"], rec["drift"]
+            effect, threshold = rec.get("effect"), rec.get("threshold")
             value_g.set(_NAN if value is None else float(value))
+            effect_g.set(_NAN if effect is None else float(effect))
+            threshold_g.set(_NAN if threshold is None else float(threshold))
             p_g.set(_NAN if p is None else float(p))
             drift_g.set(_NAN if drift is None else float(bool(drift)))
             level = SEVERITY_LEVEL.get(rec["severity"], -1)

@@ -12,10 +12,11 @@ What the page shows (plotly, with plotly.js inlined once, so it opens without a 
     * a summary: per feature the worst severity, the first drifted window, the number of
       drifted windows, the largest statistics and the smallest adjusted p-value; then every
       drifted window with the features and statistics that drifted;
-    * per feature the statistics over windows (PSI; KS D; Cramér's V for chi-square, the
-      effect size its critical threshold is set on) with the warning and critical
-      thresholds drawn, the p-values on a log axis with ``alpha``, and drifted windows
-      shaded by severity. Windows without a verdict (too few events) are gaps, not zeros;
+    * per feature the effect sizes over windows (PSI; KS D; Cramér's V for chi-square; the
+      share of never-seen categories) with each window's threshold (calibrated at its size,
+      see :mod:`detectors.evaluate`) and the critical levels drawn, the adjusted p-values on a
+      log axis with ``statistics.false_alarm_rate``, and drifted windows shaded by severity.
+      Windows without a verdict (too few events) are gaps, not zeros;
     * for one window (``--window``, default the most drifted) the reference vs window
       proportions on the coarse PSI bins, side by side; categorical features as grouped
       bars. Reference proportions come from the profile (``--reference``, or the monitor
@@ -23,9 +24,9 @@ What the page shows (plotly, with plotly.js inlined once, so it opens without a 
       from the events file (``--events`` with ``--config``). Without them the section says
       what is missing instead of drawing anything.
 
-Thresholds come from the monitor config (``--config``) when given; otherwise the warning
-threshold and ``alpha`` carried by the records are drawn and the critical lines are left
-out (the records do not carry them), which the page says.
+Every record carries its window's threshold; the critical levels and the false-alarm rate come
+from the monitor config (``--config``) when given, and are left out otherwise (the records do
+not carry them), which the page says.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from detectors.config import MonitorConfig
-from detectors.evaluate import SEVERITY_LEVEL, parse_iso_ms, segment_label
+from detectors.evaluate import SEVERITY_LEVEL, WINDOW_STATISTICS, parse_iso_ms, segment_label
 from detectors.events import decode_events, parse_time_ms
 from detectors.exceptions import InputError, ReferenceMismatchError
 from detectors.histogram import Layout, coarse_counts
@@ -54,10 +55,9 @@ from stream.exceptions import ConfigError, InputFileError, StreamError
 from stream.files import read_records, read_rows
 from stream.settings import load_monitor, load_yaml
 
-WINDOW_STATISTICS = ("psi", "ks", "chi2")
 REQUIRED_FIELDS = ("monitor", "segment", "feature", "statistic", "severity", "window_start", "window_end")
 SEVERITY_COLOR = {"ok": "#2e7d32", "warning": "#f09000", "critical": "#c62828", "insufficient_data": "#9e9e9e"}
-STAT_TITLE = {"psi": "PSI", "ks": "KS D", "chi2": "Cramér's V"}
+STAT_TITLE = {"psi": "PSI", "ks": "KS D", "chi2": "Cramér's V", "unseen": "unseen share"}
 P_FLOOR = 1e-12  # p-values below this are drawn at it (a log axis cannot show 0)
 
 
@@ -225,45 +225,36 @@ def select_records(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Lines drawn on the charts; ``None`` = not known (not drawn)."""
+    """Levels drawn on the charts besides each record's own threshold; ``None`` = not known (not drawn)."""
 
-    psi_warning: float | None
     psi_critical: float | None
-    ks_alpha: float | None
     ks_critical: float | None
-    chi2_alpha: float | None
     chi2_critical: float | None
+    unseen_critical: float | None
+    false_alarm_rate: float | None
     source: str
 
     @classmethod
     def from_config(cls, config: MonitorConfig) -> Thresholds:
         s = config.statistics
         return cls(
-            s.psi.warning,
             s.psi.critical,
-            s.ks.alpha,
             s.ks.critical_statistic,
-            s.chi2.alpha,
             s.chi2.critical_cramers_v,
-            "the monitor config",
+            s.unseen.critical_share,
+            s.false_alarm_rate,
+            "the records (each window's threshold) and the monitor config (critical levels, false-alarm rate)",
         )
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> Thresholds:
-        def first(stat: str) -> float | None:
-            for r in records:
-                if r["statistic"] == stat and r.get("threshold") is not None:
-                    return float(r["threshold"])
-            return None
-
         return cls(
-            first("psi"),
             None,
-            first("ks"),
             None,
-            first("chi2"),
             None,
-            "the records (warning threshold and alpha only; pass --config to draw the critical thresholds)",
+            None,
+            None,
+            "the records (each window's threshold; pass --config to draw the critical levels and the false-alarm rate)",
         )
 
 
@@ -281,7 +272,10 @@ class FeatureSummary:
 
 def effect(rec: Mapping[str, Any]) -> float | None:
     """The value charted for a record: PSI, KS D, or Cramér's V for chi-square (as the verdict computes it)."""
-    v = rec.get("value")
+    if "effect" in rec:
+        e = rec["effect"]
+        return None if e is None else float(e)
+    v = rec.get("value")  # a record of an earlier version: no effect field
     if v is None:
         return None
     if rec["statistic"] == "chi2":
@@ -518,18 +512,16 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     )
     stats = [s for s in WINDOW_STATISTICS if any(r["statistic"] == s for r in recs)]
     titles = [STAT_TITLE[s] for s in stats] + [
-        f"p-values (KS/chi-square adjusted, PSI approximate; below {P_FLOOR:g} drawn at {P_FLOOR:g})"
+        f"p-values (calibrated, adjusted for the window's tests; below {P_FLOOR:g} drawn at {P_FLOOR:g})"
     ]
     fig = make_subplots(rows=len(stats) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     windows = sorted({(r["window_start"], r["window_end"]) for r in recs}, key=lambda w: _ms(w[0]))
     x0, x1 = _plot_time(windows[0][0]), _plot_time(windows[-1][0])
     lines = {
-        "psi": [
-            ("PSI warning", th.psi_warning, SEVERITY_COLOR["warning"]),
-            ("PSI critical", th.psi_critical, SEVERITY_COLOR["critical"]),
-        ],
+        "psi": [("PSI critical", th.psi_critical, SEVERITY_COLOR["critical"])],
         "ks": [("KS critical D", th.ks_critical, SEVERITY_COLOR["critical"])],
         "chi2": [("critical Cramér's V", th.chi2_critical, SEVERITY_COLOR["critical"])],
+        "unseen": [("critical unseen share", th.unseen_critical, SEVERITY_COLOR["critical"])],
     }
     for row, stat in enumerate(stats, start=1):
         rs = [r for r in recs if r["statistic"] == stat]
@@ -548,30 +540,44 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
             row=row,
             col=1,
         )
+        fig.add_trace(
+            go.Scatter(
+                x=[_plot_time(r["window_start"]) for r in rs],
+                y=[None if r.get("threshold") is None else float(r["threshold"]) for r in rs],
+                mode="lines",
+                name="threshold",
+                line={"color": SEVERITY_COLOR["warning"], "dash": "dash", "width": 1.5, "shape": "hv"},
+                legendgroup="threshold",
+                showlegend=row == 1,
+                hovertemplate="%{y:.4g}<extra>threshold at the window's size</extra>",
+                connectgaps=False,
+            ),
+            row=row,
+            col=1,
+        )
         for name, y, color in lines[stat]:
             if y is not None:
                 _hline(fig, x0, x1, y, f"{name} {y:g}", color, row, True)
     prow = len(stats) + 1
     for stat in stats:
         rs = [r for r in recs if r["statistic"] == stat]
-        pkey = "p_value" if stat == "psi" else "p_value_adjusted"
-        ys = [None if r.get(pkey) is None else max(float(r[pkey]), P_FLOOR) for r in rs]
+        ys = [None if r.get("p_value_adjusted") is None else max(float(r["p_value_adjusted"]), P_FLOOR) for r in rs]
         fig.add_trace(
             go.Scatter(
                 x=[_plot_time(r["window_start"]) for r in rs],
                 y=ys,
                 mode="lines+markers",
                 name=f"p {STAT_TITLE[stat]}",
-                line={"width": 1, "dash": "dot" if stat == "psi" else "solid"},
+                line={"width": 1},
                 marker={"size": 5},
                 connectgaps=False,
             ),
             row=prow,
             col=1,
         )
-    alphas = {a for a in (th.ks_alpha if "ks" in stats else None, th.chi2_alpha if "chi2" in stats else None) if a}
-    for a in sorted(alphas):
-        _hline(fig, x0, x1, a, f"alpha {a:g}", SEVERITY_COLOR["warning"], prow, True)
+    if th.false_alarm_rate is not None:
+        rate = th.false_alarm_rate
+        _hline(fig, x0, x1, rate, f"false-alarm rate {rate:g}", SEVERITY_COLOR["warning"], prow, True)
     # drifted windows, shaded by the feature's worst severity there (added after the traces:
     # plotly leaves out subplots that are still empty)
     worst: dict[tuple[str, str], str] = {}

@@ -24,13 +24,13 @@ from detectors.evaluate import (
     window_records,
 )
 from detectors.histogram import Layout, coarse_counts
-from detectors.reference import NumericProfile, ReferenceProfile
+from detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from detectors.statistics import chi_square, ks_binned, psi
 
 pytestmark = pytest.mark.unit
 
 
-def _ref(seed: int = 0, m: int = 5000, keep_values: int = 0) -> ReferenceProfile:
+def _ref(seed: int = 0, m: int = 5000, keep_values: int = 0, replicates: int = 2000) -> ReferenceProfile:
     rng = np.random.default_rng(seed)
     return ReferenceProfile.build(
         {
@@ -40,6 +40,7 @@ def _ref(seed: int = 0, m: int = 5000, keep_values: int = 0) -> ReferenceProfile
         },
         categorical=["c"],
         keep_values=keep_values,
+        calibration_replicates=replicates,
     )
 
 
@@ -71,10 +72,12 @@ def test_empty_window_gives_no_verdict_never_zero() -> None:
         ("y", "ks"),
         ("c", "psi"),
         ("c", "chi2"),
+        ("c", "unseen"),
     }
     for r in results:
         assert r.severity == INSUFFICIENT
-        assert r.value is None and r.p_value is None and r.p_value_adjusted is None and r.drift is None
+        assert r.value is None and r.effect is None and r.p_value is None and r.p_value_adjusted is None
+        assert r.drift is None and r.threshold is None
         assert r.n_window == 0 and r.n_reference == 5000
 
 
@@ -92,7 +95,7 @@ def test_min_events_boundary_and_missing_values_do_not_count() -> None:
 
 
 def test_too_small_reference_gives_no_verdict() -> None:
-    ref = ReferenceProfile.build({"x": np.arange(50.0)})
+    ref = ReferenceProfile.build({"x": np.arange(50.0)}, calibration_replicates=500)
     layout = Layout(ref)
     counts = layout.histogram({"x": np.arange(500.0) % 50}).counts
     assert all(r.severity == INSUFFICIENT for r in evaluate_counts(layout, counts, _cfg(min_events=100)))
@@ -110,19 +113,35 @@ def test_values_match_the_statistic_functions_and_bonferroni_family() -> None:
     wx = layout.slot(counts, "x")[: px.n_bins]
     rx = np.asarray(px.counts)
     assert res["x", "psi"].value == psi(coarse_counts(px, rx), coarse_counts(px, wx))[0]
-    kb = ks_binned(rx, wx)
-    assert (res["x", "ks"].value, res["x", "ks"].p_value) == (kb.statistic, kb.p_value)
+    assert res["x", "ks"].value == ks_binned(rx, wx).statistic
     pc = ref.features["c"]
     wc = layout.slot(counts, "c")[: pc.n_bins]
     c = chi_square(np.asarray(pc.counts), wc)
-    assert (res["c", "chi2"].value, res["c", "chi2"].p_value) == (c.statistic, c.p_value)
-    # the family is the three KS / chi-square tests; PSI is not part of it
-    family = [res["x", "ks"], res["y", "ks"], res["c", "chi2"]]
+    assert res["c", "chi2"].value == pytest.approx(c.statistic, rel=1e-12)
+    # the family is one test per hypothesis: x bins (PSI's), x KS, y bins, y KS, c bins (read by
+    # both the psi and the chi2 verdict), c unseen
+    assert res["c", "psi"].p_value == res["c", "chi2"].p_value
+    family = [res[k] for k in [("x", "psi"), ("x", "ks"), ("y", "psi"), ("y", "ks"), ("c", "chi2"), ("c", "unseen")]]
+    floors = {"psi": cfg.psi.warning, "ks": cfg.ks.min_statistic, "chi2": cfg.chi2.min_cramers_v}
     for r in family:
-        assert r.p_value is not None
-        assert r.p_value_adjusted == pytest.approx(min(1.0, 3 * r.p_value))
-        assert r.drift == (r.p_value_adjusted < cfg.ks.alpha)
-    assert res["x", "psi"].p_value_adjusted is None
+        assert r.p_value is not None and r.effect is not None
+        assert r.p_value_adjusted == pytest.approx(min(1.0, 6 * r.p_value))
+        floor = floors.get(r.statistic, cfg.unseen.min_share)
+        assert r.drift == (r.p_value_adjusted <= cfg.false_alarm_rate and r.effect >= floor)
+
+
+def test_chi_square_effect_is_size_balanced_cramers_v() -> None:
+    # reference [500, 300, 200] (m = 1000) against a window [30, 30, 40] (n = 100)
+    ref = ReferenceProfile.build(
+        {"c": ["a"] * 500 + ["b"] * 300 + ["c"] * 200}, categorical=["c"], calibration_replicates=500
+    )
+    layout = Layout(ref)
+    counts = layout.histogram({"c": ["a"] * 30 + ["b"] * 30 + ["c"] * 40}).counts
+    r = _by(evaluate_counts(layout, counts, _cfg(min_events=50)))["c", "chi2"]
+    x2 = stats.chi2_contingency(np.array([[500, 300, 200], [30, 30, 40]]), correction=False)[0]
+    assert r.value == pytest.approx(x2, rel=1e-10)
+    n_e = 100 * 1000 / 1100
+    assert r.effect == pytest.approx(math.sqrt(x2 / (4 * n_e)), rel=1e-10)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -139,6 +158,7 @@ def test_numeric_features_evaluated_together_equal_each_one_alone(seed: int) -> 
             "e": rng.uniform(size=3000),
         },
         categorical=["c"],
+        calibration_replicates=500,
     )
     layout = Layout(ref)
     n = 500
@@ -156,9 +176,8 @@ def test_numeric_features_evaluated_together_equal_each_one_alone(seed: int) -> 
         p = ref.features[f]
         assert isinstance(p, NumericProfile)
         r, w = np.asarray(p.counts), layout.slot(counts, f)[: p.n_bins]
-        assert (res[f, "psi"].value, res[f, "psi"].p_value) == psi(coarse_counts(p, r), coarse_counts(p, w))
-        kb = ks_binned(r, w)
-        assert (res[f, "ks"].value, res[f, "ks"].p_value) == (kb.statistic, kb.p_value)
+        assert res[f, "psi"].value == psi(coarse_counts(p, r), coarse_counts(p, w))[0]
+        assert res[f, "ks"].value == ks_binned(r, w).statistic
     assert res["d", "psi"].value is None and res["d", "ks"].severity == INSUFFICIENT
 
 
@@ -167,7 +186,7 @@ def test_bh_correction_is_applied_across_the_window() -> None:
     layout = Layout(ref)
     _, counts = _window(layout, np.random.default_rng(3), 400, shift=0.2)
     res = evaluate_counts(layout, counts, _cfg(min_events=50, correction="bh"))
-    fam = [r for r in res if r.statistic in ("ks", "chi2")]
+    fam = [r for r in res if not (r.feature == "c" and r.statistic == "psi")]  # (c's psi reads c's bins test)
     ps = [r.p_value for r in fam]
     k = len(ps)
     ranks = np.argsort(np.argsort(ps, kind="stable"), kind="stable") + 1
@@ -176,7 +195,7 @@ def test_bh_correction_is_applied_across_the_window() -> None:
         assert r.p_value_adjusted == pytest.approx(min(1.0, min(bigger)))
 
 
-def test_psi_severity_thresholds() -> None:
+def test_psi_severity_needs_the_test_and_the_floor() -> None:
     ref = _ref()
     layout = Layout(ref, ["x"])
     rng = np.random.default_rng(4)
@@ -184,12 +203,31 @@ def test_psi_severity_thresholds() -> None:
     for shift in (0.0, 0.45, 1.5):
         counts = layout.histogram({"x": rng.normal(shift, 1, 2000)}).counts
         r = _by(evaluate_counts(layout, counts, cfg))["x", "psi"]
-        assert r.value is not None
-        expected = CRITICAL if r.value >= 0.25 else WARNING if r.value >= 0.1 else OK
+        assert r.value is not None and r.p_value_adjusted is not None
+        passed = r.p_value_adjusted <= cfg.false_alarm_rate
+        expected = (CRITICAL if r.value >= 0.25 else WARNING if r.value >= 0.1 else OK) if passed else OK
         assert r.severity == expected and r.drift == (expected != OK)
-        assert r.threshold == 0.1
-    # the 1.5 sigma shift is critical, no shift is ok (independent expectations)
+        assert r.threshold is not None and r.threshold >= 0.1
+    # the 1.5 sigma shift is critical (independent expectation)
     assert r.severity == CRITICAL
+
+
+def test_small_windows_do_not_page_on_psi_noise() -> None:
+    """At 100 events PSI over ten bins averages about 9/n = 0.09 with no drift: a fixed 0.1 warning
+    fired on a third of all windows. The calibrated test needs an exceedance too."""
+    ref = _ref(seed=1, m=20000, replicates=4000)
+    layout = Layout(ref, ["x", "y"])
+    rng = np.random.default_rng(11)
+    cfg = _cfg()
+    over_floor = flagged = 0
+    for _ in range(300):
+        counts = layout.histogram({"x": rng.normal(size=100), "y": rng.exponential(size=100)}).counts
+        for r in evaluate_counts(layout, counts, cfg):
+            if r.statistic == "psi":
+                over_floor += r.value >= cfg.psi.warning
+                flagged += bool(r.drift)
+    assert over_floor > 100  # what the fixed threshold paged on (independent of the calibration)
+    assert flagged <= 2
 
 
 def test_half_sigma_shift_is_flagged_by_ks_through_evaluate() -> None:
@@ -205,40 +243,48 @@ def test_half_sigma_shift_is_flagged_by_ks_through_evaluate() -> None:
         assert r["y", "ks"].value is not None
 
 
-def test_no_change_false_alarm_rate_within_alpha() -> None:
-    """Bonferroni keeps the per-window family-wise false-alarm rate at or below alpha."""
-    alpha, windows = 0.05, 600
-    ref = _ref(seed=6, m=20000)
+def test_no_change_page_rate_within_the_false_alarm_rate() -> None:
+    """The family-wise rate of windows with any verdict stays at or below false_alarm_rate (binomial
+    bound), and the calibrated p-values are not degenerate."""
+    rate, windows = 0.05, 600
+    ref = _ref(seed=6, m=20000, replicates=4000)
     layout = Layout(ref)
     rng = np.random.default_rng(7)
-    cfg = _cfg(min_events=50, ks={"alpha": alpha}, chi2={"alpha": alpha})
+    cfg = _cfg(false_alarm_rate=rate)
     any_drift = 0
     per_test = []
     for _ in range(windows):
         _, counts = _window(layout, rng, 250)
-        res = [r for r in evaluate_counts(layout, counts, cfg) if r.statistic != "psi"]
+        res = evaluate_counts(layout, counts, cfg)
         any_drift += any(r.drift for r in res)
-        per_test.extend(r.p_value for r in res)
-    rate = any_drift / windows
-    sd = math.sqrt(alpha * (1 - alpha) / windows)
-    assert rate <= alpha + 3 * sd, rate
-    # the raw p-values are not degenerate: about alpha of them fall below alpha (binned KS is a
-    # little conservative, chi-square is not)
-    raw_rate = float(np.mean(np.asarray(per_test) < alpha))
-    assert 0.3 * alpha < raw_rate < alpha + 3 * math.sqrt(alpha * (1 - alpha) / len(per_test)), raw_rate
+        per_test.extend(r.p_value for r in res if r.statistic in ("psi", "ks") and r.feature != "c")
+    assert any_drift <= stats.binom.ppf(0.999, windows, rate), any_drift
+    # per test about `rate` of the calibrated p-values fall below `rate`
+    raw_rate = float(np.mean(np.asarray(per_test) < rate))
+    sd = math.sqrt(rate * (1 - rate) / len(per_test))
+    assert rate - 4 * sd < raw_rate < rate + 4 * sd, raw_rate
 
 
-def test_unseen_categories_are_flagged_by_chi_square_and_psi() -> None:
+def test_unseen_categories_are_their_own_test_not_a_chi_square_cell() -> None:
     ref = _ref()
     layout = Layout(ref, ["c"])
     rng = np.random.default_rng(8)
     values = rng.choice(["a", "b", "c", "brand-new"], size=500, p=[0.4, 0.25, 0.15, 0.2]).tolist()
+    new = values.count("brand-new")
     counts = layout.histogram({"c": values}).counts
     pc = ref.features["c"]
-    assert layout.slot(counts, "c")[pc.n_bins - 1] == values.count("brand-new")  # the __unseen__ bucket
+    assert isinstance(pc, CategoricalProfile)
+    assert layout.slot(counts, "c")[pc.n_bins - 1] == new  # the __unseen__ bucket
     r = _by(evaluate_counts(layout, counts, _cfg()))
-    assert r["c", "chi2"].drift is True and r["c", "chi2"].p_value < 1e-20
-    assert r["c", "psi"].severity == CRITICAL
+    assert r["c", "unseen"].value == new / 500 and r["c", "unseen"].severity == CRITICAL
+    # the p-value is the binomial tail at the reference's unseen rate (no singletons: 1 / (m + 1))
+    assert pc.n_singletons == 0 and pc.unseen_rate == pytest.approx(1 / 5001)
+    assert r["c", "unseen"].p_value == pytest.approx(stats.binom.sf(new - 1, 500, 1 / 5001), rel=1e-9)
+    # the chi-square test compares the seen categories only
+    assert r["c", "chi2"].n_window == 500 - new
+    # one odd value in a window does not page (it did: a zero reference cell of the chi-square)
+    one = layout.histogram({"c": ["a"] * 250 + ["b"] * 150 + ["c"] * 99 + ["typo"]}).counts
+    assert not any(x.drift for x in evaluate_counts(layout, one, _cfg()))
 
 
 def test_all_missing_categorical_window_is_insufficient() -> None:
@@ -250,7 +296,7 @@ def test_all_missing_categorical_window_is_insufficient() -> None:
 
 
 def test_constant_reference_feature_defined_results() -> None:
-    ref = ReferenceProfile.build({"x": np.full(1000, 3.0)})
+    ref = ReferenceProfile.build({"x": np.full(1000, 3.0)}, calibration_replicates=500)
     layout = Layout(ref)
     same = _by(evaluate_counts(layout, layout.histogram({"x": np.full(200, 3.0)}).counts, _cfg()))
     assert same["x", "psi"].value == 0.0 and same["x", "ks"].value == 0.0
@@ -281,7 +327,9 @@ def test_exact_ks_when_raw_values_are_kept() -> None:
 def test_disabled_statistics_are_not_computed() -> None:
     ref = _ref()
     layout = Layout(ref)
-    res = evaluate_counts(layout, layout.empty().counts, _cfg(psi={"enabled": False}, chi2={"enabled": False}))
+    res = evaluate_counts(
+        layout, layout.empty().counts, _cfg(psi={"enabled": False}, chi2={"enabled": False}, unseen={"enabled": False})
+    )
     assert {(r.feature, r.statistic) for r in res} == {("x", "ks"), ("y", "ks")}
 
 

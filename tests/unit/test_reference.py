@@ -25,6 +25,7 @@ from detectors.reference import (
     categorical_profile,
     numeric_profile,
 )
+from detectors.statistics import psi
 
 pytestmark = pytest.mark.unit
 
@@ -73,8 +74,9 @@ def test_coarse_bins_are_unions_of_fine_bins_near_equal_mass() -> None:
 
 
 def test_discrete_data_merges_duplicate_edges_and_closes_the_top_atom() -> None:
+    # (quantile bins: the one-bin-per-value rule is switched off with discrete_values=0)
     x = np.array([0.0] * 60 + [1.0] * 30 + [2.0] * 10)
-    p = numeric_profile("x", x, fine_bins=100, coarse_bins=10)
+    p = numeric_profile("x", x, fine_bins=100, coarse_bins=10, discrete_values=0)
     quantiles = np.unique(np.quantile(x, np.arange(1, 100) / 100))
     assert len(quantiles) < 99 and quantiles[0] == 0.0 and quantiles[-1] == 2.0
     # the maximum 2 is an edge, so one more edge, nextafter(2), closes the atom's bin
@@ -92,6 +94,23 @@ def test_discrete_data_merges_duplicate_edges_and_closes_the_top_atom() -> None:
     assert coarse[0] == 0 and coarse[-1] == 0 and coarse.sum() == 100
     starts = list(p.coarse_starts)
     assert starts[1] == 1 and starts[-1] == p.n_bins - 1
+
+
+def test_few_distinct_values_get_one_fine_and_one_psi_bin_per_value() -> None:
+    # a 0-9 rating with unequal shares: quantile bins would merge neighbours into coarse bins
+    x = np.repeat(np.arange(10.0), [30, 5, 5, 10, 20, 10, 5, 5, 5, 5])
+    p = numeric_profile("x", x, fine_bins=100, coarse_bins=10)
+    assert p.edges == (*[float(v) for v in range(10)], float(np.nextafter(9.0, np.inf)))
+    assert p.counts == (0, 30, 5, 5, 10, 20, 10, 5, 5, 5, 5, 0)
+    assert p.coarse_starts == tuple(range(12))  # every value its own PSI bin, the empty outer ones too
+    # so PSI is the textbook PSI over the values: swapping the shares of 1 and 6 (5 and 10) moves it
+    w = np.repeat(np.arange(10.0), [30, 10, 5, 10, 20, 5, 5, 5, 5, 5])
+    fine = np.bincount(p.bin_index(w), minlength=p.slot_size)[: p.n_bins]
+    got = psi(coarse_counts(p, np.asarray(p.counts)), coarse_counts(p, fine))[0]
+    textbook = 2 * (0.1 - 0.05) * math.log(0.1 / 0.05)  # two values: (0.10-0.05) ln 2 + (0.05-0.10) ln 0.5
+    assert got == pytest.approx(textbook, rel=1e-12)
+    # more distinct values than discrete_values: quantile bins
+    assert numeric_profile("x", x, discrete_values=9).coarse_starts != tuple(range(12))
 
 
 def test_constant_reference_feature_has_a_defined_usable_profile() -> None:
@@ -231,7 +250,13 @@ def test_json_round_trip_keeps_profile_and_fingerprint(x: list[float | None], fi
     coarse = data.draw(st.integers(2, fine))
     top_n = data.draw(st.integers(1, 4))
     ref = ReferenceProfile.build(
-        {"x": x, "c": c}, categorical=["c"], fine_bins=fine, coarse_bins=coarse, top_n=top_n, keep_values=50
+        {"x": x, "c": c},
+        categorical=["c"],
+        fine_bins=fine,
+        coarse_bins=coarse,
+        top_n=top_n,
+        keep_values=50,
+        calibrate=False,  # (the calibration's own round trip: tests/unit/test_calibration.py)
     )
     text = ref.to_json()
     back = ReferenceProfile.from_json(text)
@@ -242,7 +267,7 @@ def test_json_round_trip_keeps_profile_and_fingerprint(x: list[float | None], fi
     import hashlib
 
     doc = json.loads(text)
-    content = {k: doc[k] for k in ("kind", "schema_version", "settings", "n_rows", "features")}
+    content = {k: doc[k] for k in ("kind", "schema_version", "settings", "n_rows", "features", "calibration")}
     canon = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     assert ref.fingerprint == "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
 

@@ -40,9 +40,10 @@ CONFIG = {
     "events": {"time_field": "ts", "segment_fields": ["region"]},
     "window": {"kind": "tumbling", "size": "5m"},
     "statistics": {
+        "false_alarm_rate": 0.02,
         "psi": {"warning": 0.12, "critical": 0.3},
-        "ks": {"alpha": 0.02, "critical_statistic": 0.25},
-        "chi2": {"alpha": 0.03, "critical_cramers_v": 0.15},
+        "ks": {"critical_statistic": 0.25},
+        "chi2": {"critical_cramers_v": 0.15},
     },
     "concept": {"detector": "none"},
 }
@@ -82,6 +83,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "c": np.array(rng.choice(CATS, size=20_000, p=[0.5, 0.3, 0.2]), dtype=object),
         },
         categorical=["c"],
+        calibration_replicates=2000,
     )
     ref.save(d / "reference.json")
     (d / "monitor.yaml").write_text(json.dumps(CONFIG))  # JSON is YAML
@@ -253,14 +255,21 @@ def test_charts_draw_statistics_thresholds_and_gaps(data: dict[str, Any], full: 
     assert sorted(by_feature) == ["c", "x", "y"]
     for f, fig in by_feature.items():
         lines = {t["name"]: t["y"] for t in fig["data"] if t.get("line", {}).get("dash") == "dash"}
-        assert lines[f"PSI warning {cfg.psi.warning:g}"] == [cfg.psi.warning] * 2
         assert lines[f"PSI critical {cfg.psi.critical:g}"] == [cfg.psi.critical] * 2
+        rate = f"false-alarm rate {cfg.false_alarm_rate:g}"
+        assert lines[rate] == [cfg.false_alarm_rate] * 2
         if f == "c":
             assert lines[f"critical Cramér's V {cfg.chi2.critical_cramers_v:g}"] == [cfg.chi2.critical_cramers_v] * 2
-            assert lines[f"alpha {cfg.chi2.alpha:g}"] == [cfg.chi2.alpha] * 2
         else:
             assert lines[f"KS critical D {cfg.ks.critical_statistic:g}"] == [cfg.ks.critical_statistic] * 2
-            assert lines[f"alpha {cfg.ks.alpha:g}"] == [cfg.ks.alpha] * 2
+        # each window's own threshold (calibrated at its size), from the records, in the first row
+        first = [
+            r["threshold"]
+            for r in sorted(recs, key=lambda r: r["window_start"])
+            if r["feature"] == f and r["statistic"] == "psi"
+        ]
+        threshold = next(t for t in fig["data"] if t.get("name") == "threshold")
+        assert threshold["y"][: len(first)] == first
         # no verdict is a gap, never 0
         psi = next(t for t in fig["data"] if t.get("name") == "PSI")
         small = iso_ms(START_MS + SMALL_WINDOW * WINDOW_MS)
@@ -270,14 +279,15 @@ def test_charts_draw_statistics_thresholds_and_gaps(data: dict[str, Any], full: 
         drifted = {r["window_start"] for r in recs if r["feature"] == f and r["drift"]}
         bands = {(sh["x0"], sh["x1"]) for sh in fig["layout"].get("shapes", [])}
         assert {x0[:19].replace(" ", "T") + ".000Z" for x0, _ in bands} == drifted
-    # Cramér's V drawn for chi-square: sqrt(chi2 / (n + m)), as the verdict uses it
+    # Cramér's V drawn for chi-square: the size-balanced sqrt(X² / (4 n_e)), as the verdict uses it
     cv = next(t for t in by_feature["c"]["data"] if t.get("name") == "Cramér's V")
     chi = sorted((r for r in recs if r["feature"] == "c" and r["statistic"] == "chi2"), key=lambda r: r["window_start"])
     for got, r in zip(cv["y"], chi, strict=True):
         if r["value"] is None:
             assert got is None
         else:
-            assert got == pytest.approx((r["value"] / (r["n_reference"] + r["n_window"])) ** 0.5)
+            n, m = r["n_window"], r["n_reference"]
+            assert got == pytest.approx((r["value"] * (n + m) / (4 * n * m)) ** 0.5)
 
 
 def test_self_contained_no_network(full: tuple[Page, str]) -> None:
@@ -348,12 +358,11 @@ def test_records_only_draws_what_it_knows(data: dict[str, Any]) -> None:
     note = next(a for t, a in page.tags if a.get("id") == "histogram-note")
     assert note is not None
     assert not [k for k in page.figures() if k.startswith("hist-")]
-    # warning threshold and alpha come from the records; critical ones are unknown, so not drawn
+    # each window's threshold comes from the records; critical levels and the rate are unknown, so not drawn
     names = {t["name"] for f in page.figures().values() for t in f["data"]}
-    warning = next(r["threshold"] for r in data["records"] if r["statistic"] == "psi")
-    assert f"PSI warning {warning:g}" in names
-    assert not any("critical" in n for n in names)
-    assert "pass --config to draw the critical thresholds" in text
+    assert "threshold" in names
+    assert not any("critical" in n or "false-alarm" in n for n in names)
+    assert "pass --config to draw the critical levels" in text
 
 
 def test_reference_without_events_shows_reference_only(data: dict[str, Any]) -> None:

@@ -19,12 +19,12 @@ pytestmark = pytest.mark.unit
 
 def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
     rng = np.random.default_rng(3)
-    ref = ReferenceProfile.build({"x": rng.normal(size=500)}, fine_bins=10, coarse_bins=5)
+    ref = ReferenceProfile.build({"x": rng.normal(size=500)}, fine_bins=10, coarse_bins=5, calibration_replicates=500)
     layout = Layout(ref)
     cfg = StatisticsConfig(min_events=100)
     reg = CollectorRegistry()
     m = Metrics(reg, "mon", "9.9")
-    m.set_config(layout, cfg, 60.0)
+    m.set_config(60.0)
     few = layout.histogram({"x": rng.normal(size=10)}).counts  # too few events: no verdict
     many = layout.histogram({"x": rng.normal(2, 1, 500)}).counts
     recs = window_records(
@@ -58,14 +58,21 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
     def get(name: str, seg: str) -> float | None:
         return reg.get_sample_value(name, {"monitor": "mon", "segment": seg, "feature": "x", "statistic": "psi"})
 
-    for name in ("streamdrift_statistic_value", "streamdrift_drift_detected", "streamdrift_drift_severity"):
+    for name in (
+        "streamdrift_statistic_value",
+        "streamdrift_effect_size",
+        "streamdrift_threshold",
+        "streamdrift_drift_detected",
+        "streamdrift_drift_severity",
+    ):
         v = get(name, "country=de")
         assert v is not None and math.isnan(v)
     assert get("streamdrift_drift_detected", "__all__") == 1.0
     assert get("streamdrift_drift_severity", "__all__") == 2.0
     psi = next(r for r in recs if r["segment"] == {} and r["statistic"] == "psi")
     assert get("streamdrift_statistic_value", "__all__") == psi["value"]
-    lv = {"monitor": "mon", "feature": "x", "statistic": "psi", "level": "critical"}
-    assert reg.get_sample_value("streamdrift_threshold", lv) == cfg.psi.critical
+    assert get("streamdrift_effect_size", "__all__") == psi["effect"]
+    # the threshold of the window: the effect from which it is flagged, at least the PSI floor
+    assert get("streamdrift_threshold", "__all__") == psi["threshold"] >= cfg.psi.warning
     assert reg.get_sample_value("streamdrift_window_size_seconds", {"monitor": "mon"}) == 60.0
     assert reg.get_sample_value("streamdrift_build_info", {"version": "9.9"}) == 1.0
