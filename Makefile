@@ -51,7 +51,7 @@ format: $(STAMP) ## apply ruff format and fixes
 typecheck: $(STAMP) ## mypy (strict on detectors/ and stream/)
 	$(PY) -m mypy
 
-bench: system-deps $(STAMP) ## the performance benchmark (prints a table; installs Evidently and py-spy)
+bench: system-deps $(STAMP) ## the benchmarks (prints tables; installs Evidently, NannyML and py-spy)
 	$(PIP) install -q -e '.[bench]'
 	$(PY) tests/benchmarks/run.py
 

@@ -12,6 +12,9 @@ Sections (``--sections``, default all):
          serve (``streamdrift serve`` end to end); ``--long`` adds a 10 x N stream for memory
   batch  one 100k x 20 window: streamdrift vs Evidently's data drift report vs naive scipy
   spark  the Spark backfill at local[1] and local[2]
+  verdicts  not a timing: false-alarm (page) rates on null streams and detection rates on drifted
+         ones, for streamdrift, textbook KS/chi-square at the same false-alarm rate, Evidently and
+         NannyML (``bench_verdicts.py``); ``--quick`` makes it a smoke run of about a minute
 
 Prints Markdown tables and writes every figure to ``--json``.
 """
@@ -34,7 +37,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from tests.benchmarks import bench_batch, bench_serve, bench_spark  # noqa: E402
+from tests.benchmarks import bench_batch, bench_serve, bench_spark, bench_verdicts  # noqa: E402
 from tests.benchmarks.bench_common import (  # noqa: E402
     MIXED,
     NUMERIC,
@@ -51,7 +54,7 @@ from tests.benchmarks.bench_common import (  # noqa: E402
     wait_quiet,
 )
 
-SECTIONS = ("kafka", "batch", "spark")
+SECTIONS = ("kafka", "batch", "spark", "verdicts")
 TARGETS = {
     "consumer_vs_floor": 0.75,
     "memory_growth": 1.10,  # VmHWM(10 x N) / VmHWM(N), or RSS end / RSS at 20% without --long
@@ -185,10 +188,11 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     lines: list[str] = []
     m = res["machine"]
+    timed = any(res.get(k) for k in ("kafka", "batch", "spark"))
     lines.append(
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Linux {m['kernel']}; Python {m['python']}, "
         f"numpy {m['numpy']}, confluent-kafka {m['confluent_kafka']} (librdkafka {m['librdkafka']}); {m['java']}; "
-        f"broker: {m['broker']}. {res['events']:,} events, median of {res['repeats']} repeats."
+        f"broker: {m['broker']}." + (f" {res['events']:,} events, median of {res['repeats']} repeats." if timed else "")
     )
     idle = [x for v in (res.get("kafka") or {}).values() for x in v.get("cpu_idle_before_repeat", [])]
     idle += (res.get("batch") or {}).get("cpu_idle_before_repeat", [])
@@ -311,6 +315,11 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         )
     elif s:
         targets["Spark local[2] >= 1.6x local[1]"] = (s.get("unavailable", "n/a"), None)
+    v = res.get("verdicts")
+    if v:
+        verdict_lines, verdict_targets = bench_verdicts.report(v)
+        lines += verdict_lines
+        targets.update(verdict_targets)
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     for name, (val, ok) in targets.items():
         lines.append(f"| {name} | {val} | {'PASS' if ok else ('FAIL' if ok is False else 'not measured')} |")
@@ -325,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--variants", default="numeric,mixed", help="numeric (20 numeric) and/or mixed (+5 cat +segment)")
     p.add_argument("--long", action="store_true", help="also stream 10 x --events through serve (memory flatness)")
+    p.add_argument("--quick", action="store_true", help="verdicts: a smoke run (few windows, about a minute)")
+    p.add_argument("--no-peers", action="store_true", help="verdicts: without Evidently and NannyML")
     p.add_argument("--json", help="where to write the results (default /tmp/streamdrift-bench-<time>.json)")
     p.add_argument("--workdir", help="scratch directory (default: a temp dir)")
     p.add_argument(
@@ -384,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                 log("spark backfill")
                 reference = bench_serve.build_reference(workdir, NUMERIC_ONLY)
                 res["spark"] = bench_spark.run(workdir, reference, a.events, a.spark_repeats or a.repeats, log, quiet)
+        if "verdicts" in sections:
+            log("verdicts (page rates on null streams, detection rates)")
+            res["verdicts"] = bench_verdicts.run(a.quick, log, peers=not a.no_peers)
     text, targets = report(res)
     res["targets"] = {k: {"measured": v, "pass": ok} for k, (v, ok) in targets.items()}
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
