@@ -23,15 +23,19 @@ Null samples (the bootstrap)
 The correction
     Each null statistic goes through its textbook family to a z-score, ``z = Φ⁻¹(1 - p)``. Were
     the textbook exact at this size, ``z`` would be standard normal. A straight line
-    ``z ≈ μ + σ Z`` is fitted (least squares on the normal-quantile scale) to the upper tail of
-    the null z-scores, the quantiles :data:`TAIL` (0.90 to 0.998), and stored; at run time a
-    window's calibrated p-value is ``Φ̄((z - μ) / σ)``, with ``μ``, ``σ`` interpolated in
-    ``log n_e`` between sizes (held constant outside the grid, where the textbook is good). The
-    line extends the bootstrap's tail beyond its resolution (a family of 32 tests at a 1 %
-    page rate needs per-test p-values near 3e-4); the benchmark measures the resulting page
-    rate on null streams. (PSI itself is not a test statistic here: its floored logarithms
-    jump when a bin of a small window is empty, a tail no smooth line extends; PSI's verdict
-    reads the chi-square test on the same bins, see :mod:`detectors.evaluate`.)
+    ``z ≈ μ + σ Z`` is fitted to the upper tail of the null z-scores, the quantiles :data:`TAIL`
+    (0.90 to 0.998; generalised least squares with the sample quantiles' covariance), and
+    stored; at run time a window's calibrated p-value is ``Φ̄((z - μ) / σ)``, with the line of
+    the neighbouring size that is higher at the tail (the fewer alarms; the nearest size outside
+    the grid, where the textbook is good). The line extends the bootstrap's tail beyond its
+    resolution (a family of 32 tests at a 1 % page rate tests each near 3e-4,
+    :data:`EXTRAPOLATE_AT`). Where the line's value there is within two of its standard errors
+    of the textbook's, the textbook is kept (the bootstrap cannot tell them apart, and its noise
+    would only add error); otherwise the line is raised by one standard error, so that the
+    fit's own noise errs towards fewer alarms. The benchmark measures the resulting page rate
+    on null streams. (PSI itself is not a test statistic here: its floored logarithms jump when
+    a bin of a small window is empty, a tail no smooth line extends; PSI's verdict reads the
+    chi-square test on the same bins, see :mod:`detectors.evaluate`.)
 
 Chunks of the reference, in its order
     The bootstrap assumes independent events. Consecutive rows of the reference are cut into
@@ -41,7 +45,8 @@ Chunks of the reference, in its order
     exceed). If the rows are independent the two lines agree; if they are not (a data set
     sorted by region, by customer, by time of day), normal windows of the reference vary more
     than independent draws, and the chunks' line lies above. Per size the line that is higher
-    at the tail (``z`` at ``p = 1e-3``) is kept, provided the chunks' z-scores are clearly larger
+    at the tail (at :data:`EXTRAPOLATE_AT`, each raised by one standard error) is kept, provided
+    the chunks' z-scores are clearly larger
     than the bootstrap's (a one-sided Mann–Whitney test at 1e-3: independent rows should not
     switch to the noisier line by chance). This is the idea of chunk-based thresholds (a
     statistic is judged against how it varies between normal windows of the reference, as
@@ -90,8 +95,9 @@ TAIL: tuple[float, ...] = (0.90, 0.95, 0.98, 0.99, 0.995, 0.998)
 MIN_CHUNKS = 20
 #: quantiles of the chunks' z-scores their line may be fitted to (those at least 3 chunks exceed)
 CHUNK_TAIL: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
-#: the two lines (bootstrap, chunks) are compared at this tail probability
-COMPARE_AT = 1e-3
+#: lines are compared, and their standard errors taken, at this tail probability (a family of
+#: about 32 tests at a 1 % page rate tests each at 3e-4)
+EXTRAPOLATE_AT = 3e-4
 #: the chunks' line replaces the bootstrap's only when their z-scores are larger at this level
 CHUNKS_SIGNIFICANCE = 1e-3
 #: the fitted slope is kept within these bounds (a degenerate, very discrete null gives 0)
@@ -187,14 +193,23 @@ class Calibration:
         """The calibration of some of the features (for a profile restricted to them)."""
         return Calibration(self.sizes, self.replicates, self.seed, self.method, {n: self.features[n] for n in names})
 
-    def _at(self, table: Sequence[float], n: float) -> float:
-        """``table`` (one value per size) interpolated in log n, constant outside the sizes."""
-        return float(np.interp(math.log(max(n, 1.0)), np.log(np.asarray(self.sizes, dtype=np.float64)), table))
-
     def tail(self, feature: str, statistic: str, n_effective: float) -> tuple[float, float]:
-        """``(μ, σ)`` of ``statistic`` for ``feature`` at an effective window size."""
+        """``(μ, σ)`` of ``statistic`` for ``feature`` at an effective window size: between two
+        calibrated sizes, the line of whichever of the two is higher at the tail (the fewer alarms),
+        not a blend: the statistics are discrete at small sizes, and a blend of two lattices' lines
+        fits neither; outside the sizes, the nearest size's line."""
         rows = self.features[feature].tails[statistic]
-        return self._at([r[0] for r in rows], n_effective), self._at([r[1] for r in rows], n_effective)
+        sizes = self.sizes
+        i = int(np.searchsorted(sizes, n_effective, side="left"))
+        if i < len(sizes) and sizes[i] == n_effective:
+            return rows[i]
+        if i == 0:
+            return rows[0]
+        if i == len(sizes):
+            return rows[-1]
+        low, high = rows[i - 1], rows[i]
+        x = float(z_of_p(EXTRAPOLATE_AT))
+        return low if low[0] + low[1] * x >= high[0] + high[1] * x else high
 
     def p_value(self, feature: str, statistic: str, textbook_p: float, n_effective: float) -> float:
         """The calibrated p-value of a statistic whose textbook p-value is ``textbook_p``."""
@@ -209,27 +224,49 @@ class Calibration:
 
 
 # -- building it ------------------------------------------------------------------------------------
-def fit_tail(z: FloatArray) -> tuple[float, float]:
-    """``(μ, σ)`` of the line ``z_q = μ + σ Φ⁻¹(q)`` through the upper quantiles :data:`TAIL` of
-    null z-scores (least squares; the ``higher`` quantile of discrete data, which errs towards
-    fewer alarms). A null with no finite tail is left to the textbook (0, 1).
+def fit_line(z: FloatArray, quantiles: Sequence[float]) -> tuple[float, float, float] | None:
+    """The line ``z_q = μ + σ Φ⁻¹(q)`` through the ``quantiles`` of ``z``, and the standard error of
+    its value at :data:`EXTRAPOLATE_AT`; None without two finite quantiles.
 
-    >>> rng = np.random.default_rng(0)
-    >>> mu, sigma = fit_tail(2.0 + 1.5 * rng.standard_normal(200_000))
-    >>> round(mu, 1), round(sigma, 1)
-    (2.0, 1.5)
+    Generalised least squares with the sample quantiles' covariance (``q_i (1 - q_j) / (N f_i
+    f_j)`` for ``q_i <= q_j``, ``f`` the line's density at each quantile), so the scarce far-tail
+    quantiles weigh as much as they are worth. The ``higher`` quantile of discrete data errs
+    towards fewer alarms. The slope is kept within :data:`SIGMA_RANGE`.
     """
-    qs = np.asarray(TAIL)
+    qs = np.asarray(quantiles, dtype=np.float64)
     zq = np.quantile(z, qs, method="higher")
     finite = np.isfinite(zq)
     if finite.sum() < 2:
-        return 0.0, 1.0
-    x = _sp.ndtri(qs[finite])
-    y = zq[finite]
-    slope = float(np.polyfit(x, y, 1)[0])
-    sigma = float(np.clip(slope, *SIGMA_RANGE))
-    mu = float(np.mean(y - sigma * x))  # the line through the points' centre with the kept slope
-    return _round(mu), _round(sigma)
+        return None
+    qs, y = qs[finite], zq[finite]
+    x = _sp.ndtri(qs)
+    slope0 = float(np.clip(np.polyfit(x, y, 1)[0], *SIGMA_RANGE)) if len(x) > 1 else 1.0
+    f = np.exp(-0.5 * x**2) / math.sqrt(2 * math.pi) / slope0
+    lo, hi = np.minimum.outer(qs, qs), np.maximum.outer(qs, qs)
+    cov = lo * (1.0 - hi) / (len(z) * np.outer(f, f))
+    design = np.stack([np.ones_like(x), x], axis=1)
+    inv = np.linalg.inv(cov)
+    info = design.T @ inv @ design
+    beta_cov = np.linalg.inv(info)
+    mu, sigma = beta_cov @ design.T @ inv @ y
+    sigma = float(np.clip(sigma, *SIGMA_RANGE))
+    mu = float(np.average(y - sigma * x, weights=inv.sum(axis=1)))  # refit the level with the kept slope
+    at = np.array([1.0, float(z_of_p(EXTRAPOLATE_AT))])
+    se = float(math.sqrt(max(float(at @ beta_cov @ at), 0.0)))
+    return mu, sigma, se
+
+
+def fit_tail(z: FloatArray) -> tuple[float, float, float]:
+    """The bootstrap's line ``(μ, σ, se)`` through the upper quantiles :data:`TAIL` of null
+    z-scores (:func:`fit_line`); a null with no finite tail is the textbook's ``(0, 1, 0)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> mu, sigma, se = fit_tail(2.0 + 1.5 * rng.standard_normal(200_000))
+    >>> round(mu, 1), round(sigma, 1), se < 0.05
+    (2.0, 1.5, True)
+    """
+    got = fit_line(z, TAIL)
+    return (0.0, 1.0, 0.0) if got is None else got
 
 
 def _round(x: float) -> float:
@@ -281,15 +318,17 @@ def calibrate(
             chunks = _chunk_counts(rows, n, len(null.shares)) if rows is not None else None
             for stat, textbook in null.statistics.items():
                 z_boot = z_of_p(textbook(counts, n))
-                boot = fit_tail(z_boot)
-                line, source = boot, "bootstrap"
+                line, source = _bootstrap_line(fit_tail(z_boot))
                 if chunks is not None:
                     z_chunks = z_of_p(textbook(chunks, n))
                     chunked = fit_chunks(z_chunks)
-                    if chunked is not None and _at_tail(chunked) > _at_tail(boot) and _larger(z_chunks, z_boot):
-                        line, source = chunked, "chunks"
+                    if chunked is not None:
+                        shifted = (chunked[0] + chunked[2], chunked[1])
+                        if _at_tail(shifted) > _at_tail(line) and _larger(z_chunks, z_boot):
+                            line, source = shifted, "chunks"
                 elif sources[stat] and sources[stat][-1] == "chunks":
                     line, source = tails[stat][-1], "chunks"  # too few chunks: keep the largest size's
+                line = (_round(line[0]), _round(line[1]))
                 tails[stat].append(line)
                 sources[stat].append(source)
         out[null.name] = FeatureCalibration(
@@ -300,7 +339,17 @@ def calibrate(
 
 
 def _at_tail(line: tuple[float, float]) -> float:
-    return line[0] + line[1] * float(z_of_p(COMPARE_AT))
+    return line[0] + line[1] * float(z_of_p(EXTRAPOLATE_AT))
+
+
+def _bootstrap_line(fit: tuple[float, float, float]) -> tuple[tuple[float, float], str]:
+    """The textbook's line where the bootstrap cannot tell it from the textbook at the tail (within
+    two standard errors of the fit); else the fit, raised by one standard error (erring towards
+    fewer alarms, by about a fifth of the tail probability)."""
+    mu, sigma, se = fit
+    if abs(_at_tail((mu, sigma)) - float(z_of_p(EXTRAPOLATE_AT))) <= 2.0 * se:
+        return (0.0, 1.0), "textbook"
+    return (mu + se, sigma), "bootstrap"
 
 
 def _larger(z_chunks: FloatArray, z_boot: FloatArray) -> bool:
@@ -322,26 +371,19 @@ def _chunk_counts(rows: npt.NDArray[np.int64], n: int, bins: int) -> FloatArray 
     return np.bincount(ids, minlength=chunks * bins).reshape(chunks, bins).astype(np.float64)
 
 
-def fit_chunks(z: FloatArray) -> tuple[float, float] | None:
-    """The line through the chunks' z-scores (:data:`CHUNK_TAIL` quantiles that at least three
-    chunks exceed; least squares); None with fewer than two such quantiles or no finite ones.
+def fit_chunks(z: FloatArray) -> tuple[float, float, float] | None:
+    """The chunks' line ``(μ, σ, se)`` (:func:`fit_line` on the :data:`CHUNK_TAIL` quantiles that at
+    least three chunks exceed); None with fewer than two such quantiles.
 
     >>> rng = np.random.default_rng(0)
-    >>> mu, sigma = fit_chunks(1.0 + 2.0 * rng.standard_normal(4000))
+    >>> mu, sigma, _se = fit_chunks(1.0 + 2.0 * rng.standard_normal(40_000))
     >>> round(mu, 1), round(sigma, 1)
     (1.0, 2.0)
     """
-    qs = np.asarray([q for q in CHUNK_TAIL if (1.0 - q) * len(z) >= 3])
+    qs = [q for q in CHUNK_TAIL if (1.0 - q) * len(z) >= 3]
     if len(qs) < 2:
         return None
-    zq = np.quantile(z, qs, method="higher")
-    finite = np.isfinite(zq)
-    if finite.sum() < 2:
-        return None
-    x = _sp.ndtri(qs[finite])
-    y = zq[finite]
-    sigma = float(np.clip(np.polyfit(x, y, 1)[0], *SIGMA_RANGE))
-    return _round(float(np.mean(y - sigma * x))), _round(sigma)
+    return fit_line(z, qs)
 
 
 # -- the statistics of one feature, as the evaluation computes them ----------------------------------

@@ -291,6 +291,7 @@ class ConceptTracker:
             "statistic": c.detector,
             "method": f"river_{c.detector}",
             "value": det.estimation,
+            "effect": None,
             "p_value": None,
             "p_value_adjusted": None,
             "threshold": float(det.params[det.threshold_param]),

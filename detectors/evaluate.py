@@ -566,6 +566,31 @@ def make_alert(record: Mapping[str, Any], detected_at_ms: int) -> dict[str, Any]
     return alert
 
 
+@dataclass(frozen=True)
+class FlagRates:
+    """How often windows of the overall segment were flagged (the reference check's summary)."""
+
+    windows: int
+    flagged: int
+    per_feature: dict[str, tuple[int, int]]  # feature -> (verdicts with drift, verdicts)
+
+
+def flag_rates(records: Sequence[Mapping[str, Any]]) -> FlagRates:
+    """Windows of the overall segment with any drift verdict, and each feature's flagged verdicts."""
+    windows: dict[tuple[str, str], bool] = {}
+    per: dict[str, list[int]] = {}
+    for r in records:
+        if r["statistic"] not in WINDOW_STATISTICS or dict(r["segment"]):
+            continue
+        key = (r["window_start"], r["window_end"])
+        windows[key] = windows.get(key, False) or bool(r["drift"])
+        got = per.setdefault(r["feature"], [0, 0])
+        if r["drift"] is not None:
+            got[1] += 1
+            got[0] += bool(r["drift"])
+    return FlagRates(len(windows), sum(windows.values()), {f: (a, b) for f, (a, b) in per.items()})
+
+
 def segment_label(segment: Mapping[str, str]) -> str:
     """Prometheus label value of a segment: ``k=v,k2=v2`` sorted, or ``__all__``."""
     if not segment:

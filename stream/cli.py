@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from detectors.calibration import REPLICATES
 from detectors.config import MonitorConfig, reference_columns
 from detectors.engine import run_local
-from detectors.evaluate import WINDOW_STATISTICS
+from detectors.evaluate import flag_rates
 from detectors.events import decode_events
 from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
@@ -181,7 +181,8 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--window-events",
         type=int,
-        help="with --reference-check: cut the baseline into windows of N rows (for a baseline without event times)",
+        help="with --reference-check: cut the baseline into windows of N rows (for a baseline without event "
+        "times, whose rows then get times 1 ms apart from 2000-01-01T00:00:00Z)",
     )
 
 
@@ -195,9 +196,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     reference = ReferenceProfile.load(config.reference)
     layout = Layout(reference, config.features.include)
     rows = read_rows(args.input)
+    row_times = None
     if args.reference_check:
         config = reference_check_config(config, rows, args.window_events)
-    cols, errors = decode_events(rows, config, reference, layout.features)
+        if config.events.time_field is None:  # a baseline without event times: its rows 1 ms apart
+            row_times = [ROW_TIME_BASE_MS + i for i in range(len(rows))]
+    cols, errors = decode_events(rows, config, reference, layout.features, row_times)
     records = run_local(cols, config, reference, layout)
     write_records(args.output, records)
     if errors:
@@ -208,6 +212,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print_summary(records, sys.stdout)
     print(f"{len(records)} records from {len(cols)} events -> {args.output}")
     return 0
+
+
+#: a baseline without event times gets times 1 ms apart from 2000-01-01T00:00:00Z (reference check)
+ROW_TIME_BASE_MS = 946_684_800_000
 
 
 def reference_check_config(config: MonitorConfig, rows: Sequence[Any], window_events: int | None) -> MonitorConfig:
@@ -241,26 +249,16 @@ def reference_check_config(config: MonitorConfig, rows: Sequence[Any], window_ev
 
 def print_reference_check(records: Sequence[Mapping[str, Any]], config: MonitorConfig, out: TextIO) -> None:
     """What the monitor would flag on its own reference: windows with any verdict, per feature."""
-    window_recs = [r for r in records if r["statistic"] in WINDOW_STATISTICS and not r["segment"]]
-    windows: dict[tuple[str, str], bool] = {}
-    per_feature: dict[str, list[int]] = {}
-    for r in window_recs:
-        key = (r["window_start"], r["window_end"])
-        windows[key] = windows.get(key, False) or bool(r["drift"])
-        got = per_feature.setdefault(r["feature"], [0, 0])
-        if r["drift"] is not None:
-            got[1] += 1
-            got[0] += bool(r["drift"])
-    flagged = sum(windows.values())
+    rates = flag_rates(records)
     rate = config.statistics.false_alarm_rate
     out.write(
-        f"reference check: {flagged} of {len(windows)} windows of the reference flagged "
+        f"reference check: {rates.flagged} of {rates.windows} windows of the reference flagged "
         f"(calibrated for at most {rate:.1%} of windows with no drift)\n"
     )
-    for feature, (hits, total) in per_feature.items():
+    for feature, (hits, total) in rates.per_feature.items():
         if hits:
             out.write(f"  {feature:<24} flagged by {hits} of {total} verdicts\n")
-    if len(windows) and flagged > max(1, 3 * rate * len(windows)):
+    if rates.windows and rates.flagged > max(1, 3 * rate * rates.windows):
         out.write(
             "  more than expected: the reference's windows differ from each other more than the calibration "
             "allows (is the baseline in time order? rebuild it without --no-chunks), or the baseline "

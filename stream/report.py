@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from detectors.config import MonitorConfig
-from detectors.evaluate import SEVERITY_LEVEL, WINDOW_STATISTICS, parse_iso_ms, segment_label
+from detectors.evaluate import SEVERITY_LEVEL, WINDOW_STATISTICS, flag_rates, parse_iso_ms, segment_label
 from detectors.events import decode_events, parse_time_ms
 from detectors.exceptions import InputError, ReferenceMismatchError
 from detectors.histogram import Layout, coarse_counts
@@ -668,6 +668,28 @@ def _hit_text(h: Mapping[str, Any]) -> str:
     return f"{STAT_TITLE[h['statistic']]} {_num(e)}"
 
 
+def _reference_check_html(records: Sequence[Mapping[str, Any]], thresholds: Thresholds) -> list[str]:
+    """The reference check (``backfill --reference-check``): how often the monitor flags windows of
+    the reference's own baseline, which the calibration expects at about the false-alarm rate."""
+    e = html.escape
+    rates = flag_rates(records)
+    rate = thresholds.false_alarm_rate
+    expected = f" (calibrated for at most {rate:.1%})" if rate is not None else ""
+    parts = [
+        '<h3 id="reference-check">Reference check</h3>',
+        f'<p id="reference-check-rate" data-flagged="{rates.flagged}" data-windows="{rates.windows}">'
+        f"The monitor flagged {rates.flagged} of {rates.windows} windows of its own reference data{expected}.</p>",
+    ]
+    flagged = [(f, h, t) for f, (h, t) in rates.per_feature.items() if h]
+    if flagged:
+        parts.append('<table id="reference-check-features"><thead><tr><th>feature</th><th>flagged verdicts</th></tr>')
+        parts.append("</thead><tbody>")
+        for f, h, t in flagged:
+            parts.append(f'<tr data-feature="{e(f)}"><td>{e(f)}</td><td>{h} / {t}</td></tr>')
+        parts.append("</tbody></table>")
+    return parts
+
+
 def render_html(
     records: Sequence[dict[str, Any]],
     *,
@@ -680,6 +702,7 @@ def render_html(
     source: str,
     notes: Sequence[str] = (),
     title: str | None = None,
+    reference_check: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The whole page as one string (plotly.js inlined once)."""
     from plotly.offline import get_plotlyjs
@@ -734,6 +757,8 @@ def render_html(
         )
     parts.append("</tbody></table>")
     parts.append(f'<p class="meta">Thresholds from {e(thresholds.source)}.</p>')
+    if reference_check is not None:
+        parts.extend(_reference_check_html(reference_check, thresholds))
     parts.append('<h3 id="drifted-windows">Drifted windows</h3>')
     if drifted:
         parts.append(
@@ -822,6 +847,11 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segment", help="k=v[,k2=v2] or __all__ (default: __all__, else the first segment present)")
     p.add_argument("--monitor", help="monitor to report on when the records hold several")
     p.add_argument("--title", help="page title (default: 'Drift report: MONITOR')")
+    p.add_argument(
+        "--reference-check",
+        help="records of `streamdrift backfill --reference-check` (the monitor run over its own baseline): "
+        "how often it flags the reference",
+    )
 
 
 def _time_arg(value: str | None, name: str) -> int | None:
@@ -900,6 +930,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         source=source,
         notes=notes,
         title=args.title,
+        reference_check=load_records(args.reference_check) if args.reference_check else None,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

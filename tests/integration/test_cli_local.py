@@ -393,3 +393,82 @@ def test_reference_build_errors(
     assert ok.returncode == 0, ok.stderr
     ref = ReferenceProfile.load(tmp_path / "r.json")
     assert ref.features["flag"].categories == ("false", "true")  # type: ignore[union-attr]
+
+
+def test_reference_check_says_what_the_monitor_flags_on_its_own_baseline(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    n = 12_000
+    steady = {"x": rng.normal(size=n), "k": rng.poisson(3.0, n).astype(float)}
+    drifting = {"x": np.concatenate([rng.normal(size=n // 2), rng.normal(1.0, 1.0, n // 2)]), "k": steady["k"]}
+    config = _monitor(tmp_path, "features", features={"categorical": []}, statistics={"min_events": 100})
+    for name, cols in (("steady", steady), ("drifting", drifting)):
+        base = tmp_path / f"{name}.jsonl"  # a flat baseline without event times, rows in order
+        base.write_text("".join(json.dumps({"x": float(a), "k": float(b)}) + "\n" for a, b in zip(*cols.values())))
+        built = run("reference", "build", "--input", str(base), "--out", "reference.json", cwd=tmp_path)
+        assert built.returncode == 0, built.stderr
+        assert "calibration: bootstrap+chunks, 10,000 null windows" in built.stdout
+        out = tmp_path / f"check-{name}.jsonl"
+        args = ["backfill", "--config", str(config), "--input", str(base), "--output", str(out), "--reference-check"]
+        res = run(*args, cwd=tmp_path)
+        assert res.returncode == 2 and "--window-events" in res.stderr  # no event time: say how to cut windows
+        res = run(*args, "--window-events", "200", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        line = next(x for x in res.stdout.splitlines() if x.startswith("reference check:"))
+        flagged, windows = (int(v) for v in line.split()[2:5:2])
+        assert windows == n // 200
+        recs = read_records(out)
+        assert {r["window_end"] for r in recs if r["segment"] == {}} and len(recs) > 0
+        if name == "steady":
+            # the calibration expects at most 1 % of windows: a binomial bound on 60 windows
+            assert flagged <= 3, res.stdout
+            assert "more than expected" not in res.stdout
+        else:
+            assert flagged >= 20, res.stdout  # the second half of the baseline has drifted
+            assert "more than expected" in res.stdout
+    # the report shows the reference check
+    page = tmp_path / "report.html"
+    rep = run(
+        "report",
+        "--records",
+        str(tmp_path / "check-steady.jsonl"),
+        "--reference-check",
+        str(tmp_path / "check-drifting.jsonl"),
+        "--config",
+        str(config),
+        "--out",
+        str(page),
+        cwd=tmp_path,
+    )
+    assert rep.returncode == 0, rep.stderr
+    text = page.read_text()
+    assert 'id="reference-check"' in text and f'data-windows="{n // 200}"' in text
+
+
+def test_reference_calibrate_upgrades_a_profile_of_version_1(tmp_path: Path) -> None:
+    ref = ReferenceProfile.build(_reference_data(5), categorical=["c"], calibrate=False)
+    doc = json.loads(ref.to_json())
+    doc["schema_version"] = 1
+    del doc["calibration"], doc["settings"]["discrete_values"], doc["features"]["c"]["n_singletons"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    config = _monitor(tmp_path, "features", reference="old.json")
+    _write(tmp_path / "events.jsonl", _events(6, n=600))
+    res = run("backfill", "--config", str(config), "--input", "events.jsonl", "--output", "r.jsonl", cwd=tmp_path)
+    assert res.returncode == 2 and "reference calibrate" in res.stderr, res.stderr
+    res = run(
+        "reference",
+        "calibrate",
+        "--reference",
+        "old.json",
+        "--out",
+        "new.json",
+        "--calibration-replicates",
+        "1000",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    new = ReferenceProfile.load(tmp_path / "new.json")
+    assert new.calibration is not None and new.calibration.method == "bootstrap"
+    assert f"fingerprint: {new.fingerprint}" in res.stdout
+    config = _monitor(tmp_path, "features", reference="new.json")
+    res = run("backfill", "--config", str(config), "--input", "events.jsonl", "--output", "r.jsonl", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
