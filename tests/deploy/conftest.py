@@ -38,6 +38,50 @@ def promql_metric_names(expr: str) -> set[str]:
     return set(_NAME.findall(_STRING.sub('""', expr)))
 
 
+_QUOTED = r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\''
+# a string literal (skipped) or a selector: name and label matchers
+_SELECTOR = re.compile(
+    r"(?:"
+    + _QUOTED
+    + r"|`[^`]*`)|(?<![A-Za-z0-9_:])(streamdrift_[A-Za-z0-9_:]*)\s*(?:\{((?:"
+    + _QUOTED
+    + r"|[^}\"'])*)\})?"
+)
+_MATCHER = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(" + _QUOTED + r"|[^,]*?)\s*(?:,|$)")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+#: labels Prometheus adds to every scraped series (``monitor`` also comes from the target label)
+TARGET_LABELS = frozenset({"job", "instance", "monitor"})
+
+
+def promql_selectors(expr: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """``(metric, {label: (operator, value)})`` of every ``streamdrift_*`` selector in ``expr``.
+
+    Values are unquoted when quoted; a template placeholder (``%q``) stays as written.
+    """
+    out = []
+    for m in _SELECTOR.finditer(expr):
+        if m.group(1) is None:
+            continue  # a string literal
+        matchers: dict[str, tuple[str, str]] = {}
+        body = m.group(2) or ""
+        pos = 0
+        while pos < len(body.rstrip()):
+            mm = _MATCHER.match(body, pos)
+            assert mm is not None, f"cannot parse the label matchers of {m.group(0)!r}"
+            value = mm.group(3)
+            if value[:1] in "\"'" and len(value) >= 2:
+                value = value[1:-1]
+            matchers[mm.group(1)] = (mm.group(2), value)
+            pos = mm.end()
+        out.append((m.group(1), matchers))
+    return out
+
+
+def promql_grouping_labels(expr: str) -> set[str]:
+    """Labels named in ``by``/``without``/``on``/``ignoring``/``group_*`` clauses of ``expr``."""
+    return {lbl.strip() for g in _GROUPING.findall(_STRING.sub('""', expr)) for lbl in g.split(",") if lbl.strip()}
+
+
 def exported_sample_names(families: Any) -> set[str]:
     """Series names a scrape can contain, from collected metric families (``registry.collect()``)."""
     suffixes = {
@@ -58,6 +102,24 @@ def rule_exprs() -> dict[str, str]:
     """alert name -> PromQL expression of the shipped rules."""
     doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     return {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+_TEMPLATE_QUERY = re.compile(r'(?:printf\s+"((?:[^"\\]|\\.)*)"[^|}]*|"((?:[^"\\]|\\.)*)")\s*\|\s*query\b')
+
+
+def rule_annotation_queries() -> list[tuple[str, str]]:
+    """(alert and annotation, PromQL) of every ``query`` in the rules' annotation templates.
+
+    A query built with ``printf`` keeps its placeholders (``%q``) where label values go.
+    """
+    doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    out = []
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            for key, text in r.get("annotations", {}).items():
+                for m in _TEMPLATE_QUERY.finditer(text):
+                    out.append((f"{r['alert']} {key}", m.group(1) or m.group(2)))
+    return out
 
 
 def dashboard_queries(dashboard: dict[str, Any] | None = None) -> list[tuple[str, str]]:
@@ -202,6 +264,10 @@ def promql() -> Any:
 
     class _Helpers:
         metric_names = staticmethod(promql_metric_names)
+        selectors = staticmethod(promql_selectors)
+        grouping_labels = staticmethod(promql_grouping_labels)
+        target_labels = TARGET_LABELS
+        rule_annotation_queries = staticmethod(rule_annotation_queries)
         exported_sample_names = staticmethod(exported_sample_names)
         rule_exprs = staticmethod(rule_exprs)
         dashboard_queries = staticmethod(dashboard_queries)

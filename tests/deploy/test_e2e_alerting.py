@@ -18,6 +18,7 @@ Then every query of the Grafana dashboard runs against the live Prometheus and r
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import threading
@@ -37,7 +38,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from detectors.config import MonitorConfig
 from detectors.engine import run_local
-from detectors.evaluate import segment_label
+from detectors.evaluate import WINDOW_STATISTICS, segment_label
 from detectors.events import decode_events, parse_time_ms
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -175,9 +176,37 @@ def expected_drift(records: list[dict], window_end_s: float) -> dict[str, set[tu
     window = [r for r in records if parse_time_ms(r["window_end"]) == round(window_end_s * 1000)]
     assert window, f"run_local has no window ending at {window_end_s}"
     for r in window:
-        if r["severity"] in out and r["statistic"] in ("psi", "ks", "chi2"):
+        if r["severity"] in out and r["statistic"] in WINDOW_STATISTICS:
             out[r["severity"]].add((segment_label(r["segment"]), r["feature"], r["statistic"]))
     return out
+
+
+def window_effects(records: list[dict], window_end_s: float) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(segment, feature, statistic) -> (effect, threshold) of the window ending at ``window_end_s`` (NaN: none)."""
+    out = {}
+    for r in records:
+        if r["statistic"] in WINDOW_STATISTICS and parse_time_ms(r["window_end"]) == round(window_end_s * 1000):
+            out[(segment_label(r["segment"]), r["feature"], r["statistic"])] = tuple(
+                math.nan if r[k] is None else float(r[k]) for k in ("effect", "threshold")
+            )
+    return out
+
+
+def gauge_pairs(samples: dict) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(segment, feature, statistic) -> (streamdrift_effect_size, streamdrift_threshold) of one scrape."""
+    got: dict[tuple[str, str, str], dict[str, float]] = {}
+    for (n, lbl), v in samples.items():
+        if n in ("streamdrift_effect_size", "streamdrift_threshold"):
+            d = dict(lbl)
+            got.setdefault((d["segment"], d["feature"], d["statistic"]), {})[n] = v
+    return {k: (v["streamdrift_effect_size"], v["streamdrift_threshold"]) for k, v in got.items()}
+
+
+def same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Equal up to floating-point round-off, NaN equal to NaN."""
+    return all(
+        (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-12) for x, y in zip(a, b, strict=True)
+    )
 
 
 def grafana_to_promql(expr: str, monitors: str) -> str:
@@ -261,6 +290,7 @@ def test_drift_alert_reaches_the_webhook_and_steady_stream_stays_quiet(
     # -- what must alert, computed independently ---------------------------------------
     expected: dict[str, dict[str, set]] = {}
     concept: dict[str, float] = {}
+    effects: dict[str, dict[tuple[str, str, str], tuple[float, float]]] = {}
     for m, events in streams.items():
         cfg = MonitorConfig.from_mapping(configs[m])
         layout = Layout(ref, cfg.features.include)
@@ -280,6 +310,13 @@ def test_drift_alert_reaches_the_webhook_and_steady_stream_stays_quiet(
             for sev, level in (("warning", 1.0), ("critical", 2.0))
         }
         assert gauged == expected[m], m
+        # and so do the effect sizes and the per-window thresholds the alerts and the dashboard show
+        effects[m] = window_effects(records, value(samples, "streamdrift_last_window_end_timestamp_seconds"))
+        gauges = gauge_pairs(samples)
+        assert set(gauges) == set(effects[m]), m
+        assert {"unseen"} <= {stat for _seg, _feat, stat in gauges}, "unseen is exported for the categoricals"
+        differ = {k: (gauges[k], effects[m][k]) for k in gauges if not same(gauges[k], effects[m][k])}
+        assert not differ, (m, differ)
     assert expected["drifting"]["warning"] and expected["drifting"]["critical"], "the drift must show both levels"
     assert expected["steady"] == {"warning": set(), "critical": set()}
     invalid = scrape(ports["drifting"])[
@@ -395,7 +432,12 @@ def test_drift_alert_reaches_the_webhook_and_steady_stream_stays_quiet(
         assert ann["summary"] and ann["description"], a["labels"]
         assert ann["runbook_url"].endswith("runbook.md#" + a["labels"]["alertname"].lower())
         if a["labels"]["alertname"] in DRIFT_ALERTS:
-            assert a["labels"]["feature"] in ann["summary"] and "{{" not in ann["description"]
+            lbl = a["labels"]
+            assert lbl["feature"] in ann["summary"] and "{{" not in ann["description"]
+            # the value is the effect size, and the description found the same series' threshold
+            effect, threshold = effects[lbl["monitor"]][(lbl["segment"], lbl["feature"], lbl["statistic"])]
+            assert f"effect size {effect:.4g} (" in ann["description"], (lbl, effect, ann["description"])
+            assert f"threshold {threshold:.4g}," in ann["description"], (lbl, threshold, ann["description"])
 
     # -- the Grafana dashboard's queries against the live Prometheus ---------------------
     monitors = "drifting|steady"

@@ -7,6 +7,7 @@ yamllint), all offline.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -15,8 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from stream.settings import ServeConfig
+from detectors.config import MonitorConfig
+from detectors.evaluate import WINDOW_STATISTICS
+from detectors.exceptions import ConfigError
+from stream.settings import KafkaConfig, MetricsConfig, OutputsConfig, ServeConfig, StateConfig
 
 pytestmark = pytest.mark.unit
 
@@ -244,6 +249,44 @@ def test_compose_monitor_is_a_valid_serve_config_and_matches_the_scrape_label():
     assert producer["command"][producer["command"].index("--topic") + 1] == serve.kafka.topic
 
 
+def monitor_configs() -> dict[str, dict]:
+    """Every monitor config shipped in deploy/ and docker-compose.yml: YAML files and ConfigMap
+    entries with a top-level `monitor` and `reference`."""
+    found: dict[str, dict] = {}
+    files = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), REPO / "docker-compose.yml"])
+    for f in files:
+        for i, doc in enumerate(yaml.safe_load_all(f.read_text())):
+            entries = {f"{f.relative_to(REPO)}#{i}": doc}
+            if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+                entries = {f"{f.relative_to(REPO)}#{i}:{k}": yaml.safe_load(v) for k, v in doc.get("data", {}).items()}
+            for where, cfg in entries.items():
+                if isinstance(cfg, dict) and {"monitor", "reference"} <= set(cfg):
+                    found[where] = cfg
+    return found
+
+
+def test_every_shipped_monitor_config_validates():
+    """With the settings of this version (statistics.false_alarm_rate, not ks.alpha / chi2.alpha)."""
+    configs = monitor_configs()
+    assert {w.split("#")[0] for w in configs} >= {
+        "deploy/examples/monitor.yaml",
+        "deploy/compose/monitor.yaml",
+        "deploy/k8s/configmap.yaml",
+    }
+    for where, cfg in configs.items():
+        monitor = MonitorConfig.from_mapping(cfg)
+        if "kafka" in cfg:
+            ServeConfig.from_mapping(cfg, env={})
+        assert 0 < monitor.statistics.false_alarm_rate <= 0.05, where
+
+
+def test_monitor_config_check_can_fail():
+    cfg = yaml.safe_load((DEPLOY / "compose" / "monitor.yaml").read_text())
+    cfg["statistics"]["ks"] = {"alpha": 0.01}
+    with pytest.raises(ConfigError, match="false_alarm_rate"):
+        MonitorConfig.from_mapping(cfg)
+
+
 def test_compose_demo_scripts_parse_their_arguments():
     sys.path.insert(0, str(DEPLOY / "compose"))
     try:
@@ -269,6 +312,13 @@ def test_compose_reference_step_builds_a_reference(tmp_path):
     ref = ReferenceProfile.load(out)
     cfg = yaml.safe_load((DEPLOY / "compose" / "monitor.yaml").read_text())
     assert set(cfg["features"]["categorical"]) <= set(ref.features)
+    # serve can give verdicts with it: the profile carries the calibrated thresholds
+    from detectors.evaluate import require_calibration
+    from detectors.histogram import Layout
+
+    monitor = MonitorConfig.from_mapping(cfg)
+    cal = require_calibration(Layout(ref, monitor.features.include))
+    assert set(monitor.features.categorical) <= set(cal.features)
 
 
 # -- yamllint -------------------------------------------------------------------------------
@@ -286,8 +336,12 @@ def test_yamllint():
 
 
 # -- Grafana --------------------------------------------------------------------------------
+def load_dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana" / "dashboards" / "streamdrift.json").read_text())
+
+
 def test_grafana_dashboard_structure():
-    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "streamdrift.json").read_text())
+    dash = load_dashboard()
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
@@ -299,9 +353,6 @@ def test_grafana_dashboard_structure():
     assert len(ids) == len(set(ids)), "panel ids are unique"
     titles = {p["title"] for p in panels}
     for needed in (
-        "PSI per feature",
-        "Kolmogorov-Smirnov per feature",
-        "Chi-square per categorical feature",
         "p-values",
         "Current verdicts (last closed window)",
         "Events per outcome",
@@ -317,16 +368,100 @@ def test_grafana_dashboard_structure():
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${datasource}"
             assert 'monitor=~"$monitor"' in t["expr"] or "build_info" in t["expr"], (p["title"], t["expr"])
-    # the drift panels draw the thresholds: in statistic units for PSI and KS; chi-square's are
-    # a p-value and Cramér's V, so its panel draws the verdict they give
-    for title in ("PSI per feature", "Kolmogorov-Smirnov per feature"):
-        p = next(p for p in panels if p["title"] == title)
-        assert any("streamdrift_threshold" in t["expr"] for t in p["targets"]), title
-    chi2 = next(p for p in panels if p["title"] == "Chi-square per categorical feature")
-    assert any("streamdrift_drift_severity" in t["expr"] and 'statistic="chi2"' in t["expr"] for t in chi2["targets"])
     # concept-drift detections are annotations
     ann = [a for a in dash["annotations"]["list"] if "expr" in a]
     assert any("streamdrift_concept_drift_detections_total" in a["expr"] for a in ann)
+
+
+SERIES_SELECTION = {"monitor": ("=~", "$monitor"), "feature": ("=~", "$feature"), "segment": ("=~", "$segment")}
+
+
+def drift_panels(dash: dict, promql) -> dict[str, dict]:
+    """statistic -> the panel that draws its effect size (a statistic drawn twice fails)."""
+    out: dict[str, dict] = {}
+    for p in dash["panels"]:
+        if p["type"] != "timeseries":
+            continue
+        for t in p["targets"]:
+            for name, matchers in promql.selectors(t["expr"]):
+                if name == "streamdrift_effect_size" and matchers.get("statistic", ("", ""))[0] == "=":
+                    stat = matchers["statistic"][1]
+                    assert stat not in out or out[stat] is p, f"{stat} is drawn by two panels"
+                    out[stat] = p
+    return out
+
+
+def check_drift_panel(panel: dict, statistic: str, promql) -> None:
+    """The panel draws, per series, the effect size and that same series' per-window threshold (dashed)."""
+    title = panel["title"]
+    assert panel["type"] == "timeseries", title
+    by_metric: dict[str, dict] = {}
+    for t in panel["targets"]:
+        ((name, matchers),) = promql.selectors(t["expr"])
+        # the bare selection, no aggregation: each series against its own window's threshold
+        assert t["expr"].startswith(name + "{") and t["expr"].endswith("}"), (title, t["expr"])
+        assert matchers == {**SERIES_SELECTION, "statistic": ("=", statistic)}, (title, t["expr"])
+        assert name not in by_metric, (title, name)
+        by_metric[name] = t
+    assert set(by_metric) == {"streamdrift_effect_size", "streamdrift_threshold"}, title
+    effect, threshold = by_metric["streamdrift_effect_size"], by_metric["streamdrift_threshold"]
+    for t in (effect, threshold):
+        assert "{{feature}}" in t["legendFormat"] and "{{segment}}" in t["legendFormat"], (title, t["legendFormat"])
+    dashed = [
+        o["matcher"]["options"]
+        for o in panel["fieldConfig"]["overrides"]
+        if o["matcher"]["id"] == "byRegexp"
+        and any(pr["id"] == "custom.lineStyle" and pr["value"]["fill"] == "dash" for pr in o["properties"])
+    ]
+    legend = {
+        t["refId"]: t["legendFormat"].replace("{{feature}}", "income").replace("{{segment}}", "__all__")
+        for t in (effect, threshold)
+    }
+    assert any(re.fullmatch(rx, legend[threshold["refId"]]) for rx in dashed), f"{title}: the threshold is not dashed"
+    assert not any(re.fullmatch(rx, legend[effect["refId"]]) for rx in dashed), f"{title}: the effect is dashed"
+
+
+def test_grafana_one_drift_panel_per_statistic_with_effect_and_threshold(promql):
+    panels = drift_panels(load_dashboard(), promql)
+    assert set(panels) == set(WINDOW_STATISTICS), "one panel per window statistic (detectors.evaluate)"
+    for stat, panel in panels.items():
+        check_drift_panel(panel, stat, promql)
+    assert len({p["title"] for p in panels.values()}) == len(panels)
+
+
+def test_grafana_drift_panel_check_can_fail(promql):
+    panel = drift_panels(load_dashboard(), promql)["psi"]
+    broken = json.loads(json.dumps(panel))
+    # the configured-levels threshold of earlier versions: one line per level, not per window
+    broken["targets"][1]["expr"] = 'max by (level) (streamdrift_threshold{monitor=~"$monitor", statistic="psi"})'
+    with pytest.raises(AssertionError):
+        check_drift_panel(broken, "psi", promql)
+    broken = json.loads(json.dumps(panel))
+    broken["targets"][0]["expr"] = broken["targets"][0]["expr"].replace(
+        "streamdrift_effect_size", "streamdrift_statistic_value"
+    )
+    with pytest.raises(AssertionError):
+        check_drift_panel(broken, "psi", promql)
+    broken = json.loads(json.dumps(panel))
+    broken["fieldConfig"]["overrides"] = []
+    with pytest.raises(AssertionError, match="not dashed"):
+        check_drift_panel(broken, "psi", promql)
+
+
+def test_grafana_verdict_table_shows_effect_and_threshold(promql):
+    table = next(p for p in load_dashboard()["panels"] if p["title"] == "Current verdicts (last closed window)")
+    metric_of = {t["refId"]: promql.selectors(t["expr"])[0][0] for t in table["targets"]}
+    organize = next(t for t in table["transformations"] if t["id"] == "organize")["options"]
+    column = {metric_of[k.removeprefix("Value #")]: v for k, v in organize["renameByName"].items()}
+    assert column == {
+        "streamdrift_drift_severity": "severity",
+        "streamdrift_effect_size": "effect",
+        "streamdrift_threshold": "threshold",
+        "streamdrift_statistic_value": "value",
+        "streamdrift_statistic_p_value": "p-value",
+    }
+    for t in table["targets"]:
+        assert t["instant"] and t["format"] == "table", t["refId"]
 
 
 def test_grafana_provisioning_points_at_the_dashboard_mount():
@@ -339,11 +474,71 @@ def test_grafana_provisioning_points_at_the_dashboard_mount():
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
 
 
-def test_runbook_commands_use_existing_subcommands():
+def runbook_commands() -> list[tuple[str, set[str]]]:
+    """(subcommand, its --flags) of every `streamdrift ...` command line in the runbook (inline or fenced)."""
     text = (DEPLOY / "runbook.md").read_text()
+    spans = re.findall(r"```[a-z]*\n(.*?)```", text, re.S) + re.findall(r"(?<!`)`([^`\n]+(?:\n[^`\n]+)*)`(?!`)", text)
+    out = []
+    for span in spans:
+        for m in re.finditer(r"streamdrift ([a-z]+)((?:\s+[^\s`]+)*)", span):
+            out.append((m.group(1), set(re.findall(r"(?<!\S)(--[a-z][a-z-]*)", m.group(2)))))
+    return out
+
+
+def test_runbook_commands_use_existing_subcommands_and_flags():
     from stream import cli
 
     cli._load_plugins()
-    found = {m.group(1) for m in re.finditer(r"`streamdrift ([a-z]+)", text)}
-    assert found >= {"report", "reference"}
+    commands = runbook_commands()
+    found = {name for name, _flags in commands}
+    assert found >= {"report", "reference", "backfill"}
     assert found <= set(cli.COMMANDS), found - set(cli.COMMANDS)
+    every_flag: set[str] = set()
+    for name, flags in commands:
+        parser = argparse.ArgumentParser(prog=f"streamdrift {name}")
+        cli.COMMANDS[name][0](parser)
+        known = {opt for action in parser._actions for opt in action.option_strings}
+        every_flag |= known
+        assert flags <= known, f"streamdrift {name}: the runbook uses {sorted(flags - known)}"
+    # flags named on their own (`--window-events N`) belong to one of those commands
+    alone = set(re.findall(r"`(--[a-z][a-z-]*)", (DEPLOY / "runbook.md").read_text()))
+    assert {"--window-events", "--no-chunks"} <= alone
+    assert alone <= every_flag, alone - every_flag
+    assert ("backfill", {"--reference-check", "--config", "--input", "--output"}) in commands
+    assert any(name == "reference" and "--reference" in flags for name, flags in commands)
+
+
+#: the sections of a monitor config file: the monitor's and those `streamdrift serve` reads
+_SECTIONS: dict[str, type[BaseModel]] = {
+    **{
+        name: field.annotation
+        for name, field in MonitorConfig.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    },
+    "kafka": KafkaConfig,
+    "outputs": OutputsConfig,
+    "metrics": MetricsConfig,
+    "state": StateConfig,
+}
+
+
+def config_key_exists(path: str) -> bool:
+    """Whether a dotted monitor-config key (``statistics.psi.warning``) is a setting."""
+    first, *rest = path.split(".")
+    model: object = _SECTIONS.get(first)
+    for part in rest:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return False
+        model = model.model_fields[part].annotation
+    return first in _SECTIONS
+
+
+def test_runbook_config_keys_exist():
+    """Every `section.key` the runbook names is a setting (statistics.ks.alpha, say, is gone)."""
+    text = (DEPLOY / "runbook.md").read_text()
+    sections = "|".join(_SECTIONS)
+    keys = set(re.findall(rf"`((?:{sections})(?:\.[a-z0-9_]+)+)", text))
+    assert {"statistics.false_alarm_rate", "statistics.family", "statistics.unseen.min_share"} <= keys
+    missing = sorted(k for k in keys if not config_key_exists(k))
+    assert not missing, f"runbook.md names settings that do not exist: {missing}"
+    assert not config_key_exists("statistics.ks.alpha") and not config_key_exists("statistics.nope")
