@@ -193,6 +193,20 @@ class Calibration:
         """The calibration of some of the features (for a profile restricted to them)."""
         return Calibration(self.sizes, self.replicates, self.seed, self.method, {n: self.features[n] for n in names})
 
+    def chunk_spread(self, feature: str) -> float:
+        """How much more the reference's own windows vary than independent rows, where the chunks'
+        lines are in use: the largest ``(z_chunks / z_textbook)²`` at :data:`EXTRAPOLATE_AT` (a
+        window of ``n`` consecutive rows varies about like ``n / spread`` independent ones); 1.0
+        where the chunks are not in use."""
+        f = self.features[feature]
+        x = float(z_of_p(EXTRAPOLATE_AT))
+        spread = 1.0
+        for stat, rows in f.tails.items():
+            for (mu, sigma), source in zip(rows, f.sources[stat], strict=True):
+                if source == "chunks":
+                    spread = max(spread, ((mu + sigma * x) / x) ** 2)
+        return spread
+
     def tail(self, feature: str, statistic: str, n_effective: float) -> tuple[float, float]:
         """``(μ, σ)`` of ``statistic`` for ``feature`` at an effective window size: between two
         calibrated sizes, the line of whichever of the two is higher at the tail (the fewer alarms),

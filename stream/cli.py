@@ -130,13 +130,27 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+#: a feature whose baseline windows vary like 1/N as many independent rows, N above this, is warned about
+CHUNK_SPREAD_WARNING = 4.0
+
+
 def _print_profile(ref: ReferenceProfile) -> None:
     cal = ref.calibration
+    warnings: list[str] = []
     for name, prof in ref.features.items():
         line = f"  {name:<24} {prof.type:<12} {prof.n_bins:>4} bins  {prof.n_missing} missing"
         if cal is not None and name in cal.features and cal.features[name].chunked:
-            line += "  (its windows vary more than independent rows would: thresholds from chunks)"
+            spread = cal.chunk_spread(name)
+            line += f"  windows of its rows vary like 1/{spread:.1f} as many independent rows (thresholds from chunks)"
+            if spread > CHUNK_SPREAD_WARNING:
+                warnings.append(
+                    f"{name}: the baseline's own windows vary like 1/{spread:.0f} as many independent rows, so "
+                    "shifts as large as its own variation will not page; if the baseline drifted within itself, "
+                    "build from a stable period (or with --no-chunks)"
+                )
         print(line)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if cal is not None:
         print(
             f"calibration: {cal.method}, {cal.replicates:,} null windows per feature at each of {len(cal.sizes)} "
