@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.config import MonitorConfig
 from detectors.engine import run_local
-from detectors.evaluate import alert_id, parse_iso_ms
+from detectors.evaluate import WINDOW_STATISTICS, alert_id, parse_iso_ms
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -200,9 +200,7 @@ def expected_records(
     assert not errors
     recs = run_local(cols, mc, ref, layout)
     return [
-        r
-        for r in recs
-        if r["statistic"] not in ("psi", "ks", "chi2") or parse_iso_ms(r["window_end"]) <= closed_until_ms
+        r for r in recs if r["statistic"] not in WINDOW_STATISTICS or parse_iso_ms(r["window_end"]) <= closed_until_ms
     ]
 
 
@@ -248,7 +246,7 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
     closed_until = min(events[-1]["timestamp"], events[-2]["timestamp"])
     want = expected_records(events, data, ref, closed_until)
     n_windows = len({(r["window_start"], json.dumps(r["segment"])) for r in want if r["statistic"] == "psi"})
-    want_windows = [r for r in want if r["statistic"] in ("psi", "ks", "chi2")]
+    want_windows = [r for r in want if r["statistic"] in WINDOW_STATISTICS]
 
     log = tmp_path / "serve.log"
     proc = start_serve(config, log)
@@ -262,7 +260,7 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
         wait_for(done, proc, log)
         time.sleep(1.0)  # let a checkpoint pass, then check nothing more arrives than expected
         stats.poll(0.5)
-        got = [r for r in stats.records() if r["statistic"] in ("psi", "ks", "chi2")]
+        got = [r for r in stats.records() if r["statistic"] in WINDOW_STATISTICS]
         assert_same_records(got, want_windows)
         # keys of the statistics topic are the stable window ids
         assert all(m.key().decode() == alert_id(json.loads(m.value())) for m in stats.messages)
@@ -363,9 +361,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str, tm
     produce(kafka_bootstrap, topics["events"], values)
     config, data = write_config(tmp_path, kafka_bootstrap, topics, kafka={"max_event_bytes": 4096})
     want = [
-        r
-        for r in expected_records(events, data, ref, events[-1]["timestamp"])
-        if r["statistic"] in ("psi", "ks", "chi2")
+        r for r in expected_records(events, data, ref, events[-1]["timestamp"]) if r["statistic"] in WINDOW_STATISTICS
     ]
     log = tmp_path / "serve.log"
     proc = start_serve(config, log)
@@ -378,13 +374,13 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap: str, tm
             if not stats_file.exists():
                 return False
             lines = [json.loads(x) for x in stats_file.read_text().splitlines()]
-            return len({window_key(r) for r in lines if r["statistic"] in ("psi", "ks", "chi2")}) >= len(want)
+            return len({window_key(r) for r in lines if r["statistic"] in WINDOW_STATISTICS}) >= len(want)
 
         wait_for(done, proc, log)
         assert stop(proc) == 0
         dlq.poll(1.0)
         got = [json.loads(x) for x in stats_file.read_text().splitlines()]
-        assert_same_records([r for r in got if r["statistic"] in ("psi", "ks", "chi2")], want)
+        assert_same_records([r for r in got if r["statistic"] in WINDOW_STATISTICS], want)
         assert len(dlq.messages) == len(bad)
         for m in dlq.messages:
             headers = {k: v.decode() for k, v in m.headers()}

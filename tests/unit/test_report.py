@@ -20,7 +20,7 @@ import pytest
 
 from detectors.config import MonitorConfig
 from detectors.engine import run_local
-from detectors.evaluate import SEVERITY_LEVEL, iso_ms, segment_label
+from detectors.evaluate import SEVERITY_LEVEL, WINDOW_STATISTICS, iso_ms, segment_label
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -170,7 +170,7 @@ def _render(d: Path, *args: str, out: str = "report.html") -> tuple[int, Page, s
 
 
 def _segment(records: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
-    return [r for r in records if segment_label(r["segment"]) == label and r["statistic"] in ("psi", "ks", "chi2")]
+    return [r for r in records if segment_label(r["segment"]) == label and r["statistic"] in WINDOW_STATISTICS]
 
 
 def _display(iso: str) -> str:
