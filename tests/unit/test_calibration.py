@@ -257,3 +257,32 @@ def test_calibration_needs_enough_replicates_for_its_tail() -> None:
     with pytest.raises(ValueError, match="at least 500"):
         ReferenceProfile.build({"x": np.arange(100.0)}, calibration_replicates=100)
     assert math.isfinite(SIZES[-1])
+
+
+def test_a_window_family_spans_its_segments() -> None:
+    """With 20 segments, each its own family, some segment of a null window pages far more often than
+    the false-alarm rate; with statistics.family: window the whole window stays within it."""
+    from detectors.evaluate import evaluate_window
+
+    rng = np.random.default_rng(21)
+    ref = ReferenceProfile.build(
+        {"x": rng.normal(size=20_000), "c": rng.choice(list("abcd"), 20_000).tolist()},
+        categorical=["c"],
+        calibration_replicates=2000,
+    )
+    layout = Layout(ref)
+    rate, windows = 0.05, 300
+    pages = {"segment": 0, "window": 0}
+    for _ in range(windows):
+        segments = [
+            (layout.histogram({"x": rng.normal(size=150), "c": rng.choice(list("abcd"), 150).tolist()}).counts, None)
+            for _ in range(20)
+        ]
+        for family in pages:
+            cfg = StatisticsConfig(false_alarm_rate=rate, family=family)  # type: ignore[arg-type]
+            verdicts = evaluate_window(layout, segments, cfg)
+            assert len(verdicts) == 20
+            pages[family] += any(r.drift for seg in verdicts for r in seg)
+    assert pages["window"] <= stats.binom.ppf(0.999, windows, rate), pages
+    # each of 20 families at up to 5 %: about 1 - 0.95^20 = 64 % of windows if the tests were exact
+    assert pages["segment"] > 4 * pages["window"] and pages["segment"] >= 0.25 * windows, pages
