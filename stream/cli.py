@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -111,12 +113,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     config = load_monitor(args.config)
     reference = ReferenceProfile.load(config.reference)
     layout = Layout(reference, config.features.include)
+    started_ms = int(time.time() * 1000)  # event times beyond it + events.max_future_skew are rejected
     rows = read_rows(args.input)
-    cols, errors = decode_events(rows, config, reference, layout.features)
+    cols, errors = decode_events(rows, config, reference, layout.features, now_ms=started_ms)
     records = run_local(cols, config, reference, layout)
     write_records(args.output, records)
     if errors:
-        print(f"{len(errors)} of {len(rows)} events rejected; first: row {errors[0][0] + 1}: {errors[0][1]}")
+        from stream.decode import reason_code
+
+        codes = Counter(reason_code(reason) for _i, reason in errors)
+        by_code = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
+        print(
+            f"{len(errors)} of {len(rows)} events rejected ({by_code}); first: row {errors[0][0] + 1}: {errors[0][1]}"
+        )
     if not args.quiet:
         print_summary(records, sys.stdout)
     print(f"{len(records)} records from {len(cols)} events -> {args.output}")

@@ -145,7 +145,9 @@ class DriftConsumer:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.reference = ReferenceProfile.load(self.monitor.reference)
         self.layout = Layout(self.reference, self.monitor.features.include)
-        self.decoder = EventDecoder(self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes)
+        self.decoder = EventDecoder(
+            self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes, wall_clock=wall_clock
+        )
         self.windows = WindowManager(self.monitor, self.layout, clock=clock)
         self.detector: ConceptDetector | None = None
         self.tracker: ConceptTracker | None = None
@@ -448,9 +450,9 @@ class DriftConsumer:
     def process(self, msgs: Sequence[Message]) -> WindowOutput:
         """One step: a batch of messages (possibly empty) in, closed windows out.
 
-        Per message only what every message needs is read (value, partition: one ``map``
-        each); offsets are read for the last message of each partition and for dead letters,
-        Kafka timestamps only when the decoder uses them.
+        Per message only what every message needs is read (value, partition, Kafka timestamp:
+        one ``map`` each); offsets are read for the last message of each partition and for
+        dead letters.
         """
         t0 = time.perf_counter()
         mon = self.monitor.monitor
@@ -495,9 +497,9 @@ class DriftConsumer:
         st.messages += len(data)
         values: list[bytes | None] = list(map(Message.value, data))
         part_arr = np.fromiter(map(Message.partition, data), dtype=np.int64, count=len(data))  # always set on a message
-        kts: list[int | None] | None = None
-        if self.decoder.needs_kafka_timestamps:
-            kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, data)]
+        # Kafka timestamps: event times too far ahead of theirs are rejected (and, if configured, they stand
+        # in for missing event times)
+        kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, data)]
         cols, rejected = self.decoder.decode(values, kts)
         pub = self._publisher
         for r in rejected:

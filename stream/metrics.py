@@ -19,6 +19,7 @@ from detectors.config import StatisticsConfig
 from detectors.evaluate import SEVERITY_LEVEL, segment_label
 from detectors.histogram import Layout
 from detectors.reference import NumericProfile
+from stream.decode import REASON_CODES
 
 log = logging.getLogger("streamdrift.metrics")
 
@@ -48,7 +49,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_build_info",
 )
 
-DEAD_LETTER_REASONS = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+#: the reason label of dead letters: every code a rejection can have (children exist from the start)
+DEAD_LETTER_REASONS = REASON_CODES
 _STAT = ("monitor", "segment", "feature", "statistic")
 _NAN = math.nan
 

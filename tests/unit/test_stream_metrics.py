@@ -12,6 +12,7 @@ from detectors.config import StatisticsConfig
 from detectors.evaluate import evaluate_counts, window_records
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
+from stream.decode import REASON_CODES
 from stream.metrics import METRIC_NAMES, Metrics
 
 pytestmark = pytest.mark.unit
@@ -69,3 +70,13 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
     assert reg.get_sample_value("streamdrift_threshold", lv) == cfg.psi.critical
     assert reg.get_sample_value("streamdrift_window_size_seconds", {"monitor": "mon"}) == 60.0
     assert reg.get_sample_value("streamdrift_build_info", {"version": "9.9"}) == 1.0
+
+
+def test_every_dead_letter_reason_is_exported_from_the_start() -> None:
+    """The reasons include the time checks (future_time, implausible_time): a rule or a dashboard sees
+    0, not nothing, before the first such event."""
+    reg = CollectorRegistry()
+    Metrics(reg, "mon")
+    assert {"bad_time", "future_time", "implausible_time"} <= set(REASON_CODES)
+    for code in REASON_CODES:
+        assert reg.get_sample_value("streamdrift_dead_letters_total", {"monitor": "mon", "reason": code}) == 0.0
