@@ -519,7 +519,6 @@ class DriftConsumer:
         else:
             present, last_rev = np.unique(part_arr[::-1], return_index=True)
         partitions = set(present.tolist())
-        self.windows.touch(partitions)
         valid_parts = part_arr if len(cols.rows) == len(data) else part_arr[np.asarray(cols.rows, dtype=np.int64)]
         res = self.windows.add(cols, valid_parts)  # (rows are positions in data, in order: all of them, or a subset)
         st.valid += res.n_added

@@ -16,9 +16,12 @@ Watermarks and lateness, per partition, event by event in arrival order:
       ``[start, end)`` closes when ``end <= min(watermark)`` over the *active* partitions of
       the topic: its own (live), and the others' (:attr:`WindowManager.foreign`, read from
       their owners' newest checkpoints). An own partition is idle (not active) when no
-      message arrived on it for ``idle_timeout`` (measured with the injectable ``clock``); a
-      foreign one when its owner's checkpoint says so; a partition without a watermark yet
-      (no event, or a foreign one never checkpointed) holds windows back. A foreign
+      *accepted* event arrived on it for ``idle_timeout`` (measured with the injectable
+      ``clock``), whatever else it carries: rejected messages (dead letters) and late
+      events do not keep it active, so a partition of garbage cannot stop windows from
+      closing; a foreign one is idle when its owner's checkpoint says so. A partition
+      without a watermark yet (no event, or a foreign one never checkpointed) holds
+      windows back until it is idle. A foreign
       partition's panes of a window are final once its checkpointed watermark has passed
       the window's end (later events for it are late on their own partition), so summing
       them from the file is exact. The close frontier never moves back;
@@ -178,7 +181,7 @@ class WindowManager:
         self.count_windows = {k: v for k, v in self.count_windows.items() if k[0] not in gone}
 
     def touch(self, partitions: Iterable[int]) -> None:
-        """Messages (valid or not) arrived on these partitions now."""
+        """Accepted events arrived on these partitions now (:meth:`add` calls it)."""
         now = self.clock()
         for p in partitions:
             self.last_seen[p] = now
@@ -244,6 +247,10 @@ class WindowManager:
         t = cols.time_ms
         late = np.zeros(n, dtype=bool) if self.spec.kind == "count" else self._late(t, partitions)
         rows = np.flatnonzero(~late).astype(np.int64)
+        if len(rows):  # the partitions with an accepted event are active (liveness: see the module doc)
+            live = partitions if len(rows) == n else partitions[rows]
+            p0 = int(live[0])
+            self.touch([p0] if (live == p0).all() else np.unique(live).tolist())
         idx = self.layout.flat_indices(cols.features, n).reshape(n, -1)
         if self.spec.kind == "count":
             closed = self._add_count(cols, idx, rows, partitions)

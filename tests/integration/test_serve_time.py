@@ -1,4 +1,5 @@
-"""Event times that cannot poison the watermark, through the real consumer on the real broker.
+"""Event times that cannot poison the watermark, and partitions of garbage that cannot stop windows
+from closing, through the real consumer (on the real broker, or fed messages in process).
 
 One event with a time in the wrong unit used to move its partition's watermark to the year
 55,840: every later event was late, no window closed again, and the checkpoint kept the
@@ -145,3 +146,60 @@ def _end_ms(record: dict[str, Any]) -> int:
     from detectors.evaluate import parse_iso_ms
 
     return parse_iso_ms(record["window_end"])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("garbage", ["not_json", "future_time"])
+def test_a_partition_of_garbage_goes_idle_and_windows_close(tmp_path: Path, garbage: str) -> None:
+    """Partition 1 carries only messages that are dead-lettered; partition 0 valid events. After
+    ``idle_timeout`` partition 1 is idle (it never had a watermark) and windows close on partition
+    0's watermark; they keep closing as partition 0's events go on."""
+    from confluent_kafka import Message
+
+    build_reference(tmp_path / "ref.json")
+    topics = topics_for("unused")
+    path, _data = write_config(
+        tmp_path, "127.0.0.1:1", topics, window={"idle_timeout": "5s"}, events={"time_unit": "ms"}
+    )
+    config = ServeConfig.from_mapping(yaml.safe_load(path.read_text()), base_dir=tmp_path, env={})
+    clock = FakeClock()
+    consumer = DriftConsumer(config, registry=CollectorRegistry(), clock=clock, serve_metrics=False)
+    consumer.windows.assign([0, 1])  # (what the rebalance callback does)
+    events = make_events(6000, drift_at=5000, seed=72)
+    bad = b"not json" if garbage == "not_json" else json.dumps({**events[0], "timestamp": T0 * 1000}).encode()
+    now_ms = int(time.time() * 1000)
+    closed_at: list[float] = []
+    offset = 0
+    for step in range(30):  # one batch a second: 200 valid events on partition 0, 50 bad ones on partition 1
+        msgs = [
+            Message(
+                topic=topics["events"],
+                partition=0,
+                offset=offset + i,
+                value=json.dumps(e).encode(),
+                timestamp=(1, now_ms),
+            )
+            for i, e in enumerate(events[step * 200 : (step + 1) * 200])
+        ]
+        msgs += [
+            Message(topic=topics["events"], partition=1, offset=step * 50 + i, value=bad, timestamp=(1, now_ms))
+            for i in range(50)
+        ]
+        offset += 200
+        out = consumer.process(msgs)
+        if out.records:
+            closed_at.append(clock.now)
+        clock.now += 1.0
+    assert consumer.stats.invalid == 30 * 50
+    assert consumer.windows.is_idle(1) and not consumer.windows.is_idle(0)
+    # windows close once partition 1 has been idle for 5 s, and then with every window of partition 0
+    assert closed_at and closed_at[0] <= 1000.0 + 6
+    last_ms = events[30 * 200 - 1]["timestamp"]
+    assert consumer.stats.windows_closed == 3 * ((last_ms - T0) // 10_000)  # every window, segments de, fr, all

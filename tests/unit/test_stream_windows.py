@@ -233,6 +233,45 @@ def test_idle_partition_stops_holding_windows_back() -> None:
     assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms.max())
 
 
+def test_only_accepted_events_keep_a_partition_active() -> None:
+    """Liveness: add() marks the partitions of accepted events; a partition that gets only late
+    events (or, in the consumer, only rejected messages) goes idle after idle_timeout."""
+    config = _config({"kind": "tumbling", "size": "1m", "idle_timeout": "10s"})
+    clock = FakeClock()
+    wm = WindowManager(config, Layout(REF), clock=clock)
+    wm.assign([0, 1])
+    cols = _events(600, seed=12)
+    half = len(cols) // 2
+    wm.add(_slice(cols, 0, half), np.zeros(half, dtype=np.int64))  # partition 0: the first half
+    wm.add(_slice(cols, half, len(cols)), np.ones(len(cols) - half, dtype=np.int64))  # partition 1: the second
+    for _ in range(3):  # partition 1 keeps delivering, but only events behind its own watermark (late)
+        clock.now += 4
+        res = wm.add(_slice(cols, 0, 50), np.ones(50, dtype=np.int64))
+        assert res.n_late == 50 and res.n_added == 0
+        # partition 0 keeps delivering accepted events (out of order, within its watermark: not late)
+        res = wm.add(_slice(cols, half - 1, half), np.zeros(1, dtype=np.int64))
+        assert res.n_added == 1
+    assert wm.is_idle(1) and not wm.is_idle(0)
+    closed = wm.advance()  # partition 1 no longer holds windows back: partition 0's watermark closes them
+    assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms[half - 1])
+
+
+def test_an_accepted_event_wakes_an_idle_partition() -> None:
+    config = _config({"kind": "tumbling", "size": "1m", "idle_timeout": "10s"})
+    clock = FakeClock()
+    wm = WindowManager(config, Layout(REF), clock=clock)
+    wm.assign([0, 1])
+    cols = _events(200, seed=13)
+    clock.now += 11
+    assert wm.is_idle(0) and wm.is_idle(1)
+    wm.add(_slice(cols, 0, 10), np.ones(10, dtype=np.int64))
+    assert not wm.is_idle(1) and wm.is_idle(0)
+    clock.now += 9.9
+    assert not wm.is_idle(1)
+    clock.now += 0.1
+    assert wm.is_idle(1)
+
+
 # -- state per partition: two processes vs one ---------------------------------------------------
 
 
