@@ -51,10 +51,10 @@ def parse_duration_ms(value: Any, name: str = "duration") -> int:
     return int(ms)
 
 
-def parse_iso_ms(value: Any, name: str) -> int:
+def parse_instant_ms(value: Any, name: str) -> int:
     """An ISO-8601 instant (UTC unless it says otherwise) as epoch milliseconds.
 
-    >>> parse_iso_ms("1980-01-01T00:00:00Z", "events.min_time"), parse_iso_ms("1970-01-01", "x")
+    >>> parse_instant_ms("1980-01-01T00:00:00Z", "events.min_time"), parse_instant_ms("1970-01-01", "x")
     (315532800000, 0)
     """
     if not isinstance(value, str):
@@ -107,7 +107,7 @@ class EventsConfig(_Model):
     @field_validator("min_time")
     @classmethod
     def _min_time(cls, v: str) -> str:
-        parse_iso_ms(v, "")  # (the error's location names the setting)
+        parse_instant_ms(v, "")  # (the error's location names the setting)
         return v
 
     @field_validator("max_future_skew")
@@ -119,7 +119,7 @@ class EventsConfig(_Model):
 
     @property
     def min_time_ms(self) -> int:
-        return parse_iso_ms(self.min_time, "events.min_time")
+        return parse_instant_ms(self.min_time, "events.min_time")
 
     @property
     def max_future_skew_ms(self) -> int:
