@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry
 
 from detectors.config import MonitorConfig
 from detectors.engine import ConceptTracker
-from detectors.evaluate import evaluate_counts, make_alert, window_records
+from detectors.evaluate import evaluate_counts, make_alert, segment_label, window_records
 from detectors.events import EventColumns, concept_values
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -390,6 +390,10 @@ class DriftConsumer:
         if CLOSER in gone and CLOSER in self.assigned:
             self.windows.closer = False
             self._fresh_concept()  # partition 0's checkpoint has the detector for its next owner
+            # the new closer exports the verdicts from now on: an alert must not keep firing on ours
+            self.metrics.clear_verdicts()
+            self.windows.forget_segment_windows()
+        self.metrics.remove_lag(self.topic, gone)
         self.assigned -= gone
         self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
 
@@ -566,6 +570,14 @@ class DriftConsumer:
         self.metrics.last_window_end.labels(mon).set(max(w.end_ms for w in closed) / 1000.0)
         self.metrics.last_window_closed.labels(mon).set(self.wall_clock())
         self.metrics.window_records(records)
+        silent = self.windows.silent_segments(self.config.metrics.segment_ttl_windows)
+        if silent:  # no events for segment_ttl_windows windows: their last verdicts would go on firing
+            self.metrics.remove_segments(segment_label(s) for s in silent)
+            log.info(
+                "segments without events for %d windows, verdicts removed: %s",
+                self.config.metrics.segment_ttl_windows,
+                [segment_label(s) for s in silent],
+            )
         self.stats.windows_closed += len(closed)
         return records
 
@@ -595,7 +607,7 @@ class DriftConsumer:
                 continue
             if hi is None or hi < 0:
                 continue
-            self.metrics.lag.labels(self.monitor.monitor, self.topic, str(p)).set(max(0, hi - self.next_offset[p]))
+            self.metrics.set_lag(self.topic, p, max(0, hi - self.next_offset[p]))
 
 
 def run_consumer(

@@ -37,6 +37,12 @@ every valid event counts), closed by the partition's owner as they fill;
 as in :func:`detectors.engine.run_local` (equal to it on a one-partition topic).
 
 Updates are vectorised: one ``flat_indices`` and one ``bincount`` per batch.
+
+Silent segments (for metric ownership, :meth:`WindowManager.silent_segments`): windows are
+numbered (time windows: ``end // slide``; the newest is the last one the close frontier
+passed, so windows without any event count too; count windows: this process's valid events
+// ``N``); a segment is silent when ``ttl`` windows have passed since its newest window with
+events.
 """
 
 from __future__ import annotations
@@ -164,6 +170,10 @@ class WindowManager:
         self.closer = True
         #: the topic's other partitions; None = not known yet (nothing closes)
         self.foreign: dict[int, ForeignPartition] | None = {}
+        # silence of segments: the number of the newest window, and each segment's newest window with events
+        self.window_clock: int | None = None
+        self.segment_window: dict[int, int] = {}
+        self._count_events = 0  # count windows: valid events added (the windows' clock)
 
     # -- partitions ---------------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
@@ -354,6 +364,10 @@ class WindowManager:
         seg, r = self._segment_rows(cols, rows)
         key, pu, n_p = _partition_key(seg, partitions[r])
         size_n = self.spec.count
+        self._count_events += len(rows)
+        self.window_clock = self._count_events // size_n
+        for s in np.unique(seg).tolist():
+            self.segment_window[int(s)] = self.window_clock
         # ordinal of each event within its (partition, segment) stream, from the current window's fill
         ordinal = np.empty(len(r), dtype=np.int64)
         for a in np.unique(key).tolist():
@@ -437,7 +451,29 @@ class WindowManager:
                 closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
         self._prune()
         closed.sort(key=lambda c: (c.end_ms, c.segment_id))
+        # silence: every window that ends by the frontier has closed, with or without events; a segment
+        # is reported for a window iff it has events in it
+        self.window_clock = wm // spec.slide_ms
+        for cw in closed:
+            w = cw.end_ms // spec.slide_ms
+            if w > self.segment_window.get(cw.segment_id, w - 1):
+                self.segment_window[cw.segment_id] = w
         return closed
+
+    def silent_segments(self, ttl: int) -> list[dict[str, str]]:
+        """Segments without an event in the newest ``ttl`` windows (then forgotten until they have one again)."""
+        clock = self.window_clock
+        if clock is None:
+            return []
+        gone = [s for s, w in self.segment_window.items() if clock - w >= ttl]
+        for s in gone:
+            del self.segment_window[s]
+        return [self.router.segment(s) for s in gone]
+
+    def forget_segment_windows(self) -> None:
+        """Start the silence of segments afresh (this process stopped closing windows)."""
+        self.window_clock = None
+        self.segment_window.clear()
 
     def learn_frontier(self, frontier: int | None) -> None:
         """Every window with end <= ``frontier`` has closed (elsewhere, or before a restart): never
