@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
+def _named(name: str, msg: str) -> str:
+    return f"{name}: {msg}" if name else msg
+
+
 def parse_duration_ms(value: Any, name: str = "duration") -> int:
     """``"5m"`` -> 300000; a bare number means seconds.
 
@@ -31,19 +36,37 @@ def parse_duration_ms(value: Any, name: str = "duration") -> int:
     (90000, 2000, 250)
     """
     if isinstance(value, bool):
-        raise ValueError(f"{name}: {value!r} is not a duration")
+        raise ValueError(_named(name, f"{value!r} is not a duration"))
     if isinstance(value, (int, float)):
         ms = float(value) * 1000
     elif isinstance(value, str):
         m = _DURATION.match(value)
         if not m:
-            raise ValueError(f"{name}: {value!r} is not a duration like '30s', '5m', '1h' or '250ms'")
+            raise ValueError(_named(name, f"{value!r} is not a duration like '30s', '5m', '1h' or '250ms'"))
         ms = float(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
     else:
-        raise ValueError(f"{name}: {value!r} is not a duration")
+        raise ValueError(_named(name, f"{value!r} is not a duration"))
     if ms != int(ms):
-        raise ValueError(f"{name}: {value!r} is not a whole number of milliseconds")
+        raise ValueError(_named(name, f"{value!r} is not a whole number of milliseconds"))
     return int(ms)
+
+
+def parse_instant_ms(value: Any, name: str) -> int:
+    """An ISO-8601 instant (UTC unless it says otherwise) as epoch milliseconds.
+
+    >>> parse_instant_ms("1980-01-01T00:00:00Z", "events.min_time"), parse_instant_ms("1970-01-01", "x")
+    (315532800000, 0)
+    """
+    if not isinstance(value, str):
+        raise ValueError(_named(name, f"{value!r} is not an ISO-8601 time like '1980-01-01T00:00:00Z'"))
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(_named(name, f"{value!r} is not an ISO-8601 time like '1980-01-01T00:00:00Z'")) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    d = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
 
 class _Model(BaseModel):
@@ -54,11 +77,19 @@ class EventsConfig(_Model):
     """Where things are in an event."""
 
     time_field: str | None = Field(
-        "timestamp", description="event time: epoch ms or s, or ISO-8601 (UTC); None = Kafka timestamp"
+        "timestamp", description="event time: epoch s/ms/us/ns, or ISO-8601 (UTC); None = Kafka timestamp"
     )
-    time_unit: Literal["auto", "ms", "s", "iso"] = "auto"
+    time_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = Field(
+        "auto", description="unit of numeric event times; auto: inferred per value from its magnitude"
+    )
     time_missing: Literal["reject", "kafka_timestamp"] = Field(
         "reject", description="an event without its time field: dead-letter it, or use the Kafka timestamp"
+    )
+    min_time: str = Field(
+        "1980-01-01T00:00:00Z", description="event times before this instant (ISO-8601) are rejected as implausible"
+    )
+    max_future_skew: int | str = Field(
+        "1h", description="event times further ahead of their Kafka timestamp (files: the run's start) are rejected"
     )
     features_field: str | None = Field(
         "features", description="object holding the features; None = features at the top level"
@@ -66,6 +97,33 @@ class EventsConfig(_Model):
     segment_fields: tuple[str, ...] = ()
     prediction_field: str | None = None
     label_field: str | None = None
+
+    @field_validator("min_time", mode="before")
+    @classmethod
+    def _min_time_from_yaml(cls, v: Any) -> Any:
+        """YAML reads an unquoted ``1980-01-01`` (or a full timestamp) as a date: take it as ISO text."""
+        return v.isoformat() if isinstance(v, (date, datetime)) else v
+
+    @field_validator("min_time")
+    @classmethod
+    def _min_time(cls, v: str) -> str:
+        parse_instant_ms(v, "")  # (the error's location names the setting)
+        return v
+
+    @field_validator("max_future_skew")
+    @classmethod
+    def _skew(cls, v: int | str) -> int | str:
+        if parse_duration_ms(v, "") <= 0:
+            raise ValueError(f"{v!r} is not positive: every event would be in the future")
+        return v
+
+    @property
+    def min_time_ms(self) -> int:
+        return parse_instant_ms(self.min_time, "events.min_time")
+
+    @property
+    def max_future_skew_ms(self) -> int:
+        return parse_duration_ms(self.max_future_skew, "events.max_future_skew")
 
 
 class FeaturesConfig(_Model):

@@ -6,11 +6,17 @@ consumer's fast decoder must give the same columns and the same rejections (a te
 compares them).
 
 Rules
-    * event time from ``events.time_field``: epoch milliseconds or seconds (``auto`` takes
-      numbers of magnitude >= 1e11 as milliseconds), or an ISO-8601 string (UTC unless it
-      says otherwise), or a ``datetime`` (Parquet/CSV timestamp columns; naive means UTC).
-      Absent -> the Kafka timestamp if ``time_missing: kafka_timestamp``, else the event
-      is rejected. ``time_field: null`` always uses the Kafka timestamp.
+    * event time from ``events.time_field``: an epoch number in ``events.time_unit`` (``s``,
+      ``ms``, ``us``, ``ns``; ``auto`` infers the unit of each value from its magnitude and
+      rejects numbers below 1e8), or an ISO-8601 string (UTC unless it says otherwise), or a
+      typed timestamp (Parquet/CSV timestamp columns; naive means UTC). Absent -> the Kafka
+      timestamp if ``time_missing: kafka_timestamp``, else the event is rejected.
+      ``time_field: null`` always uses the Kafka timestamp.
+    * a time must be plausible, so that no single event can move a watermark where no real
+      clock is: not before ``events.min_time`` (implausible: a year, a counter, 1970 by
+      accident), and not more than ``events.max_future_skew`` ahead of the message's Kafka
+      timestamp, or, without one, of ``now_ms`` (the wall clock; files: the run's start).
+      A time taken from the Kafka timestamp itself is only checked against ``min_time``.
     * numeric features: a number; ``null``/absent/NaN is *missing* (never 0); +-inf is
       counted as invalid in the histogram; any other type rejects the event.
     * categorical features: a string, integer or boolean (as ``"true"``/``"false"``);
@@ -23,9 +29,10 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -35,52 +42,147 @@ from detectors.config import MonitorConfig
 from detectors.exceptions import InputError
 from detectors.reference import MISSING, NumericProfile, ReferenceProfile, int_label
 
-MS_THRESHOLD = 1e11  # |t| at or above this is epoch milliseconds in `auto` mode (1973 in ms)
+#: ``time_unit: auto`` reads a number by its magnitude ``|v|``: below AUTO_MIN it is rejected (a
+#: year, a counter: no epoch time), then seconds, milliseconds, microseconds, nanoseconds up from
+#: each bound (1e8 s is 1973; 1e11 ms is 1973; 1e14 us and 1e17 ns are 1973 too)
+AUTO_MIN = 10**8
+AUTO_BOUNDS = ((10**11, "s"), (10**14, "ms"), (10**17, "us"))
+#: milliseconds per unit of a numeric event time, as (multiplier, divisor)
+_UNIT_SCALE = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
 _NUMERIC = re.compile(r"^[+-]?\d+(\.\d*)?([eE][+-]?\d+)?$")
+_INTEGER = re.compile(r"^[+-]?\d{1,19}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: how a rejected time's reason begins: the code follows from it (user text comes only after it)
+IMPLAUSIBLE_PREFIX = "implausible event time"
+FUTURE_PREFIX = "future event time"
+_HINT = "send epoch s/ms/us/ns or ISO-8601, or set events.time_unit"
+
+
+class ImplausibleTime(InputError):
+    """A time no epoch clock gives here: a year or a counter as time, or before ``events.min_time``."""
+
+
+class FutureTime(InputError):
+    """A time further ahead of its Kafka timestamp (or of the run's clock) than ``events.max_future_skew``."""
+
+
+def auto_unit(magnitude: float) -> str:
+    """The unit ``time_unit: auto`` reads a number of this magnitude in (``|v| >= AUTO_MIN``).
+
+    >>> [auto_unit(v) for v in (1.7e9, 1.7e12, 1.7e15, 1.7e18)]
+    ['s', 'ms', 'us', 'ns']
+    """
+    for bound, unit in AUTO_BOUNDS:
+        if magnitude < bound:
+            return unit
+    return "ns"
+
+
+def _datetime_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:  # naive: UTC
+        dt = dt.replace(tzinfo=UTC)
+    d = dt - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
 
 def parse_time_ms(value: Any, unit: str = "auto") -> int:
     """Event time as integer epoch milliseconds (UTC).
 
-    >>> parse_time_ms(1700000000), parse_time_ms(1700000000123), parse_time_ms("2023-11-14T22:13:20Z")
-    (1700000000000, 1700000000123, 1700000000000)
+    Numbers (and numeric strings) are epoch times in ``unit``; ``auto`` infers the unit of each
+    value from its magnitude (:func:`auto_unit`) and rejects magnitudes below 1e8
+    (:class:`ImplausibleTime`). Strings are ISO-8601 (UTC unless they say otherwise); typed
+    timestamps (``datetime``, ``numpy.datetime64`` from Parquet/CSV columns) carry their own unit,
+    whatever ``unit`` says. Numbers round to the nearest millisecond (half up); ISO strings and typed
+    timestamps drop their sub-millisecond digits.
+
+    >>> parse_time_ms(1700000000), parse_time_ms(1700000000123), parse_time_ms(1700000000123456)
+    (1700000000000, 1700000000123, 1700000000123)
+    >>> parse_time_ms(1700000000123456789), parse_time_ms("2023-11-14T22:13:20Z"), parse_time_ms(2024, "s")
+    (1700000000123, 1700000000000, 2024000)
     """
     if isinstance(value, bool) or value is None:
         raise InputError(f"event time {value!r} is not a time")
-    if isinstance(value, datetime):
-        # Parquet/CSV timestamp columns arrive as datetime objects; naive ones are UTC
-        if unit in ("ms", "s"):
-            raise InputError(f"event time {value!r} is not a number of {unit}")
-        dt_value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        d = dt_value - datetime(1970, 1, 1, tzinfo=UTC)
-        return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
+    if isinstance(value, datetime):  # Parquet/CSV timestamp columns (pandas' Timestamp too); naive is UTC
+        return _datetime_ms(value)
+    if isinstance(value, np.datetime64):  # (read_rows gives timestamp columns as these: any unit, any year)
+        if np.isnat(value):
+            raise InputError("event time NaT is not a time")
+        return int(value.astype("datetime64[ms]").astype(np.int64))  # (floors, as a datetime's microseconds do)
     if isinstance(value, str):
         s = value.strip()
         if unit != "iso" and _NUMERIC.match(s):
-            return parse_time_ms(float(s), unit)
-        if unit in ("ms", "s"):
+            return parse_time_ms(int(s) if _INTEGER.match(s) else float(s), unit)
+        if unit != "auto" and unit != "iso":
             raise InputError(f"event time {value!r} is not a number of {unit}")
         try:
             dt = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise InputError(f"event time {value!r} is not ISO-8601 or epoch") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        if isinstance(value, (int, np.integer)) and abs(int(value)) > 2**62:
-            raise InputError("event time is an integer out of range (beyond +-2**62 ms)")
-        v = float(value)
-        if not math.isfinite(v):
+        return _datetime_ms(dt)
+    if isinstance(value, (int, np.integer)):
+        v = int(value)
+        if abs(v) > 2**62:
+            raise InputError("event time is an integer out of range (beyond +-2**62)")
+        if unit == "iso":
+            raise InputError(f"event time {value!r} is not an ISO-8601 string")
+        if unit == "auto":
+            if abs(v) < AUTO_MIN:
+                raise ImplausibleTime(_implausible_small(v))
+            unit = auto_unit(abs(v))
+        mul, div = _UNIT_SCALE[unit]
+        return (v * mul + div // 2) // div  # exact: round half up, as floor(x + 0.5) below
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if not math.isfinite(f):
             raise InputError(f"event time {value!r} is not finite")
         if unit == "iso":
             raise InputError(f"event time {value!r} is not an ISO-8601 string")
-        ms = v if unit == "ms" or (unit == "auto" and abs(v) >= MS_THRESHOLD) else v * 1000.0
+        if unit == "auto":
+            if abs(f) < AUTO_MIN:
+                raise ImplausibleTime(_implausible_small(f))
+            unit = auto_unit(abs(f))
+        mul, div = _UNIT_SCALE[unit]
+        ms = f * mul / div
         if abs(ms) > 2**62:
             raise InputError(f"event time {value!r} is out of range")
         return math.floor(ms + 0.5)
     raise InputError(f"event time {value!r} is not a time")
+
+
+def _implausible_small(v: float) -> str:
+    return f"{IMPLAUSIBLE_PREFIX} {v!r}: below 1e8, so no epoch time in time_unit auto — a year or a counter? {_HINT}"
+
+
+def format_ms(ms: int) -> str:
+    """An epoch-ms instant for a reason text (ISO-8601 where a datetime can hold it).
+
+    >>> format_ms(0), format_ms(1_700_000_000_000_000)
+    ('1970-01-01T00:00:00Z', 'year 55840')
+    """
+    try:
+        dt = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        return f"year {1970 + ms // 31_556_952_000}"  # (the mean Gregorian year in ms)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return text + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
+
+
+def check_time(t_ms: int, raw: Any, min_ms: int, limit_ms: int | None, against: str) -> None:
+    """Reject a parsed time before ``events.min_time`` (``min_ms``) or after ``limit_ms``
+    (its Kafka timestamp or the run's clock, named by ``against``, plus ``events.max_future_skew``).
+
+    ``raw`` is the value as sent (for the reason text).
+    """
+    if t_ms < min_ms:
+        raise ImplausibleTime(
+            f"{IMPLAUSIBLE_PREFIX} {raw!r} ({format_ms(t_ms)}): before events.min_time {format_ms(min_ms)}"
+            f" — a year or a counter? {_HINT}"
+        )
+    if limit_ms is not None and t_ms > limit_ms:
+        raise FutureTime(
+            f"{FUTURE_PREFIX} {raw!r} ({format_ms(t_ms)}): more than events.max_future_skew ahead of {against}"
+            f" — microseconds or nanoseconds read as a coarser unit? {_HINT}"
+        )
 
 
 @dataclass
@@ -138,9 +240,17 @@ def decode_events(
     reference: ReferenceProfile,
     features: Sequence[str],
     kafka_timestamps_ms: Sequence[int | None] | None = None,
+    now_ms: int | None = None,
 ) -> tuple[EventColumns, list[tuple[int, str]]]:
-    """Validate and columnise ``rows``; return the columns and ``(row, reason)`` rejections."""
+    """Validate and columnise ``rows``; return the columns and ``(row, reason)`` rejections.
+
+    ``now_ms``: the clock future times are checked against where a row has no Kafka timestamp
+    (default: the wall clock when called).
+    """
     ev = config.events
+    min_ms, skew_ms = ev.min_time_ms, ev.max_future_skew_ms
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
     numeric = [f for f in features if isinstance(reference.features[f], NumericProfile)]
     categorical = [f for f in features if f not in numeric]
     times: list[int] = []
@@ -159,19 +269,24 @@ def decode_events(
         # time
         kts = kafka_timestamps_ms[i] if kafka_timestamps_ms is not None else None
         try:
-            if ev.time_field is None:
+            raw_t = None if ev.time_field is None else row.get(ev.time_field)
+            if raw_t is not None:
+                t = parse_time_ms(raw_t, ev.time_unit)
                 if kts is None:
-                    raise InputError("no Kafka timestamp and no events.time_field")
-                t = int(kts)
-            else:
-                raw_t = row.get(ev.time_field)
-                if raw_t is None:
-                    if ev.time_missing == "kafka_timestamp" and kts is not None:
-                        t = int(kts)
-                    else:
-                        raise InputError(f"missing event time field {ev.time_field!r}")
+                    check_time(t, raw_t, min_ms, now_ms + skew_ms, "the clock")
                 else:
-                    t = parse_time_ms(raw_t, ev.time_unit)
+                    check_time(t, raw_t, min_ms, int(kts) + skew_ms, "its Kafka timestamp")
+            elif ev.time_field is None or ev.time_missing == "kafka_timestamp":
+                if kts is None:
+                    raise InputError(
+                        "no Kafka timestamp and no events.time_field"
+                        if ev.time_field is None
+                        else f"missing event time field {ev.time_field!r} and no Kafka timestamp"
+                    )
+                t = int(kts)
+                check_time(t, t, min_ms, None, "")  # (the Kafka timestamp: only min_time applies)
+            else:
+                raise InputError(f"missing event time field {ev.time_field!r}")
         except InputError as exc:
             errors.append((i, str(exc)))
             continue

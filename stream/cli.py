@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -209,17 +210,24 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     config = load_monitor(args.config)
     reference = ReferenceProfile.load(config.reference)
     layout = Layout(reference, config.features.include)
+    started_ms = int(time.time() * 1000)  # event times beyond it + events.max_future_skew are rejected
     rows = read_rows(args.input)
     row_times = None
     if args.reference_check:
         config = reference_check_config(config, rows, args.window_events)
         if config.events.time_field is None:  # a baseline without event times: its rows 1 ms apart
             row_times = [ROW_TIME_BASE_MS + i for i in range(len(rows))]
-    cols, errors = decode_events(rows, config, reference, layout.features, row_times)
+    cols, errors = decode_events(rows, config, reference, layout.features, row_times, now_ms=started_ms)
     records = run_local(cols, config, reference, layout)
     write_records(args.output, records)
     if errors:
-        print(f"{len(errors)} of {len(rows)} events rejected; first: row {errors[0][0] + 1}: {errors[0][1]}")
+        from stream.decode import reason_code
+
+        codes = Counter(reason_code(reason) for _i, reason in errors)
+        by_code = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
+        print(
+            f"{len(errors)} of {len(rows)} events rejected ({by_code}); first: row {errors[0][0] + 1}: {errors[0][1]}"
+        )
     if args.reference_check:
         print_reference_check(records, config, sys.stdout)
     elif not args.quiet:

@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry
 
 from detectors.config import MonitorConfig
 from detectors.engine import ConceptTracker
-from detectors.evaluate import evaluate_window, make_alert, require_calibration, window_records
+from detectors.evaluate import evaluate_window, make_alert, require_calibration, segment_label, window_records
 from detectors.events import EventColumns, concept_values
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -151,7 +151,9 @@ class DriftConsumer:
         self.reference = ReferenceProfile.load(self.monitor.reference)
         self.layout = Layout(self.reference, self.monitor.features.include)
         require_calibration(self.layout)
-        self.decoder = EventDecoder(self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes)
+        self.decoder = EventDecoder(
+            self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes, wall_clock=wall_clock
+        )
         self.windows = WindowManager(self.monitor, self.layout, clock=clock)
         self.detector: ConceptDetector | None = None
         self.tracker: ConceptTracker | None = None
@@ -394,6 +396,10 @@ class DriftConsumer:
         if CLOSER in gone and CLOSER in self.assigned:
             self.windows.closer = False
             self._fresh_concept()  # partition 0's checkpoint has the detector for its next owner
+            # the new closer exports the verdicts from now on: an alert must not keep firing on ours
+            self.metrics.clear_verdicts()
+            self.windows.forget_segment_windows()
+        self.metrics.remove_lag(self.topic, gone)
         self.assigned -= gone
         self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
 
@@ -454,9 +460,9 @@ class DriftConsumer:
     def process(self, msgs: Sequence[Message]) -> WindowOutput:
         """One step: a batch of messages (possibly empty) in, closed windows out.
 
-        Per message only what every message needs is read (value, partition: one ``map``
-        each); offsets are read for the last message of each partition and for dead letters,
-        Kafka timestamps only when the decoder uses them.
+        Per message only what every message needs is read (value, partition, Kafka timestamp:
+        one ``map`` each); offsets are read for the last message of each partition and for
+        dead letters.
         """
         t0 = time.perf_counter()
         mon = self.monitor.monitor
@@ -501,9 +507,9 @@ class DriftConsumer:
         st.messages += len(data)
         values: list[bytes | None] = list(map(Message.value, data))
         part_arr = np.fromiter(map(Message.partition, data), dtype=np.int64, count=len(data))  # always set on a message
-        kts: list[int | None] | None = None
-        if self.decoder.needs_kafka_timestamps:
-            kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, data)]
+        # Kafka timestamps: event times too far ahead of theirs are rejected (and, if configured, they stand
+        # in for missing event times)
+        kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, data)]
         cols, rejected = self.decoder.decode(values, kts)
         pub = self._publisher
         for r in rejected:
@@ -523,7 +529,6 @@ class DriftConsumer:
         else:
             present, last_rev = np.unique(part_arr[::-1], return_index=True)
         partitions = set(present.tolist())
-        self.windows.touch(partitions)
         valid_parts = part_arr if len(cols.rows) == len(data) else part_arr[np.asarray(cols.rows, dtype=np.int64)]
         res = self.windows.add(cols, valid_parts)  # (rows are positions in data, in order: all of them, or a subset)
         st.valid += res.n_added
@@ -571,6 +576,14 @@ class DriftConsumer:
         self.metrics.last_window_end.labels(mon).set(max(w.end_ms for w in closed) / 1000.0)
         self.metrics.last_window_closed.labels(mon).set(self.wall_clock())
         self.metrics.window_records(records)
+        silent = self.windows.silent_segments(self.config.metrics.segment_ttl_windows)
+        if silent:  # no events for segment_ttl_windows windows: their last verdicts would go on firing
+            self.metrics.remove_segments(segment_label(s) for s in silent)
+            log.info(
+                "segments without events for %d windows, verdicts removed: %s",
+                self.config.metrics.segment_ttl_windows,
+                [segment_label(s) for s in silent],
+            )
         self.stats.windows_closed += len(closed)
         return records
 
@@ -600,7 +613,7 @@ class DriftConsumer:
                 continue
             if hi is None or hi < 0:
                 continue
-            self.metrics.lag.labels(self.monitor.monitor, self.topic, str(p)).set(max(0, hi - self.next_offset[p]))
+            self.metrics.set_lag(self.topic, p, max(0, hi - self.next_offset[p]))
 
 
 def run_consumer(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -27,12 +28,30 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.config import MonitorConfig
-from detectors.events import MS_THRESHOLD, EventColumns, decode_events, parse_time_ms
+from detectors.events import (
+    AUTO_BOUNDS,
+    AUTO_MIN,
+    FUTURE_PREFIX,
+    IMPLAUSIBLE_PREFIX,
+    EventColumns,
+    check_time,
+    decode_events,
+    parse_time_ms,
+)
 from detectors.exceptions import InputError
 from detectors.histogram import FeatureColumns
 from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
 
-REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+REASON_CODES = (
+    "not_json",
+    "not_object",
+    "bad_time",
+    "future_time",
+    "implausible_time",
+    "bad_type",
+    "missing_field",
+    "too_large",
+)
 
 _INT_ONLY = {int}
 
@@ -76,11 +95,55 @@ def reason_code(reason: str) -> str:
     """Map a reason of :func:`decode_events` to its code."""
     if reason.startswith("event is not a JSON object"):
         return "not_object"
+    if reason.startswith(IMPLAUSIBLE_PREFIX):
+        return "implausible_time"
+    if reason.startswith(FUTURE_PREFIX):
+        return "future_time"
     if reason.startswith(("missing event time field", "missing or non-object features field")):
         return "missing_field"
     if reason.startswith(("event time", "no Kafka timestamp")):
         return "bad_time"
     return "bad_type"
+
+
+def epoch_ms(t: npt.NDArray[np.int64], unit: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """:func:`detectors.events.parse_time_ms` on integers (``|t| <= 2**62``), vectorised: the times
+    in ms, and which ones it accepts (``auto``: not below 1e8; ``s``: no int64 overflow).
+
+    >>> ms, ok = epoch_ms(np.array([1_700_000_000, 1_700_000_000_123_456, 2024]), "auto")
+    >>> ms.tolist(), ok.tolist()
+    ([1700000000000, 1700000000123, 2024], [True, True, False])
+    """
+    if unit == "auto":
+        a = np.abs(t)
+        lo, hi = int(a.min()), int(a.max())
+        unit = _auto_band(lo)
+        if lo < AUTO_MIN or _auto_band(hi) != unit:  # values of several units (or too small): per value
+            ms = t.copy()
+            ok = a >= AUTO_MIN
+            for band in ("s", "us", "ns"):  # ("ms" is t itself)
+                m = ok & (np.searchsorted(_AUTO_EDGES, a, side="right") == _AUTO_UNITS.index(band))
+                if m.any():
+                    ms[m] = epoch_ms(t[m], band)[0]
+            return ms, ok
+    if unit == "s":
+        ok = np.abs(t) <= _S_MAX
+        return (t if ok.all() else np.where(ok, t, 0)) * 1000, ok
+    ok = np.ones(len(t), dtype=bool)
+    if unit == "ms":
+        return t, ok
+    half, div = (500, 1000) if unit == "us" else (500_000, 1_000_000)
+    return (t + half) // div, ok
+
+
+#: |t| in seconds whose milliseconds fit in int64 with room to compare (far beyond any plausible time)
+_S_MAX = 2**62 // 1000
+_AUTO_EDGES = np.array([AUTO_MIN, *(b for b, _u in AUTO_BOUNDS)], dtype=np.int64)
+_AUTO_UNITS = ("", "s", "ms", "us", "ns")  # the unit of each interval of _AUTO_EDGES (below the first: none)
+
+
+def _auto_band(magnitude: int) -> str:
+    return _AUTO_UNITS[int(np.searchsorted(_AUTO_EDGES, magnitude, side="right"))]
 
 
 class _Reject(Exception):
@@ -99,8 +162,10 @@ class EventDecoder:
         reference: ReferenceProfile,
         features: Sequence[str],
         max_event_bytes: int = 1 << 20,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.wall_clock = wall_clock
         self.reference = reference
         self.features = tuple(features)
         self.max_event_bytes = max_event_bytes
@@ -112,6 +177,8 @@ class EventDecoder:
         self._decoder = self._build()
         self._unit = ev.time_unit
         self._kafka_ok = ev.time_missing == "kafka_timestamp"
+        self._min_ms = ev.min_time_ms
+        self._skew_ms = ev.max_future_skew_ms
 
     # -- building the typed struct ------------------------------------------------------
     def _build(self) -> msgspec.json.Decoder[Any] | None:
@@ -204,15 +271,14 @@ class EventDecoder:
         return msgspec.json.Decoder(classes[False])
 
     # -- decoding -----------------------------------------------------------------------
-    @property
-    def needs_kafka_timestamps(self) -> bool:
-        """Whether :meth:`decode` reads Kafka timestamps (if not, the caller need not collect them)."""
-        return self.config.events.time_field is None or self._kafka_ok
-
     def decode(
         self, values: Sequence[bytes | None], kafka_timestamps_ms: Sequence[int | None] | None = None
     ) -> tuple[EventColumns, list[Rejection]]:
         """Columns of the valid messages (``rows`` = their positions) and the rejections.
+
+        ``kafka_timestamps_ms``: each message's Kafka timestamp (None: it has none); an event
+        time more than ``events.max_future_skew`` ahead of it (without one: of ``wall_clock``,
+        read once per batch) is rejected, as :func:`decode_events` does.
 
         The batch path: one typed ``msgspec`` decode per message (``map``: per-message calls
         beat one call on the batch joined into an array, and keep message boundaries), one
@@ -222,6 +288,7 @@ class EventDecoder:
         """
         n = len(values)
         kts = kafka_timestamps_ms
+        now_ms = int(self.wall_clock() * 1000)
         good: list[Any] = []
         good_idx: list[int] = []
         strict = False
@@ -229,12 +296,12 @@ class EventDecoder:
             good, good_idx, strict = self._typed(values)
             if not strict:
                 good, good_idx = self._shallow(values, good, good_idx)
-        times, keep = self._times(good, good_idx, kts, strict)
+        times, keep = self._times(good, good_idx, kts, now_ms, strict)
         if keep is not None:
             good = [o for o, k in zip(good, keep, strict=True) if k]
             good_idx = [i for i, k in zip(good_idx, keep, strict=True) if k]
         slow_idx = sorted(set(range(n)).difference(good_idx)) if len(good_idx) != n else []
-        slow, rejected = self._slow_rows(values, kts, slow_idx)
+        slow, rejected = self._slow_rows(values, kts, slow_idx, now_ms)
         return self._columns(good, good_idx, times, slow, strict), rejected
 
     def _typed(self, values: Sequence[bytes | None]) -> tuple[list[Any], list[int], bool]:
@@ -294,9 +361,15 @@ class EventDecoder:
         return [good[j] for j in kept], [idx[j] for j in kept]
 
     def _times(
-        self, good: list[Any], idx: list[int], kts: Sequence[int | None] | None, strict: bool = False
+        self,
+        good: list[Any],
+        idx: list[int],
+        kts: Sequence[int | None] | None,
+        now_ms: int,
+        strict: bool = False,
     ) -> tuple[npt.NDArray[np.int64], list[bool] | None]:
-        """Event times (ms) of the typed rows, and which rows have one (None: all of them).
+        """Event times (ms) of the typed rows, and which rows have an accepted one (None: all of them);
+        rows without one go to the reference path, which gives the reason.
 
         ``strict``: the rows come from the strict decoder, whose time is an int or None."""
         ev = self.config.events
@@ -317,35 +390,51 @@ class EventDecoder:
                         arr = np.array(raw)
                 else:
                     arr = np.array(raw)
-            if arr.dtype.kind == "i" and self._unit != "iso" and arr.min() >= -(2**53) and arr.max() <= 2**53:
-                # integers exactly representable as floats: the scalar rule, vectorised
-                t = arr.astype(np.int64)
-                if self._unit == "s":
-                    if np.abs(t).max() <= 2**53 // 1000:
-                        return t * 1000, None
-                elif self._unit == "ms":
+            if arr.dtype.kind == "i" and self._unit != "iso" and arr.min() >= -(2**62) and arr.max() <= 2**62:
+                # integers: the scalar rule (exact integer arithmetic), vectorised
+                t, ok = epoch_ms(arr.astype(np.int64), self._unit)
+                ok &= t >= self._min_ms
+                ok &= t <= self._limits(kts, idx, now_ms)
+                if ok.all():
                     return t, None
-                else:  # auto: |t| >= MS_THRESHOLD is milliseconds, else seconds
-                    return np.where(np.abs(t) >= MS_THRESHOLD, t, t * 1000), None
+                return t[ok], ok.tolist()
             if raw is None:
                 raw = list(map(self._time_get, good))
-            scalar = [self._scalar_time(r, kts[i] if kts is not None else None) for r, i in zip(raw, idx, strict=True)]
+            scalar = [
+                self._scalar_time(r, kts[i] if kts is not None else None, now_ms) for r, i in zip(raw, idx, strict=True)
+            ]
         else:
-            scalar = [(int(k) if (k := kts[i]) is not None else None) if kts is not None else None for i in idx]
+            scalar = [k if kts is not None and (k := kts[i]) is not None and k >= self._min_ms else None for i in idx]
         keep = [t is not None for t in scalar]
         return np.array([t for t in scalar if t is not None], dtype=np.int64), (None if all(keep) else keep)
 
-    def _scalar_time(self, raw: Any, kts: int | None) -> int | None:
-        """The time of one typed row (None: let the reference path decide and give the reason)."""
-        if raw is None:
-            return int(kts) if self._kafka_ok and kts is not None else None
+    def _limits(self, kts: Sequence[int | None] | None, idx: list[int], now_ms: int) -> Any:
+        """The latest accepted time of each row (its Kafka timestamp, or the clock, + max_future_skew)."""
+        if kts is None:
+            return now_ms + self._skew_ms
+        chosen = kts if len(idx) == len(kts) else [kts[i] for i in idx]  # (idx is 0..n-1 when they are as many)
         try:
-            return parse_time_ms(raw, self._unit)
+            k = np.fromiter(chosen, dtype=np.int64, count=len(chosen))
+        except TypeError:  # a message without a timestamp: the clock
+            k = np.fromiter((now_ms if x is None else x for x in chosen), dtype=np.int64, count=len(chosen))
+        return k + self._skew_ms
+
+    def _scalar_time(self, raw: Any, kts: int | None, now_ms: int) -> int | None:
+        """The time of one typed row (None: let the reference path decide and give the reason)."""
+        try:
+            if raw is None:
+                if not self._kafka_ok or kts is None:
+                    return None
+                check_time(int(kts), kts, self._min_ms, None, "")
+                return int(kts)
+            t = parse_time_ms(raw, self._unit)
+            check_time(t, raw, self._min_ms, (now_ms if kts is None else int(kts)) + self._skew_ms, "")
         except InputError:
             return None
+        return t
 
     def _slow_rows(
-        self, values: Sequence[bytes | None], kts: Sequence[int | None] | None, idx: Sequence[int]
+        self, values: Sequence[bytes | None], kts: Sequence[int | None] | None, idx: Sequence[int], now_ms: int
     ) -> tuple[list[tuple[int, tuple[int, tuple[Any, ...], tuple[Any, ...]]]], list[Rejection]]:
         """The per-message reference path: (position, row) of the valid ones, and the rejections."""
         rows = []
@@ -360,7 +449,7 @@ class EventDecoder:
                     raise _Reject("too_large", f"message of {len(value)} bytes exceeds max_event_bytes={limit}")
                 if too_deep(value):
                     raise _Reject("too_large", f"message nests arrays/objects deeper than {MAX_EVENT_DEPTH} levels")
-                rows.append((i, self._slow_row(value, kts[i] if kts is not None else None)))
+                rows.append((i, self._slow_row(value, kts[i] if kts is not None else None, now_ms)))
             except _Reject as r:
                 rejected.append(Rejection(i, r.code, r.reason))
         return rows, rejected
@@ -476,7 +565,7 @@ class EventDecoder:
             segment_values=seg_values,
         )
 
-    def _slow_row(self, value: bytes, kts: int | None) -> tuple[int, tuple[Any, ...], tuple[Any, ...]]:
+    def _slow_row(self, value: bytes, kts: int | None, now_ms: int) -> tuple[int, tuple[Any, ...], tuple[Any, ...]]:
         """The reference path for one message; raises :class:`_Reject` with its reason."""
         try:
             obj = json.loads(value)
@@ -484,7 +573,7 @@ class EventDecoder:
             raise _Reject("not_json", f"not valid JSON: {exc}") from None
         except RecursionError:
             raise _Reject("too_large", "message nests arrays/objects too deeply to parse") from None
-        cols, errors = decode_events([obj], self.config, self.reference, self.features, [kts])
+        cols, errors = decode_events([obj], self.config, self.reference, self.features, [kts], now_ms)
         if errors:
             reason = errors[0][1]
             raise _Reject(reason_code(reason), reason)
@@ -689,6 +778,7 @@ def reference_decode(
     reference: ReferenceProfile,
     features: Sequence[str],
     kafka_timestamps_ms: Sequence[int | None] | None = None,
+    now_ms: int | None = None,
 ) -> tuple[EventColumns, list[tuple[int, str]]]:
     """The slow, obviously-right path the fast decoder must equal (used by tests and for comparison)."""
     objs: list[Any] = []
@@ -704,7 +794,7 @@ def reference_decode(
         except (UnicodeDecodeError, ValueError) as exc:
             pre.append((i, f"not valid JSON: {exc}"))
     kts = [kafka_timestamps_ms[i] for i in idx] if kafka_timestamps_ms is not None else None
-    cols, errors = decode_events(objs, config, reference, features, kts)
+    cols, errors = decode_events(objs, config, reference, features, kts, now_ms)
     cols.rows = [idx[r] for r in cols.rows]
     errs = sorted(pre + [(idx[r], reason) for r, reason in errors])
     return cols, errs

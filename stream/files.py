@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -61,7 +62,27 @@ def read_rows(path: str | Path) -> list[Any]:
         table = pq.read_table(p) if kind == "parquet" else pa_csv.read_csv(p)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputFileError(f"cannot read {p}: {exc}") from exc
-    return list(table.to_pylist())
+    return table_rows(table)
+
+
+def table_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows of a table as dicts; timestamp columns (any unit, with or without a time zone) as
+    ``numpy.datetime64`` values in their own unit, so that every value converts (a ``datetime`` holds
+    neither nanoseconds nor years beyond 9999, and a bad time must be rejected, not crash the read)."""
+    stamps = [i for i, f in enumerate(table.schema) if pa.types.is_timestamp(f.type)]
+    if not stamps:
+        return list(table.to_pylist())
+    plain = table.drop_columns([table.schema.field(i).name for i in stamps])
+    rows = plain.to_pylist() if plain.num_columns else [{} for _ in range(table.num_rows)]
+    for i in stamps:
+        field = table.schema.field(i)
+        unit = field.type.unit
+        raw = table.column(i).cast(pa.int64()).to_pylist()  # (epoch in its unit; UTC when zoned)
+        values = [None if v is None else np.datetime64(v, unit) for v in raw]
+        for row, v in zip(rows, values, strict=True):
+            row[field.name] = v
+    order = table.schema.names
+    return [{k: row[k] for k in order} for row in rows]
 
 
 def read_columns(path: str | Path) -> dict[str, list[Any]]:

@@ -3,6 +3,14 @@
 Names and labels are a contract (DESIGN.md "Metrics"): rules in ``deploy/`` query them and a
 test checks that every name a rule uses is in :data:`METRIC_NAMES`. A verdict that does not
 exist (too little data) is NaN, never 0. A scrape only reads.
+
+A process exports only the series of what it currently owns, so that an alert cannot keep
+firing on a verdict nobody computes any more: the verdict series (one child of each
+per-segment verdict gauge per (segment, feature, statistic)) are removed when the process
+stops being the closer (:meth:`Metrics.clear_verdicts`) and per segment when a segment fell
+silent (:meth:`Metrics.remove_segments`); the lag series of a partition when it is revoked
+(:meth:`Metrics.remove_lag`). This class is the one owner of those children: they are made
+(:meth:`Metrics.window_records`, :meth:`Metrics.set_lag`) and removed only here.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from detectors.evaluate import SEVERITY_LEVEL, segment_label
+from stream.decode import REASON_CODES
 
 log = logging.getLogger("streamdrift.metrics")
 
@@ -46,7 +55,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_build_info",
 )
 
-DEAD_LETTER_REASONS = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+#: the reason label of dead letters: every code a rejection can have (children exist from the start)
+DEAD_LETTER_REASONS = REASON_CODES
 _STAT = ("monitor", "segment", "feature", "statistic")
 _NAN = math.nan
 
@@ -60,6 +70,10 @@ class Metrics:
         # (segment, feature, statistic) -> the per-statistic gauge children: a window sets them
         # all, and looking each up through labels() costs more than setting it
         self._stat_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        # (segment, feature, statistic) -> every (gauge, label values) child exported for it: what
+        # removing its verdict removes (every per-segment gauge registers through _verdict_child)
+        self._verdict_series: dict[tuple[str, str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+        self._lag_children: dict[tuple[str, int], Any] = {}  # (topic, partition) -> lag child
         r = registry
         self.statistic_value = Gauge(
             "streamdrift_statistic_value", "statistic of the last closed window (NaN: no verdict)", _STAT, registry=r
@@ -176,12 +190,12 @@ class Metrics:
             if got is None:
                 labels = (m, *key)
                 got = children[key] = (
-                    self.statistic_value.labels(*labels),
-                    self.statistic_p_value.labels(*labels),
-                    self.drift_detected.labels(*labels),
-                    self.drift_severity.labels(*labels),
-                    self.effect.labels(*labels),
-                    self.threshold.labels(*labels),
+                    self._verdict_child(key, self.statistic_value, labels),
+                    self._verdict_child(key, self.statistic_p_value, labels),
+                    self._verdict_child(key, self.drift_detected, labels),
+                    self._verdict_child(key, self.drift_severity, labels),
+                    self._verdict_child(key, self.effect, labels),
+                    self._verdict_child(key, self.threshold, labels),
                 )
             value_g, p_g, drift_g, severity_g, effect_g, threshold_g = got
             value, p, drift = rec["value"], rec["p_value"], rec["drift"]
@@ -193,6 +207,44 @@ class Metrics:
             drift_g.set(_NAN if drift is None else float(bool(drift)))
             level = SEVERITY_LEVEL.get(rec["severity"], -1)
             severity_g.set(_NAN if level < 0 else float(level))
+
+    def _verdict_child(self, key: tuple[str, str, str], gauge: Gauge, labels: tuple[str, ...]) -> Any:
+        """The child of a per-segment verdict gauge for ``labels``, registered under ``key`` (segment,
+        feature, statistic) so that removing that verdict removes it too."""
+        self._verdict_series.setdefault(key, []).append((gauge, labels))
+        return gauge.labels(*labels)
+
+    def _remove_verdicts(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        for key in list(keys):
+            for gauge, labels in self._verdict_series.pop(key, []):
+                gauge.remove(*labels)
+            self._stat_children.pop(key, None)
+
+    @property
+    def verdict_segments(self) -> set[str]:
+        """Segment labels whose verdict series this process exports."""
+        return {seg for seg, _f, _s in self._verdict_series}
+
+    def clear_verdicts(self) -> None:
+        """Remove every verdict series (this process no longer closes windows)."""
+        self._remove_verdicts(list(self._verdict_series))
+
+    def remove_segments(self, segments: Iterable[str]) -> None:
+        """Remove the verdict series of these segments (by label, e.g. ``country=de``; ``__all__``)."""
+        gone = set(segments)
+        self._remove_verdicts([k for k in self._verdict_series if k[0] in gone])
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        child = self._lag_children.get((topic, partition))
+        if child is None:
+            child = self._lag_children[(topic, partition)] = self.lag.labels(self.monitor, topic, str(partition))
+        child.set(lag)
+
+    def remove_lag(self, topic: str, partitions: Iterable[int]) -> None:
+        """Remove the lag series of partitions this process no longer owns."""
+        for p in partitions:
+            if self._lag_children.pop((topic, p), None) is not None:
+                self.lag.remove(self.monitor, topic, str(p))
 
 
 def serve_http(

@@ -186,6 +186,12 @@ class MetricsConfig(_Section):
     enabled: bool = True
     certfile: str | None = Field(None, description="PEM certificate: serve /metrics over HTTPS (with keyfile)")
     keyfile: str | None = Field(None, description="PEM private key of certfile")
+    segment_ttl_windows: int = Field(
+        3,
+        ge=1,
+        description="a segment without events in this many consecutive windows loses its verdict series "
+        "(they come back with its next window)",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> MetricsConfig:

@@ -16,9 +16,12 @@ Watermarks and lateness, per partition, event by event in arrival order:
       ``[start, end)`` closes when ``end <= min(watermark)`` over the *active* partitions of
       the topic: its own (live), and the others' (:attr:`WindowManager.foreign`, read from
       their owners' newest checkpoints). An own partition is idle (not active) when no
-      message arrived on it for ``idle_timeout`` (measured with the injectable ``clock``); a
-      foreign one when its owner's checkpoint says so; a partition without a watermark yet
-      (no event, or a foreign one never checkpointed) holds windows back. A foreign
+      *accepted* event arrived on it for ``idle_timeout`` (measured with the injectable
+      ``clock``), whatever else it carries: rejected messages (dead letters) and late
+      events do not keep it active, so a partition of garbage cannot stop windows from
+      closing; a foreign one is idle when its owner's checkpoint says so. A partition
+      without a watermark yet (no event, or a foreign one never checkpointed) holds
+      windows back until it is idle. A foreign
       partition's panes of a window are final once its checkpointed watermark has passed
       the window's end (later events for it are late on their own partition), so summing
       them from the file is exact. The close frontier never moves back;
@@ -34,6 +37,12 @@ every valid event counts), closed by the partition's owner as they fill;
 as in :func:`detectors.engine.run_local` (equal to it on a one-partition topic).
 
 Updates are vectorised: one ``flat_indices`` and one ``bincount`` per batch.
+
+Silent segments (for metric ownership, :meth:`WindowManager.silent_segments`): windows are
+numbered (time windows: ``end // slide``; the newest is the last one the close frontier
+passed, so windows without any event count too; count windows: this process's valid events
+// ``N``); a segment is silent when ``ttl`` windows have passed since its newest window with
+events.
 """
 
 from __future__ import annotations
@@ -161,6 +170,10 @@ class WindowManager:
         self.closer = True
         #: the topic's other partitions; None = not known yet (nothing closes)
         self.foreign: dict[int, ForeignPartition] | None = {}
+        # silence of segments: the number of the newest window, and each segment's newest window with events
+        self.window_clock: int | None = None
+        self.segment_window: dict[int, int] = {}
+        self._count_events = 0  # count windows: valid events added (the windows' clock)
 
     # -- partitions ---------------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
@@ -178,7 +191,7 @@ class WindowManager:
         self.count_windows = {k: v for k, v in self.count_windows.items() if k[0] not in gone}
 
     def touch(self, partitions: Iterable[int]) -> None:
-        """Messages (valid or not) arrived on these partitions now."""
+        """Accepted events arrived on these partitions now (:meth:`add` calls it)."""
         now = self.clock()
         for p in partitions:
             self.last_seen[p] = now
@@ -244,6 +257,10 @@ class WindowManager:
         t = cols.time_ms
         late = np.zeros(n, dtype=bool) if self.spec.kind == "count" else self._late(t, partitions)
         rows = np.flatnonzero(~late).astype(np.int64)
+        if len(rows):  # the partitions with an accepted event are active (liveness: see the module doc)
+            live = partitions if len(rows) == n else partitions[rows]
+            p0 = int(live[0])
+            self.touch([p0] if (live == p0).all() else np.unique(live).tolist())
         idx = self.layout.flat_indices(cols.features, n).reshape(n, -1)
         if self.spec.kind == "count":
             closed = self._add_count(cols, idx, rows, partitions)
@@ -347,6 +364,10 @@ class WindowManager:
         seg, r = self._segment_rows(cols, rows)
         key, pu, n_p = _partition_key(seg, partitions[r])
         size_n = self.spec.count
+        self._count_events += len(rows)
+        self.window_clock = self._count_events // size_n
+        for s in np.unique(seg).tolist():
+            self.segment_window[int(s)] = self.window_clock
         # ordinal of each event within its (partition, segment) stream, from the current window's fill
         ordinal = np.empty(len(r), dtype=np.int64)
         for a in np.unique(key).tolist():
@@ -430,7 +451,29 @@ class WindowManager:
                 closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
         self._prune()
         closed.sort(key=lambda c: (c.end_ms, c.segment_id))
+        # silence: every window that ends by the frontier has closed, with or without events; a segment
+        # is reported for a window iff it has events in it
+        self.window_clock = wm // spec.slide_ms
+        for cw in closed:
+            w = cw.end_ms // spec.slide_ms
+            if w > self.segment_window.get(cw.segment_id, w - 1):
+                self.segment_window[cw.segment_id] = w
         return closed
+
+    def silent_segments(self, ttl: int) -> list[dict[str, str]]:
+        """Segments without an event in the newest ``ttl`` windows (then forgotten until they have one again)."""
+        clock = self.window_clock
+        if clock is None:
+            return []
+        gone = [s for s, w in self.segment_window.items() if clock - w >= ttl]
+        for s in gone:
+            del self.segment_window[s]
+        return [self.router.segment(s) for s in gone]
+
+    def forget_segment_windows(self) -> None:
+        """Start the silence of segments afresh (this process stopped closing windows)."""
+        self.window_clock = None
+        self.segment_window.clear()
 
     def learn_frontier(self, frontier: int | None) -> None:
         """Every window with end <= ``frontier`` has closed (elsewhere, or before a restart): never

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -176,7 +177,7 @@ def test_reference_build_and_backfill_match_run_local(tmp_path: Path, suffix: st
 
     # the summary: one line per window x segment, drift shown where it was injected
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("1 of 2400 events rejected; first: row 6:")
+    assert lines[0].startswith("1 of 2400 events rejected (missing_field 1); first: row 6:")
     header = next(i for i, line in enumerate(lines) if line.startswith("window start"))
     table = lines[header + 1 : lines.index(next(line for line in lines if line.startswith("legend:")))]
     window_segments = {(r["window_start"], json.dumps(r["segment"], sort_keys=True)) for r in got}
@@ -213,6 +214,79 @@ def test_backfill_sliding_and_count_windows(tmp_path: Path) -> None:
         cfg = MonitorConfig.from_mapping(yaml.safe_load(config.read_text()), base_dir=tmp_path)
         cols, _ = decode_events(events, cfg, ref, list(ref.features))
         assert read_records(tmp_path / "out.jsonl") == json.loads(json.dumps(run_local(cols, cfg, ref, Layout(ref))))
+
+
+FUTURE_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z: beyond the run's clock + events.max_future_skew
+
+
+def _time_file(path: Path, events: list[dict[str, Any]], variant: str) -> None:
+    """``events`` (flat, ms times) with their times written as ``variant``; row 100 gets a year-like
+    time (implausible) and row 200 a time in 2100 (future), each as that variant can hold it."""
+    ms = np.array([e["timestamp"] for e in events], dtype=np.int64)
+    others = {k: [e[k] for e in events] for k in events[0] if k != "timestamp"}
+    kind, unit = variant.split(".")[0].split("_")[:2]
+    scale = {"ms": 1, "us": 1000, "ns": 1_000_000}[unit]
+    if kind == "iso":  # ISO-8601 text with microseconds (pyarrow reads a timestamp column)
+        text = [datetime.fromtimestamp(int(t) / 1000, tz=UTC).isoformat(timespec="microseconds") for t in ms]
+        text[100], text[200] = "2024", "2100-01-01T00:00:00+00:00"
+        column: Any = text
+    else:
+        values = ms * scale
+        values[100] = 2024  # a year; in a timestamp column: 2024 units after 1970
+        values[200] = FUTURE_MS * scale
+        if variant.startswith("ts_ms_poisoned"):
+            values[200] = ms[200] * 1000  # microseconds written into a millisecond column: the year 55840
+        column = (
+            pa.array(values, type=pa.timestamp(unit, tz="UTC" if "utc" in variant else None))
+            if kind == "ts"
+            else values
+        )
+    table = pa.table({"timestamp": column, **others})
+    if path.suffix == ".csv":
+        pa_csv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "ts_us.parquet",
+        "ts_ns_utc.parquet",
+        "ts_ms_poisoned.parquet",
+        "int_us.parquet",
+        "int_ns.parquet",
+        "int_us.csv",
+        "int_ns.csv",
+        "iso_us.csv",
+    ],
+)
+def test_backfill_and_reference_build_on_micro_and_nanosecond_times(tmp_path: Path, variant: str) -> None:
+    """Timestamp columns of any unit and integer µs/ns epochs: the same records as the events in ms,
+    the bad times rejected with their reason (implausible_time, future_time), and no traceback."""
+    ReferenceProfile.build(_reference_data(7), categorical=["c"]).save(tmp_path / "reference.json")
+    events = [_flat(e) for e in _events(8, n=1200)]
+    path = tmp_path / f"events-{variant}"
+    _time_file(path, events, variant)
+    config = _monitor(tmp_path, None)
+    out = tmp_path / "records.jsonl"
+    res = run("backfill", "--config", str(config), "--input", str(path), "--output", str(out), cwd=tmp_path)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("2 of 1200 events rejected (future_time 1, implausible_time 1); first: row 101:"), first
+    assert "implausible event time" in first and "events.time_unit" in first
+    cfg = MonitorConfig.from_mapping(yaml.safe_load(config.read_text()), base_dir=tmp_path)
+    ref = ReferenceProfile.load(tmp_path / "reference.json")
+    kept = [e for i, e in enumerate(events) if i not in (100, 200)]
+    cols, errors = decode_events(kept, cfg, ref, list(ref.features))
+    assert not errors
+    assert read_records(out) == json.loads(json.dumps(run_local(cols, cfg, ref, Layout(ref))))
+    # a reference build reads the same file (the time column is not a feature) without a traceback
+    built = run("reference", "build", "--input", str(path), "--out", "ref2.json", "--config", str(config), cwd=tmp_path)
+    assert built.returncode == 0 and "Traceback" not in built.stderr, built.stderr
+    assert (
+        "from 1200 rows" in built.stdout and "timestamp" not in ReferenceProfile.load(tmp_path / "ref2.json").features
+    )
 
 
 def _assert_clean_error(res: subprocess.CompletedProcess[str], *fragments: str) -> None:

@@ -58,10 +58,14 @@ def nesting_depth(value: bytes) -> int:
     return best
 
 
-def expected_valid(values: list[bytes | None], mon: MonitorConfig, ref: ReferenceProfile) -> set[int]:
-    """Indices the consumer must accept: within the size/depth limits and valid for the reference path."""
+def expected_valid(
+    values: list[bytes | None], mon: MonitorConfig, ref: ReferenceProfile, kafka_ts: list[int | None]
+) -> set[int]:
+    """Indices the consumer must accept: within the size/depth limits and valid for the reference path
+    (with the same Kafka timestamps: times too far ahead of them are rejected)."""
     ok = [i for i, v in enumerate(values) if v is None or (len(v) <= MAX_BYTES and nesting_depth(v) <= MAX_EVENT_DEPTH)]
-    cols, _errors = reference_decode([values[i] for i in ok], mon, ref, ["x", "y", "c"])
+    kts = [kafka_ts[i] for i in ok]
+    cols, _errors = reference_decode([values[i] for i in ok], mon, ref, ["x", "y", "c"], kts)
     return {ok[r] for r in cols.rows}
 
 
@@ -138,13 +142,14 @@ def test_fuzzed_messages_never_crash_the_decoder(decoder: tuple[EventDecoder, Mo
     @given(batch=st.lists(message, min_size=1, max_size=12))
     def check(batch: list[bytes]) -> None:
         values: list[bytes | None] = [*batch, None]
-        cols, rejected = dec.decode(values, [h.T0] * len(values))
+        kts: list[int | None] = [h.T0] * len(values)
+        cols, rejected = dec.decode(values, kts)
         kept = set(cols.rows)
         rej = {r.index for r in rejected}
         assert kept.isdisjoint(rej) and kept | rej == set(range(len(values)))
         assert len(rejected) == len(rej)
         assert all(r.code in REASON_CODES and r.reason for r in rejected)
-        assert kept == expected_valid(values, mon, ref)
+        assert kept == expected_valid(values, mon, ref, kts)
         seen["batches"] += 1
         seen["messages"] += len(values)
         seen["valid"] += len(kept)
@@ -222,8 +227,10 @@ def hostile_stream(n_good: int, seed: int) -> tuple[list[dict[str, Any]], list[b
             else:
                 bad = json.dumps({"timestamp": str(t), "features": "x=1"}).encode()
             out.append(bad)
-    # far future, at the very end: it closes every window of the stream
-    out.append(json.dumps({"timestamp": h.T0 + 10 * 365 * 86_400_000, "features": {"x": 0.0}}).encode())
+    # a day later, at the very end: it closes every window of the stream (a time years ahead of its Kafka
+    # timestamp would be dead-lettered as future_time)
+    out.append(json.dumps({"timestamp": h.T0 + 86_400_000, "features": {"x": 0.0}}).encode())
+    out.append(json.dumps({"timestamp": (h.T0 + 10 * 365 * 86_400_000) * 1000, "features": {"x": 0.0}}).encode())
     return events, out
 
 
@@ -248,7 +255,8 @@ def test_serve_survives_hostile_stream(kafka_bootstrap: str, tmp_path: Path) -> 
     finally:
         h.kill(proc)
     mon = MonitorConfig.from_mapping(h.monitor_section(str(tmp_path / "ref.json")))
-    valid = sorted(expected_valid(list(values), mon, ref))
+    # (the Kafka timestamps are the produce times, hours at most before now: the clock stands in for them)
+    valid = sorted(expected_valid(list(values), mon, ref, [None] * len(values)))
     # on time: not older than the running max event time of the partition (allowed_lateness 0)
     decoded = [json.loads(values[i]) for i in valid]
     cols, _ = reference_decode([values[i] for i in valid], mon, ref, ["x", "y", "c"])

@@ -168,7 +168,9 @@ def test_count_windows_with_raw_values_use_exact_ks() -> None:
     ref = ReferenceProfile.build({"x": RNG.normal(size=800)}, keep_values=1000)
     layout = Layout(ref)
     cfg = _config({"kind": "count", "size": 50, "keep_raw": True}, events={"segment_fields": []})
-    rows = [{"timestamp": i, "features": {"x": float(v)}} for i, v in enumerate(RNG.normal(size=120))]
+    rows = [
+        {"timestamp": 1_700_000_000_000 + i, "features": {"x": float(v)}} for i, v in enumerate(RNG.normal(size=120))
+    ]
     cols, _ = decode_events(rows, cfg, ref, layout.features)
     recs = [r for r in run_local(cols, cfg, ref, layout) if r["statistic"] == "ks"]
     assert [r["method"] for r in recs] == ["ks_exact", "ks_exact"]
@@ -220,7 +222,7 @@ def test_window_spec() -> None:
 # -- order invariance -----------------------------------------------------------------------------
 event = st.fixed_dictionaries(
     {
-        "timestamp": st.integers(0, 3_000_000),
+        "timestamp": st.integers(0, 3_000_000).map(lambda t: 1_700_000_000_000 + t),
         "g": st.sampled_from(["a", "b"]),
         "features": st.fixed_dictionaries(
             {"x": st.one_of(st.floats(-4, 4), st.none()), "c": st.sampled_from(["a", "b", "c", "q", ""])}

@@ -42,11 +42,20 @@ def _config(**events: object) -> MonitorConfig:
 REF = _reference()
 FEATURES = ["x", "y", "c"]
 LAYOUT = Layout(REF, FEATURES)
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+NOW = 1_800_000_000_000  # the injected clock (2027-01-15T08:00:00Z): future times are checked against it
+HOUR = 3_600_000
 
 
-def assert_same(values: list[bytes | None], config: MonitorConfig, kts: list[int | None] | None = None) -> None:
-    fast, rejected = EventDecoder(config, REF, FEATURES, max_event_bytes=10_000).decode(values, kts)
-    slow, errors = reference_decode(values, config, REF, FEATURES, kts)
+def decoder(config: MonitorConfig, now_ms: int = NOW, max_event_bytes: int = 1 << 20) -> EventDecoder:
+    return EventDecoder(config, REF, FEATURES, max_event_bytes, wall_clock=lambda: now_ms / 1000)
+
+
+def assert_same(
+    values: list[bytes | None], config: MonitorConfig, kts: list[int | None] | None = None, now_ms: int = NOW
+) -> None:
+    fast, rejected = decoder(config, now_ms, max_event_bytes=10_000).decode(values, kts)
+    slow, errors = reference_decode(values, config, REF, FEATURES, kts, now_ms)
     # the size limit is the only rejection the reference path does not know about
     too_large = {r.index for r in rejected if r.code == "too_large"}
     assert sorted((r.index, r.reason) for r in rejected if r.code != "too_large") == [
@@ -74,7 +83,7 @@ def assert_same(values: list[bytes | None], config: MonitorConfig, kts: list[int
     np.testing.assert_array_equal(LAYOUT.flat_indices(fast.features, len(keep)), LAYOUT.flat_indices(plain, len(keep)))
 
 
-def ev(t: object = 1_700_000_000_000, **kw: object) -> dict[str, object]:
+def ev(t: object = T0, **kw: object) -> dict[str, object]:
     d: dict[str, object] = {"timestamp": t, "features": {"x": 0.5, "y": 1.0, "c": "a"}, "country": "de"}
     d.update(kw)
     return d
@@ -84,6 +93,17 @@ VARIED: list[bytes | None] = [
     json.dumps(ev()).encode(),
     json.dumps(ev(1_700_000_000)).encode(),  # seconds
     json.dumps(ev(1_700_000_000.4567)).encode(),
+    json.dumps(ev(1_700_000_000_123_456)).encode(),  # microseconds (auto)
+    json.dumps(ev(1_700_000_000_123_456_789)).encode(),  # nanoseconds (auto)
+    json.dumps(ev("1700000000123456789")).encode(),  # nanoseconds as text
+    json.dumps(ev(1_700_000_000_123_456.5)).encode(),  # microseconds as a float
+    json.dumps(ev(2024)).encode(),  # a year: implausible
+    json.dumps(ev(0)).encode(),  # 1970 by accident: implausible
+    json.dumps(ev(-1_700_000_000_000)).encode(),  # before 1970: implausible
+    json.dumps(ev("1979-12-31T23:59:59Z")).encode(),  # before events.min_time: implausible
+    json.dumps(ev(NOW + 2 * HOUR)).encode(),  # ahead of the clock: future
+    json.dumps(ev("2999-01-01T00:00:00Z")).encode(),  # future
+    json.dumps(ev(1_700_000_000_000_000_000_000)).encode(),  # beyond int64 (as ns: far future)
     json.dumps(ev("2023-11-14T22:13:20.5Z")).encode(),
     json.dumps(ev("2023-11-14T22:13:20+02:00")).encode(),
     json.dumps(ev("1700000000")).encode(),  # numeric string
@@ -132,12 +152,43 @@ def test_varied_messages_match_reference() -> None:
 
 
 def test_kafka_timestamp_fallback_and_time_units() -> None:
-    kts = [1_600_000_000_000 + i for i in range(len(VARIED))]
+    kts: list[int | None] = [T0 + i for i in range(len(VARIED))]
     assert_same(VARIED, _config(time_missing="kafka_timestamp"), kts)
     assert_same(VARIED, _config(time_field=None), kts)
-    assert_same(VARIED, _config(time_unit="s"), kts)
-    assert_same(VARIED, _config(time_unit="ms"), kts)
-    assert_same(VARIED, _config(time_unit="iso"), kts)
+    for unit in ("auto", "s", "ms", "us", "ns", "iso"):
+        assert_same(VARIED, _config(time_unit=unit), kts)
+        assert_same(VARIED, _config(time_unit=unit), [None, *kts[1:-1], None])  # (some without: the clock)
+    assert_same(VARIED, _config(time_field=None), [None, 5, *kts[2:]])  # (a Kafka timestamp of 1970: implausible)
+
+
+def test_time_rejections_are_coded_and_keep_the_other_rows() -> None:
+    us = 1_700_000_000_123_456
+    msgs = [json.dumps(ev(t)).encode() for t in (T0, us, 2024, T0 + 1, T0 + 2 * HOUR, "1960-01-01T00:00:00Z", T0 + 2)]
+    cols, rejected = decoder(_config(time_unit="ms")).decode(msgs, [T0] * len(msgs))
+    assert cols.rows == [0, 3, 6] and cols.time_ms.tolist() == [T0, T0 + 1, T0 + 2]
+    assert [(r.index, r.code) for r in rejected] == [
+        (1, "future_time"),
+        (2, "implausible_time"),
+        (4, "future_time"),
+        (5, "bad_time"),  # (text under time_unit: ms)
+    ]
+    cols, rejected = decoder(_config()).decode(msgs, [T0] * len(msgs))  # auto
+    assert cols.rows == [0, 1, 3, 6] and cols.time_ms.tolist()[1] == 1_700_000_000_123
+    assert [(r.index, r.code) for r in rejected] == [
+        (2, "implausible_time"),
+        (4, "future_time"),
+        (5, "implausible_time"),
+    ]
+    assert_same(msgs, _config(time_unit="ms"), [T0] * len(msgs))
+    assert_same(msgs, _config(), [T0] * len(msgs))
+
+
+def test_future_check_uses_the_clock_only_without_a_kafka_timestamp() -> None:
+    msgs = [json.dumps(ev(T0 + i * HOUR)).encode() for i in range(4)]
+    cols, rejected = decoder(_config(), now_ms=T0).decode(msgs)  # no Kafka timestamps: the clock
+    assert cols.rows == [0, 1] and {r.code for r in rejected} == {"future_time"}
+    cols, rejected = decoder(_config(), now_ms=T0).decode(msgs, [T0 + 2 * HOUR, None, T0 + 2 * HOUR, None])
+    assert cols.rows == [0, 1, 2] and [r.index for r in rejected] == [3]
 
 
 def test_features_at_top_level() -> None:
@@ -166,7 +217,8 @@ def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings(
     decoder = EventDecoder(_config(), REF, FEATURES)
     # (a field the monitor does not read: the lenient decoder, whose categoricals are kept_strings)
     msgs = [
-        json.dumps(ev(i, features={"x": 1.0, "c": c}, other=1)).encode() for i, c in enumerate(["a", "a", "zz", "zz"])
+        json.dumps(ev(T0 + i, features={"x": 1.0, "c": c}, other=1)).encode()
+        for i, c in enumerate(["a", "a", "zz", "zz"])
     ]
     cols, _ = decoder.decode(msgs)
     a1, a2, z1, z2 = cols.features["c"]
@@ -182,29 +234,54 @@ def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings(
     assert all(x is not y and x == y for x, y in zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True))
 
 
-strict_event = st.builds(
-    lambda t, x, c, country: json.dumps(
-        {
-            "timestamp": t,
-            "features": {"y": 1.5, **({} if x is ... else {"x": x}), **({} if c is ... else {"c": c})},
-            "country": country,
-        }
-    ).encode(),
-    st.integers(min_value=-(2**43), max_value=2**43),  # (valid in every unit: no row leaves the batch path)
-    st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none(), st.integers(-(10**6), 10**6), st.just(...)),
-    st.one_of(st.sampled_from(["a", "b", "c", "1", "true", "zz", "", "ä"]), st.text(max_size=3), st.just(...)),
-    st.sampled_from(["de", "fr"]),
-)
+MIN_1980 = 315_532_800_000
+UNITS = ("auto", "s", "ms", "us", "ns")
+
+
+def plausible_time(unit: str) -> st.SearchStrategy[int]:
+    """Integer times in ``unit`` that decode_events accepts with the clock at NOW (1980 .. NOW + 1h)."""
+    ms = st.integers(MIN_1980 + 1000, NOW + HOUR - 1)
+    if unit == "s":
+        return ms.map(lambda m: m // 1000)
+    if unit == "ms":
+        return ms
+    if unit == "us":
+        return st.builds(lambda m, f: m * 1000 + f, ms, st.integers(0, 999))
+    if unit == "ns":
+        return st.builds(lambda m, f: m * 10**6 + f, ms, st.integers(0, 10**6 - 1))
+    return st.one_of(*(plausible_time(u) for u in UNITS[1:]))  # auto: any unit, per value
+
+
+def strict_event(unit: str) -> st.SearchStrategy[bytes]:
+    return st.builds(
+        lambda t, x, c, country: json.dumps(
+            {
+                "timestamp": t,
+                "features": {"y": 1.5, **({} if x is ... else {"x": x}), **({} if c is ... else {"c": c})},
+                "country": country,
+            }
+        ).encode(),
+        plausible_time(unit),  # (no row leaves the batch path)
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False), st.none(), st.integers(-(10**6), 10**6), st.just(...)
+        ),
+        st.one_of(st.sampled_from(["a", "b", "c", "1", "true", "zz", "", "ä"]), st.text(max_size=3), st.just(...)),
+        st.sampled_from(["de", "fr"]),
+    )
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(strict_event, min_size=1, max_size=30), st.sampled_from(["auto", "ms", "s"]))
-def test_strict_batches_bin_categoricals_while_decoding(msgs: list[bytes], unit: str) -> None:
+@given(
+    st.sampled_from(UNITS).flatmap(lambda u: st.tuples(st.just(u), st.lists(strict_event(u), min_size=1, max_size=30)))
+)
+def test_strict_batches_bin_categoricals_while_decoding(case: tuple[str, list[bytes]]) -> None:
     """Batches the strict decoder takes whole: categoricals arrive as their slots, with the
     reference's values (string, None for "" or absent) on demand."""
     from stream.decode import CodedColumn
 
-    cols, _ = EventDecoder(_config(time_unit=unit), REF, FEATURES).decode(msgs)
+    unit, msgs = case
+    cols, rejected = decoder(_config(time_unit=unit)).decode(msgs)
+    assert not rejected and cols.rows == list(range(len(msgs)))
     assert isinstance(cols.features["c"], CodedColumn)  # the strict decoder took the batch
     assert_same(msgs, _config(time_unit=unit))
 
@@ -231,11 +308,11 @@ def test_events_with_fields_the_monitor_does_not_read_take_the_lenient_decoder_a
     from stream.decode import MAX_EVENT_DEPTH, STRICT_RETRY
 
     decoder = EventDecoder(_config(), REF, FEATURES)
-    clean = [json.dumps(ev(i)).encode() for i in range(20)]
+    clean = [json.dumps(ev(T0 + i)).encode() for i in range(20)]
     cols, rejected = decoder.decode(clean)
     assert cols.rows == list(range(20)) and not rejected and decoder._strict_wait == 0  # strict took them all
     deep = json.loads("[" * MAX_EVENT_DEPTH + "]" * MAX_EVENT_DEPTH)
-    mixed = [*clean[:5], json.dumps(ev(5, extra=1)).encode(), json.dumps(ev(6, extra=deep)).encode()]
+    mixed = [*clean[:5], json.dumps(ev(T0 + 5, extra=1)).encode(), json.dumps(ev(T0 + 6, extra=deep)).encode()]
     cols, rejected = decoder.decode(mixed)
     assert cols.rows == [0, 1, 2, 3, 4, 5] and [(r.index, r.code) for r in rejected] == [(6, "too_large")]
     assert decoder._strict_wait == STRICT_RETRY  # the next batches skip the strict attempt
@@ -301,6 +378,7 @@ message = st.one_of(
 def test_hypothesis_messages_match_reference(msgs: list[bytes]) -> None:
     assert_same(list(msgs), _config())
     assert_same(list(msgs), _config(time_missing="kafka_timestamp"), [1_650_000_000_000] * len(msgs))
+    assert_same(list(msgs), _config(time_unit="us"), [T0] * len(msgs))
 
 
 def test_missing_is_not_zero() -> None:
@@ -326,28 +404,71 @@ def test_deep_nesting_is_rejected_before_parsing() -> None:
 
 
 # -- the batch path: batches where every message is for the typed decoder ------------------------
-valid_time = st.one_of(
+any_time = st.one_of(
     st.integers(min_value=-(2**62), max_value=2**62),
-    st.integers(min_value=-(10**12), max_value=10**12),  # seconds and milliseconds around MS_THRESHOLD
-    st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 2**53 // 1000, 2**53 // 1000 + 1, 10**11, 10**11 - 1, 2**62 + 1]),
+    st.integers(min_value=-(10**12), max_value=10**12),  # seconds and milliseconds around 1e11
+    st.sampled_from(
+        [2**53, 2**53 + 1, -(2**53) - 1, 2**53 // 1000, 2**53 // 1000 + 1, 10**11, 10**11 - 1, 2**62 + 1, 2**62]
+    ),
+    # the edges of auto's bands, min_time and the future limit
+    st.sampled_from([10**8 - 1, 10**8, 10**14 - 1, 10**14, 10**17 - 1, 10**17, MIN_1980 - 1, MIN_1980]),
+    st.sampled_from([NOW + HOUR, NOW + HOUR + 1, (NOW + HOUR) * 1000 + 499, (NOW + HOUR) * 1000 + 500]),
+    st.sampled_from([(NOW + HOUR) * 10**6 + 499_999, (NOW + HOUR) * 10**6 + 500_000, (NOW + HOUR) // 1000 + 1]),
 )
-valid_event = st.builds(
-    lambda t, x, y, c, country, score: json.dumps(
-        {"timestamp": t, "features": {"x": x, "y": y, "c": c}, "country": country, "score": score, "label": 1}
-    ).encode(),
-    valid_time,
-    st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none(), st.integers(-(10**6), 10**6)),
-    st.floats(-5, 5),
-    st.one_of(st.sampled_from(["a", "b", "zz", ""]), st.none(), st.booleans(), st.integers(0, 3)),
-    st.one_of(st.sampled_from(["de", "fr", ""]), st.none(), st.integers(0, 2)),
-    st.one_of(st.floats(0, 1), st.none(), st.booleans()),
-)
+
+
+def valid_event(time: st.SearchStrategy[int]) -> st.SearchStrategy[bytes]:
+    return st.builds(
+        lambda t, x, y, c, country, score: json.dumps(
+            {"timestamp": t, "features": {"x": x, "y": y, "c": c}, "country": country, "score": score, "label": 1}
+        ).encode(),
+        time,
+        st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none(), st.integers(-(10**6), 10**6)),
+        st.floats(-5, 5),
+        st.one_of(st.sampled_from(["a", "b", "zz", ""]), st.none(), st.booleans(), st.integers(0, 3)),
+        st.one_of(st.sampled_from(["de", "fr", ""]), st.none(), st.integers(0, 2)),
+        st.one_of(st.floats(0, 1), st.none(), st.booleans()),
+    )
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(valid_event, min_size=1, max_size=40), st.sampled_from(["auto", "ms", "s", "iso"]))
-def test_batches_of_typed_messages_match_reference(msgs: list[bytes], unit: str) -> None:
-    assert_same(msgs, _config(time_unit=unit))
+@given(
+    st.sampled_from([*UNITS, "iso"]).flatmap(
+        lambda u: st.tuples(
+            st.just(u),
+            st.lists(
+                valid_event(st.one_of(any_time, plausible_time(u if u != "iso" else "ms"))), min_size=1, max_size=40
+            ),
+            st.sampled_from([None, "same", "mixed"]),
+        )
+    )
+)
+def test_batches_of_typed_messages_match_reference(case: tuple[str, list[bytes], str | None]) -> None:
+    """Integer times of every magnitude (the vectorised rule) in every unit, with and without Kafka
+    timestamps: the same times and the same rejections as the reference."""
+    unit, msgs, stamps = case
+    kts: list[int | None] | None = None
+    if stamps == "same":
+        kts = [T0] * len(msgs)
+    elif stamps == "mixed":
+        kts = [None if i % 3 == 0 else NOW - HOUR * (i % 5) for i in range(len(msgs))]
+    assert_same(msgs, _config(time_unit=unit), kts)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(UNITS).flatmap(
+        lambda u: st.tuples(st.just(u), st.lists(plausible_time(u), min_size=1, max_size=40))
+    )
+)
+def test_plausible_integer_times_stay_on_the_batch_path(case: tuple[str, list[int]]) -> None:
+    """Times every unit accepts are all kept by the vectorised rule, with the reference's values."""
+    unit, times = case
+    msgs = [json.dumps(ev(t)).encode() for t in times]
+    cols, rejected = decoder(_config(time_unit=unit)).decode(msgs)
+    assert not rejected and cols.rows == list(range(len(msgs)))
+    ref, _ = reference_decode(msgs, _config(time_unit=unit), REF, FEATURES, None, NOW)
+    assert cols.time_ms.tolist() == ref.time_ms.tolist()
 
 
 def test_batch_path_on_a_large_clean_batch_and_with_one_bad_message() -> None:

@@ -12,6 +12,7 @@ from detectors.config import StatisticsConfig
 from detectors.evaluate import evaluate_counts, window_records
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
+from stream.decode import REASON_CODES
 from stream.metrics import METRIC_NAMES, Metrics
 
 pytestmark = pytest.mark.unit
@@ -76,3 +77,91 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
     assert get("streamdrift_threshold", "__all__") == psi["threshold"] >= cfg.psi.warning
     assert reg.get_sample_value("streamdrift_window_size_seconds", {"monitor": "mon"}) == 60.0
     assert reg.get_sample_value("streamdrift_build_info", {"version": "9.9"}) == 1.0
+
+
+def test_every_dead_letter_reason_is_exported_from_the_start() -> None:
+    """The reasons include the time checks (future_time, implausible_time): a rule or a dashboard sees
+    0, not nothing, before the first such event."""
+    reg = CollectorRegistry()
+    Metrics(reg, "mon")
+    assert {"bad_time", "future_time", "implausible_time"} <= set(REASON_CODES)
+    for code in REASON_CODES:
+        assert reg.get_sample_value("streamdrift_dead_letters_total", {"monitor": "mon", "reason": code}) == 0.0
+
+
+def _records(layout: Layout, cfg: StatisticsConfig, segment: dict[str, str], seed: int) -> list[dict[str, object]]:
+    rng = np.random.default_rng(seed)
+    counts = layout.histogram({"x": rng.normal(1, 1, 500)}).counts
+    return window_records(
+        evaluate_counts(layout, counts, cfg),
+        monitor="mon",
+        segment=segment,
+        window_start_ms=0,
+        window_end_ms=60_000,
+        fingerprint=layout.fingerprint,
+    )
+
+
+VERDICT_NAMES = (
+    "streamdrift_statistic_value",
+    "streamdrift_statistic_p_value",
+    "streamdrift_drift_detected",
+    "streamdrift_drift_severity",
+)
+
+
+def _verdict_series(reg: CollectorRegistry) -> set[tuple[str, str, str, str]]:
+    """(metric, segment, feature, statistic) of every verdict series in a scrape of the registry."""
+    return {
+        (s.name, s.labels["segment"], s.labels["feature"], s.labels["statistic"])
+        for fam in reg.collect()
+        for s in fam.samples
+        if s.name in VERDICT_NAMES
+    }
+
+
+def test_verdict_series_are_removed_by_segment_and_all_at_once() -> None:
+    """Metric ownership: a silent segment's verdict series go, the others stay; losing the closer role
+    removes them all; a later window exports them again."""
+    rng = np.random.default_rng(4)
+    ref = ReferenceProfile.build({"x": rng.normal(size=500)}, fine_bins=10, coarse_bins=5)
+    layout, cfg = Layout(ref), StatisticsConfig(min_events=100)
+    reg = CollectorRegistry()
+    m = Metrics(reg, "mon")
+    for seg, seed in (({}, 1), ({"country": "de"}, 2), ({"country": "fr"}, 3)):
+        m.window_records(_records(layout, cfg, seg, seed))
+    assert {(seg,) for _n, seg, _f, _s in _verdict_series(reg)} == {("__all__",), ("country=de",), ("country=fr",)}
+    assert len(_verdict_series(reg)) == 4 * 3 * 2  # 4 gauges, 3 segments, psi and ks of x
+    assert m.verdict_segments == {"__all__", "country=de", "country=fr"}
+
+    m.remove_segments(["country=fr"])
+    assert {seg for _n, seg, _f, _s in _verdict_series(reg)} == {"__all__", "country=de"}
+    labels = {"monitor": "mon", "segment": "country=fr", "feature": "x", "statistic": "psi"}
+    for name in VERDICT_NAMES:
+        assert reg.get_sample_value(name, labels) is None
+    assert reg.get_sample_value("streamdrift_statistic_value", {**labels, "segment": "country=de"}) is not None
+
+    m.window_records(_records(layout, cfg, {"country": "fr"}, 5))  # fr is back: its series too
+    assert reg.get_sample_value("streamdrift_drift_severity", labels) is not None
+
+    m.clear_verdicts()
+    assert _verdict_series(reg) == set() and m.verdict_segments == set()
+    m.window_records(_records(layout, cfg, {}, 6))  # closing again: exported again
+    assert {seg for _n, seg, _f, _s in _verdict_series(reg)} == {"__all__"}
+
+
+def test_lag_series_of_revoked_partitions_are_removed() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg, "mon")
+    for p in (0, 1, 2):
+        m.set_lag("events", p, 10 * p)
+    m.remove_lag("events", [1, 2, 7])  # (7 never had a series: nothing to do)
+
+    def lag(p: int) -> float | None:
+        return reg.get_sample_value(
+            "streamdrift_consumer_lag_messages", {"monitor": "mon", "topic": "events", "partition": str(p)}
+        )
+
+    assert (lag(0), lag(1), lag(2)) == (0.0, None, None)
+    m.set_lag("events", 1, 3)  # assigned again
+    assert lag(1) == 3.0

@@ -233,6 +233,91 @@ def test_idle_partition_stops_holding_windows_back() -> None:
     assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms.max())
 
 
+def test_only_accepted_events_keep_a_partition_active() -> None:
+    """Liveness: add() marks the partitions of accepted events; a partition that gets only late
+    events (or, in the consumer, only rejected messages) goes idle after idle_timeout."""
+    config = _config({"kind": "tumbling", "size": "1m", "idle_timeout": "10s"})
+    clock = FakeClock()
+    wm = WindowManager(config, Layout(REF), clock=clock)
+    wm.assign([0, 1])
+    cols = _events(600, seed=12)
+    half = len(cols) // 2
+    wm.add(_slice(cols, 0, half), np.zeros(half, dtype=np.int64))  # partition 0: the first half
+    wm.add(_slice(cols, half, len(cols)), np.ones(len(cols) - half, dtype=np.int64))  # partition 1: the second
+    for _ in range(3):  # partition 1 keeps delivering, but only events behind its own watermark (late)
+        clock.now += 4
+        res = wm.add(_slice(cols, 0, 50), np.ones(50, dtype=np.int64))
+        assert res.n_late == 50 and res.n_added == 0
+        # partition 0 keeps delivering accepted events (out of order, within its watermark: not late)
+        res = wm.add(_slice(cols, half - 1, half), np.zeros(1, dtype=np.int64))
+        assert res.n_added == 1
+    assert wm.is_idle(1) and not wm.is_idle(0)
+    closed = wm.advance()  # partition 1 no longer holds windows back: partition 0's watermark closes them
+    assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms[half - 1])
+
+
+def test_an_accepted_event_wakes_an_idle_partition() -> None:
+    config = _config({"kind": "tumbling", "size": "1m", "idle_timeout": "10s"})
+    clock = FakeClock()
+    wm = WindowManager(config, Layout(REF), clock=clock)
+    wm.assign([0, 1])
+    cols = _events(200, seed=13)
+    clock.now += 11
+    assert wm.is_idle(0) and wm.is_idle(1)
+    wm.add(_slice(cols, 0, 10), np.ones(10, dtype=np.int64))
+    assert not wm.is_idle(1) and wm.is_idle(0)
+    clock.now += 9.9
+    assert not wm.is_idle(1)
+    clock.now += 0.1
+    assert wm.is_idle(1)
+
+
+def _segment_events(times_ms: list[int], countries: list[str]) -> EventColumns:
+    n = len(times_ms)
+    return EventColumns(
+        time_ms=np.asarray(times_ms, dtype=np.int64),
+        features={"x": np.zeros(n), "c": ["a"] * n},
+        segments=[(c,) for c in countries],
+        prediction=np.full(n, np.nan),
+        label=np.full(n, np.nan),
+        rows=list(range(n)),
+    )
+
+
+def test_a_segment_is_silent_after_ttl_windows_without_events() -> None:
+    """Time windows: windows are numbered by end // slide, so a window without any event counts too."""
+    config = _config({"kind": "tumbling", "size": "1m"})
+    wm = WindowManager(config, Layout(REF), clock=FakeClock())
+    wm.assign([0])
+    minute = 60_000
+    # minute 0: de and fr; minutes 1-2: de only; minute 3: nothing at all; minute 4: de
+    times = [T0, T0 + 1, T0 + minute, T0 + 2 * minute, T0 + 4 * minute, T0 + 5 * minute]
+    cols = _segment_events(times, ["de", "fr", "de", "de", "de", "de"])
+    silent: list[list[dict[str, str]]] = []
+    for i in range(len(times)):
+        wm.add(_slice(cols, i, i + 1), np.zeros(1, dtype=np.int64))
+        wm.advance()
+        silent.append(wm.silent_segments(3))
+    # fr's newest window is minute 0's; minutes 1, 2 and 3 (closed by minute 4's event, though no event
+    # fell in minute 3) have none of it: silent then, once
+    assert silent == [[], [], [], [], [{"country": "fr"}], []]
+    assert wm.silent_segments(1) == []  # de and the overall segment were in the newest window
+
+
+def test_a_count_window_segment_is_silent_after_ttl_windows_of_events() -> None:
+    config = _config({"kind": "count", "size": 10})
+    wm = WindowManager(config, Layout(REF), clock=FakeClock())
+    wm.assign([0])
+    de_only = _segment_events([T0 + i for i in range(10)], ["de"] * 10)
+    wm.add(_segment_events([T0, T0 + 1], ["de", "fr"]), np.zeros(2, dtype=np.int64))
+    got = []
+    for _ in range(4):  # 10 events each: one window's worth
+        wm.add(de_only, np.zeros(10, dtype=np.int64))
+        got.append(wm.silent_segments(3))
+    # fr's last events were in window 0 (events 0-9); windows 1, 2, 3 filled without it
+    assert got == [[], [], [{"country": "fr"}], []]
+
+
 # -- state per partition: two processes vs one ---------------------------------------------------
 
 
