@@ -245,7 +245,7 @@ class UnseenConfig(_Model):
     """The share of events of categories the reference never had (categorical features)."""
 
     enabled: bool = True
-    min_share: float = Field(0.005, ge=0, le=1, description="share floor of a verdict")
+    min_share: float = Field(0.002, ge=0, le=1, description="share floor of a verdict")
     critical_share: float = Field(0.05, gt=0, le=1, description="share at or above which a drift is critical")
 
 

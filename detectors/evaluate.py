@@ -10,7 +10,8 @@ p-values at the window's size)
     * ``ks`` (numeric): the binned KS statistic (exact ``ks_2samp`` when a count window keeps
       raw values and the reference keeps its values).
     * ``unseen`` (categorical): the number of events of categories the reference never had,
-      against ``Binomial(n, unseen_rate)`` (the reference's Good–Turing estimate of how often a
+      against ``Binomial(n, unseen_rate)`` at the effective size ``n m / (n + m)`` (the
+      reference's Good–Turing estimate of how often a
       new category appears when nothing changed). Never-seen categories are not a cell of the
       chi-square test (a zero reference cell would make one odd value decisive).
 
@@ -349,7 +350,7 @@ def _measure(
         if cfg.unseen.enabled and profile.unseen_rate > 0:
             if n >= cfg.min_events and m >= cfg.min_events:
                 rate = profile.unseen_rate
-                p = unseen_p_value(unseen, n, rate)
+                p = unseen_p_value(unseen, n, rate, m)
                 t = add(_Test(name, "unseen", p, n, m, unseen_rate=rate))
                 share = unseen / n
                 verdicts.append(_Verdict(name, "unseen", "unseen_binomial", share, share, t, m, n, n_missing))
@@ -363,13 +364,18 @@ def _critical(cal: Calibration, test: _Test, level: float) -> float:
     X² for ``bins`` (the caller converts), D for KS, the share for ``unseen``."""
     n_e = _effective(test.n, test.m)
     if test.kind == "unseen":
-        k = _sp.bdtrik(1.0 - level, test.n, test.unseen_rate)  # real-valued count at the level
-        kmin = math.floor(k) + 1 if math.isfinite(k) else test.n + 1
-        while kmin > 1 and unseen_p_value(kmin - 1, test.n, test.unseen_rate) <= level:
-            kmin -= 1
-        while kmin <= test.n and unseen_p_value(kmin, test.n, test.unseen_rate) > level:
-            kmin += 1
-        return kmin / test.n
+
+        def p(k: int) -> float:
+            return unseen_p_value(k, test.n, test.unseen_rate, test.m)
+
+        lo, hi = 1, test.n + 1  # the smallest count whose p-value is at most the level (p falls with k)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if p(mid) <= level:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo / test.n
     if test.kind == "ks_exact":
         return float(_sp.kolmogi(level)) / ks_scale(n_e)
     p_text = cal.textbook_level(test.feature, test.kind, level, n_e)

@@ -285,16 +285,27 @@ def cramers_v(x2: float | npt.NDArray[np.float64], n: float, m: float) -> float 
     return np.minimum(1.0, np.sqrt(np.asarray(x2, dtype=np.float64) / (4.0 * n_e)))
 
 
-def unseen_p_value(k: int, n: int, p0: float) -> float:
+def unseen_p_value(k: int, n: int, p0: float, m: int | None = None) -> float:
     """P(K >= k) for K ~ Binomial(n, p0): the chance of at least ``k`` never-seen categories in a
     window of ``n`` events when each event is new with probability ``p0``.
 
+    With ``m`` (the size of the reference ``p0`` was estimated from) the estimate's own noise is
+    counted as the two-sample statistics count the reference's: the window is judged at the
+    effective size ``n_e = n m / (n + m)``, with ``k n_e / n`` new values (through the binomial
+    tail's continuous extension, the regularized incomplete beta ``I_p0(k, n - k + 1)``).
+
     >>> unseen_p_value(0, 100, 0.01), round(unseen_p_value(1, 100, 0.01), 6)
     (1.0, 0.633968)
+    >>> unseen_p_value(20, 10_000, 0.001, m=10_000) > unseen_p_value(20, 10_000, 0.001)
+    True
     """
     if k <= 0:
         return 1.0
-    return float(_sp.bdtrc(k - 1, n, p0))
+    if m is None:
+        return float(_sp.bdtrc(k - 1, n, p0))
+    n_e = n * m / (n + m)
+    k_e = k * n_e / n
+    return float(_sp.betainc(k_e, n_e - k_e + 1.0, p0))
 
 
 def bonferroni(p_values: Sequence[float]) -> list[float]:
