@@ -5,6 +5,14 @@
 plain data (JSON-able) and :func:`restore` rebuilds an equivalent detector from it, so
 the consumer can checkpoint detectors with its windows.
 
+The river object's state goes through river's own public surface: river detectors pickle
+(the pickled bytes, base64, are the snapshot's ``state``), so no private field of river is
+read or written here. The snapshot records river's version; a snapshot of another river
+version is refused (:class:`SnapshotError`), because river's pickled internals may change
+between releases: the caller starts that detector afresh (it relearns the stream) rather
+than resume from state it cannot trust. Checkpoints are local, checksummed files this
+process wrote itself, which is what makes unpickling them acceptable.
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(42)
 >>> stream = np.concatenate([rng.normal(0.2, 0.05, 1000), rng.normal(0.6, 0.05, 1000)])
@@ -17,17 +25,16 @@ True
 from __future__ import annotations
 
 import base64
-import math
-import random
-from collections import deque
+import pickle
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import river
 from river import drift as river_drift
 
 from detectors.exceptions import ConfigError, SnapshotError
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: river's own pickled state, river's version recorded
 
 
 class ConceptDetector:
@@ -51,6 +58,8 @@ class ConceptDetector:
         self._river: Any = self._make()
         self.n_updates = 0
         self.n_detections = 0
+        #: what this wrapper keeps beside river's object (plain JSON; saved with the snapshot)
+        self._extra: dict[str, Any] = {}
 
     def _make(self) -> Any:
         raise NotImplementedError
@@ -74,12 +83,6 @@ class ConceptDetector:
         return None
 
     # -- state ---------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        raise NotImplementedError
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "version": SNAPSHOT_VERSION,
@@ -87,14 +90,10 @@ class ConceptDetector:
             "params": dict(self.params),
             "n_updates": self.n_updates,
             "n_detections": self.n_detections,
-            "state": self._state(),
+            "river_version": river.__version__,
+            "extra": dict(self._extra),
+            "state": base64.b64encode(pickle.dumps(self._river, protocol=pickle.HIGHEST_PROTOCOL)).decode(),
         }
-
-
-def _json_float(x: float) -> float | str:
-    """A float as strict JSON allows: non-finite values as the strings ``float()`` reads back."""
-    v = float(x)
-    return v if math.isfinite(v) else str(v)
 
 
 class ADWIN(ConceptDetector):
@@ -124,13 +123,6 @@ class ADWIN(ConceptDetector):
     def estimation(self) -> float | None:
         return float(self._river.estimation) if self._river.width else None
 
-    def _state(self) -> dict[str, Any]:
-        helper = self._river._helper
-        return {"helper": base64.b64encode(helper.__getstate__()).decode(), "drift": bool(self._river._drift_detected)}
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        self._river._helper.__setstate__(base64.b64decode(state["helper"]))
-        self._river._drift_detected = bool(state["drift"])
 
 
 class PageHinkley(ConceptDetector):
@@ -144,7 +136,6 @@ class PageHinkley(ConceptDetector):
         "threshold": 50.0,
         "alpha": 0.9999,
     }
-    _fields = ("_x_mean", "_sum_increase", "_sum_decrease", "_min_increase", "_max_decrease", "_drift_detected")
 
     def _make(self) -> Any:
         p = self.params
@@ -155,33 +146,22 @@ class PageHinkley(ConceptDetector):
             alpha=float(p["alpha"]),
         )
 
+    def update(self, x: float) -> bool:
+        """As river's, keeping the mean of the values since the last detection (river resets its own
+        at the update after one) for :attr:`estimation`, without reading river's private fields."""
+        e = self._extra
+        if e.get("restart", True):
+            e.update(n=0, mean=0.0, restart=False)
+        e["n"] += 1
+        e["mean"] += (x - e["mean"]) / e["n"]
+        hit = super().update(x)
+        e["restart"] = hit
+        return hit
+
     @property
     def estimation(self) -> float | None:
-        return float(self._river._x_mean.get()) if self._river._x_mean.n else None
+        return float(self._extra["mean"]) if self._extra.get("n") else None
 
-    def _state(self) -> dict[str, Any]:
-        r = self._river
-        mean = r._x_mean
-        return {
-            "mean_n": float(mean.n),
-            "mean": float(mean._mean),
-            "sum_increase": float(r._sum_increase),
-            "sum_decrease": float(r._sum_decrease),
-            # +inf before the first update: kept as a string so the snapshot is strict JSON
-            "min_increase": _json_float(r._min_increase),
-            "max_decrease": _json_float(r._max_decrease),
-            "drift": bool(r._drift_detected),
-        }
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        r = self._river
-        r._x_mean.n = state["mean_n"]
-        r._x_mean._mean = state["mean"]
-        r._sum_increase = state["sum_increase"]
-        r._sum_decrease = state["sum_decrease"]
-        r._min_increase = float(state["min_increase"])
-        r._max_decrease = float(state["max_decrease"])
-        r._drift_detected = bool(state["drift"])
 
 
 class KSWIN(ConceptDetector):
@@ -200,27 +180,6 @@ class KSWIN(ConceptDetector):
             seed=int(p["seed"]),
         )
 
-    def _state(self) -> dict[str, Any]:
-        r = self._river
-        version, internal, gauss = r._rng.getstate()
-        return {
-            "window": [float(v) for v in r.window],
-            "n": int(r.n),
-            "p_value": float(r.p_value),
-            "rng": [version, list(internal), gauss],
-            "drift": bool(r._drift_detected),
-        }
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        r = self._river
-        r.window = deque(state["window"], maxlen=int(self.params["window_size"]))
-        r.n = state["n"]
-        r.p_value = state["p_value"]
-        version, internal, gauss = state["rng"]
-        rng = random.Random()
-        rng.setstate((version, tuple(internal), gauss))
-        r._rng = rng
-        r._drift_detected = bool(state["drift"])
 
 
 DETECTORS: dict[str, type[ConceptDetector]] = {c.kind: c for c in (ADWIN, PageHinkley, KSWIN)}
@@ -235,14 +194,24 @@ def make_detector(kind: str, params: Mapping[str, float | int] | None = None) ->
 
 
 def restore(snapshot: Mapping[str, Any]) -> ConceptDetector:
-    """Rebuild a detector from :meth:`ConceptDetector.snapshot`."""
+    """Rebuild a detector from :meth:`ConceptDetector.snapshot` (refused when river's version differs)."""
     if snapshot.get("version") != SNAPSHOT_VERSION:
         raise SnapshotError(f"detector snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
+    saved = snapshot.get("river_version")
+    if saved != river.__version__:
+        raise SnapshotError(
+            f"detector state was saved with river {saved}, this is river {river.__version__}: its pickled state "
+            "may not mean the same; the detector starts afresh"
+        )
     try:
         det = make_detector(snapshot["kind"], snapshot["params"])
-        det.n_updates = int(snapshot["n_updates"])
-        det.n_detections = int(snapshot["n_detections"])
-        det._load(snapshot["state"])
-    except (KeyError, TypeError, ValueError) as exc:
+        state = pickle.loads(base64.b64decode(snapshot["state"]))
+    except (KeyError, TypeError, ValueError, pickle.UnpicklingError, AttributeError) as exc:
         raise SnapshotError(f"cannot restore {snapshot.get('kind')!r} detector: {exc}") from exc
+    if type(state) is not type(det._river):
+        raise SnapshotError(f"detector state is a {type(state).__name__}, not river's {type(det._river).__name__}")
+    det._river = state
+    det._extra = dict(snapshot["extra"])
+    det.n_updates = int(snapshot["n_updates"])
+    det.n_detections = int(snapshot["n_detections"])
     return det

@@ -49,6 +49,7 @@ from detectors.config import MonitorConfig
 from detectors.engine import ConceptTracker
 from detectors.evaluate import evaluate_window, make_alert, require_calibration, segment_label, window_records
 from detectors.events import EventColumns, concept_values
+from detectors.exceptions import SnapshotError
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
@@ -213,8 +214,12 @@ class DriftConsumer:
             shared = snap["shared"]
             self.windows.load_shared(shared["windows"])
             if self.detector is not None and self.tracker is not None and shared.get("detector") is not None:
-                self.detector = restore(shared["detector"])
-                self.tracker.restore(shared["tracker"])
+                try:
+                    self.detector = restore(shared["detector"])
+                    self.tracker.restore(shared["tracker"])
+                except SnapshotError as exc:  # (another river version: relearn rather than trust it)
+                    log.warning("concept detector not restored, it starts afresh: %s", exc)
+                    self._fresh_concept()
         self.windows.load_partition(partition, snap["windows"])
         if snap["offset"] is not None:
             self.next_offset[partition] = int(snap["offset"])

@@ -139,7 +139,11 @@ def test_golden_indices_and_values_against_river_directly(kind: str, seed: int) 
             else:
                 est = None
             expected.append((i, est))
-    assert got == expected
+    # indices exactly; the estimate to the last bits (the wrapper keeps its own running mean for
+    # Page-Hinkley, in another summation order than river's)
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    for (_, a), (_, b) in zip(got, expected, strict=True):
+        assert (a is None and b is None) or a == pytest.approx(b, rel=1e-12, abs=1e-15)
     assert got and got[-1][0] >= 1500  # the change at 1500 is among the detections
 
 
@@ -157,4 +161,4 @@ def test_module_doctest_example_fires_after_the_change() -> None:
         if theirs.drift_detected:
             rhits.append(i)
     assert hits == rhits and 1000 <= hits[0] < 1100
-    assert seq.SNAPSHOT_VERSION == 1
+    assert seq.SNAPSHOT_VERSION == 2

@@ -155,9 +155,17 @@ def test_unknown_detector_and_params_name_the_setting() -> None:
 def test_bad_snapshots_are_refused() -> None:
     snap = make_detector("adwin").snapshot()
     with pytest.raises(SnapshotError, match="version"):
-        restore({**snap, "version": 2})
+        restore({**snap, "version": 1})
     with pytest.raises(SnapshotError, match="adwin"):
         restore({**snap, "state": {}})
+    with pytest.raises(SnapshotError, match="adwin"):
+        restore({**snap, "state": "bm90IGEgcGlja2xl"})  # base64 of text that is not a pickle
+    # another river's pickled internals are not trusted: refused, with the reason
+    with pytest.raises(SnapshotError, match=r"saved with river 0\.0\.1, this is river .*starts afresh"):
+        restore({**snap, "river_version": "0.0.1"})
+    other = make_detector("page_hinkley").snapshot()
+    with pytest.raises(SnapshotError, match="PageHinkley, not river's ADWIN"):
+        restore({**snap, "state": other["state"]})
     with pytest.raises(SnapshotError, match="unknown detector 'nope'"):
         restore({**snap, "kind": "nope"})
 
