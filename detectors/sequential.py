@@ -27,14 +27,16 @@ from __future__ import annotations
 import base64
 import pickle
 from collections.abc import Mapping
+from importlib.metadata import version as _dist_version
 from typing import Any, ClassVar
 
-import river
 from river import drift as river_drift
 
 from detectors.exceptions import ConfigError, SnapshotError
 
 SNAPSHOT_VERSION = 2  # 2: river's own pickled state, river's version recorded
+#: the installed river, recorded in every snapshot
+RIVER_VERSION = _dist_version("river")
 
 
 class ConceptDetector:
@@ -90,7 +92,7 @@ class ConceptDetector:
             "params": dict(self.params),
             "n_updates": self.n_updates,
             "n_detections": self.n_detections,
-            "river_version": river.__version__,
+            "river_version": RIVER_VERSION,
             "extra": dict(self._extra),
             "state": base64.b64encode(pickle.dumps(self._river, protocol=pickle.HIGHEST_PROTOCOL)).decode(),
         }
@@ -122,7 +124,6 @@ class ADWIN(ConceptDetector):
     @property
     def estimation(self) -> float | None:
         return float(self._river.estimation) if self._river.width else None
-
 
 
 class PageHinkley(ConceptDetector):
@@ -163,7 +164,6 @@ class PageHinkley(ConceptDetector):
         return float(self._extra["mean"]) if self._extra.get("n") else None
 
 
-
 class KSWIN(ConceptDetector):
     """river's KSWIN: a KS test between a recent and an older sample of a sliding window."""
 
@@ -179,7 +179,6 @@ class KSWIN(ConceptDetector):
             stat_size=int(p["stat_size"]),
             seed=int(p["seed"]),
         )
-
 
 
 DETECTORS: dict[str, type[ConceptDetector]] = {c.kind: c for c in (ADWIN, PageHinkley, KSWIN)}
@@ -198,9 +197,9 @@ def restore(snapshot: Mapping[str, Any]) -> ConceptDetector:
     if snapshot.get("version") != SNAPSHOT_VERSION:
         raise SnapshotError(f"detector snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
     saved = snapshot.get("river_version")
-    if saved != river.__version__:
+    if saved != RIVER_VERSION:
         raise SnapshotError(
-            f"detector state was saved with river {saved}, this is river {river.__version__}: its pickled state "
+            f"detector state was saved with river {saved}, this is river {RIVER_VERSION}: its pickled state "
             "may not mean the same; the detector starts afresh"
         )
     try:
