@@ -32,7 +32,18 @@ from detectors.exceptions import InputError
 from detectors.histogram import FeatureColumns
 from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
 
-REASON_CODES = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+#: (the last two are the Avro decoder's, :mod:`stream.avro`: AVRO_REASON_CODES)
+REASON_CODES = (
+    "not_json",
+    "not_object",
+    "bad_time",
+    "bad_type",
+    "missing_field",
+    "too_large",
+    "not_avro",
+    "unknown_schema",
+)
+AVRO_REASON_CODES = ("not_avro", "unknown_schema")
 
 _INT_ONLY = {int}
 

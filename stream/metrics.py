@@ -44,9 +44,19 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_segments_overflow_total",
     "streamdrift_assigned_partitions",
     "streamdrift_build_info",
+    "streamdrift_reference_info",
 )
 
-DEAD_LETTER_REASONS = ("not_json", "not_object", "bad_time", "bad_type", "missing_field", "too_large")
+DEAD_LETTER_REASONS = (
+    "not_json",
+    "not_object",
+    "bad_time",
+    "bad_type",
+    "missing_field",
+    "too_large",
+    "not_avro",
+    "unknown_schema",
+)
 _STAT = ("monitor", "segment", "feature", "statistic")
 _NAN = math.nan
 
@@ -145,6 +155,17 @@ class Metrics:
         self.assigned = Gauge("streamdrift_assigned_partitions", "partitions assigned", ("monitor",), registry=r)
         self.build_info = Gauge("streamdrift_build_info", "build information", ("version",), registry=r)
         self.build_info.labels(version).set(1)
+        # which reference (and model version) the statistics are computed against: one series per
+        # monitor, replaced on a switch; join it onto any series with
+        #   ... * on (monitor) group_left (model_name, model_version) streamdrift_reference_info
+        self.reference_info = Gauge(
+            "streamdrift_reference_info",
+            "1 for the reference the monitor evaluates against now (model_name, model_version: the MLflow model "
+            "version it belongs to; empty for a reference file)",
+            ("monitor", "reference_fingerprint", "model_name", "model_version"),
+            registry=r,
+        )
+        self._reference_labels: tuple[str, str, str, str] | None = None
         # children exist from the start, so a scrape shows zeros rather than nothing
         m = monitor
         for outcome in ("valid", "invalid", "late"):
@@ -165,6 +186,20 @@ class Metrics:
     def set_config(self, window_size_s: float | None) -> None:
         """The window size, once at start."""
         self.window_size.labels(self.monitor).set(_NAN if window_size_s is None else window_size_s)
+
+    def set_reference(self, fingerprint: str, model: Any = None) -> None:
+        """The reference in force (``model``: a :class:`stream.modelref.ModelVersion` or None); the series
+        of the previous one is removed, so there is always exactly one."""
+        labels = (
+            self.monitor,
+            fingerprint,
+            "" if model is None else model.name,
+            "" if model is None else model.version,
+        )
+        if self._reference_labels is not None and self._reference_labels != labels:
+            self.reference_info.remove(*self._reference_labels)
+        self.reference_info.labels(*labels).set(1)
+        self._reference_labels = labels
 
     def window_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Set the per-statistic gauges from a closed window's records."""

@@ -53,6 +53,7 @@ from detectors.reference import CategoricalProfile, NumericProfile, ReferencePro
 from stream.cli import command
 from stream.exceptions import ConfigError, InputFileError, StreamError
 from stream.files import read_records, read_rows
+from stream.modelref import load_reference
 from stream.settings import load_monitor, load_yaml
 
 REQUIRED_FIELDS = ("monitor", "segment", "feature", "statistic", "severity", "window_start", "window_end")
@@ -904,7 +905,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     thresholds = Thresholds.from_config(config) if config else Thresholds.from_records(recs)
     window = choose_window(recs, args.window)
     ref_path = args.reference or (config.reference if config else None)
-    reference = ReferenceProfile.load(ref_path) if ref_path else None
+    reference = load_reference(ref_path)[0] if ref_path else None  # (a file, or models:/ through MLflow)
     hist = None
     if reference is not None:
         fps = {r.get("reference_fingerprint") for r in recs if r.get("reference_fingerprint")}
