@@ -92,7 +92,7 @@ def _registry_errors() -> tuple[type[BaseException], ...]:
     try:  # (the HTTP library confluent-kafka's client uses: httpx2 or httpx)
         from confluent_kafka.schema_registry.common._httpx_compat import httpx
     except ImportError:
-        import httpx
+        import httpx  # type: ignore[no-redef]
 
     return (httpx.HTTPError, OSError)
 

@@ -307,6 +307,22 @@ def log_backfill(
     """A backfill's window statistics as metrics of an MLflow run (``run_id``, or a new run of
     ``experiment``), and its HTML drift report (``stream.report``) as the artifact
     ``streamdrift/drift-report.html``; returns the run id."""
+    run = registry.run_for(run_id, experiment)
+    try:
+        return _log_backfill(registry, run, records, config, reference, events_path)
+    finally:
+        if run_id is None:  # (the run made here ends here; one given by the caller is the caller's)
+            registry._call(f"end run {run}", registry.client.set_terminated, run)
+
+
+def _log_backfill(
+    registry: ModelRegistry,
+    run: str,
+    records: Sequence[Mapping[str, Any]],
+    config: Any,
+    reference: ReferenceProfile,
+    events_path: str,
+) -> str:
     from stream.report import (
         Thresholds,
         choose_window,
@@ -316,7 +332,6 @@ def log_backfill(
         window_records_of,
     )
 
-    run = registry.run_for(run_id, experiment)
     n = registry.log_window_metrics(run, records)
     windows = len({(r["window_start"], r["window_end"]) for r in records})
     recs = [dict(r) for r in records]

@@ -719,6 +719,7 @@ def render_html(
     )
     features = [s.feature for s in summaries]
     fprints = sorted({str(r.get("reference_fingerprint")) for r in records if r.get("reference_fingerprint")})
+    models = sorted({f"models:/{r['model_name']}/{r.get('model_version')}" for r in records if r.get("model_name")})
     title = title or f"Drift report: {monitor}"
     parts = [
         "<!DOCTYPE html>",
@@ -732,7 +733,8 @@ def render_html(
         f"monitor <b>{e(monitor)}</b> · segment <b>{e(segment)}</b> · {len(windows)} windows from "
         f"{e(_display_time(windows[0][0]))} to {e(_display_time(windows[-1][1]))} UTC · "
         f"{len(features)} features · reference {e(', '.join(f[:12] for f in fprints) or 'unknown')} · "
-        f"source {e(source)} · generated {datetime.now(tz=UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC</p>",
+        + (f"model {e(', '.join(models))} · " if models else "")
+        + f"source {e(source)} · generated {datetime.now(tz=UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC</p>",
     ]
     for n in notes:
         parts.append(f'<p class="note">{e(n)}</p>')
