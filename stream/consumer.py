@@ -250,9 +250,13 @@ class DriftConsumer:
         }
 
     def _same_reference(self, state: dict[str, Any]) -> bool:
+        """Whether a checkpoint's state was counted against the reference in force (a checkpoint of the same
+        profile from a file reference is: the monitor now names that profile through its model version)."""
         ref = state.get("reference") or {}
         mine = self.reference_state()
-        return bool(ref.get("fingerprint") == mine["fingerprint"] and ref.get("model_version") == mine["model_version"])
+        if ref.get("fingerprint") != mine["fingerprint"]:
+            return False
+        return ref.get("model_version") in (None, mine["model_version"])
 
     def switch_reference(self, reference: ReferenceProfile, model: ModelVersion) -> bool:
         """Go on with another model version's profile (the alias moved): checkpoint the old version's

@@ -269,8 +269,9 @@ class AliasWatcher:
         """The profile of the version the alias moved to, once; None if it did not move."""
         with self._lock:
             got, self._pending = self._pending, None
-            if got is not None:
-                self._current = got[1].version
+            if got is None or got[1].version == self._current:  # (it moved away and back before the loop looked)
+                return None
+            self._current = got[1].version
             return got
 
     def poll_once(self) -> None:

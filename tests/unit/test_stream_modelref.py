@@ -3,6 +3,8 @@ reference info series (the registry itself is exercised against a real server in
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -94,3 +96,42 @@ def test_alert_ids_key_on_the_model_version_only_when_there_is_one() -> None:
     v7 = alert_id(dict(rec, model_name="fraud", model_version="7"))
     v8 = alert_id(dict(rec, model_name="fraud", model_version="8"))
     assert len({plain, v7, v8}) == 3
+
+
+class _FakeRegistry:
+    """Resolves an alias to whatever version the test says (pure logic: no MLflow here)."""
+
+    def __init__(self) -> None:
+        self.version = "1"
+        self.fetched: list[str] = []
+
+    def resolve(self, uri: str) -> ModelVersion:
+        return ModelVersion("fraud", self.version, f"run{self.version}", "champion")
+
+    def fetch_reference(self, mv: ModelVersion) -> Any:
+        self.fetched.append(mv.version)
+        return f"profile of {mv.version}"
+
+
+def test_the_alias_watcher_hands_over_each_move_once_and_ignores_a_move_back() -> None:
+    from stream.modelref import AliasWatcher
+
+    reg = _FakeRegistry()
+    w = AliasWatcher(reg, "models:/fraud@champion", reg.resolve(""), interval_s=60)  # type: ignore[arg-type]
+    w.poll_once()
+    assert w.take() is None and reg.fetched == []  # not moved: nothing fetched
+    reg.version = "2"
+    w.poll_once()
+    w.poll_once()  # (polled again before the loop took it: not fetched twice)
+    got = w.take()
+    assert got is not None and got[1].version == "2" and got[0] == "profile of 2" and reg.fetched == ["2"]
+    assert w.take() is None
+    reg.version = "3"
+    w.poll_once()
+    reg.version = "2"  # ... and back, before the loop looked: no switch at all
+    w.poll_once()
+    assert w.take() is None
+    reg.version = "3"
+    w.poll_once()
+    got = w.take()
+    assert got is not None and got[1].version == "3"
