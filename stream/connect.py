@@ -22,17 +22,40 @@ from stream.settings import KafkaConfig
 
 log = logging.getLogger("streamdrift.connect")
 
+#: ``kafka.extra`` settings that shape the connection, used by the check as by the consumer
+CONNECTION_EXTRA = (
+    "client.id",
+    "client.rack",
+    "broker.address.family",
+    "socket.timeout.ms",
+    "api.version.request",
+    "ssl.endpoint.identification.algorithm",
+    "ssl.cipher.suites",
+    "ssl.crl.location",
+    "enable.ssl.certificate.verification",
+    "sasl.kerberos.service.name",
+    "sasl.kerberos.principal",
+    "sasl.kerberos.keytab",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.token.endpoint.url",
+    "sasl.oauthbearer.scope",
+    "debug",
+)
+
 
 def check_broker(kafka: KafkaConfig, topic: str) -> None:
     """Raise :class:`ConfigError` naming the setting to fix unless the broker returns metadata in time."""
     errors: list[KafkaError] = []
     conf: dict[str, Any] = kafka.librdkafka()
-    for k in ("client.id", "ssl.endpoint.identification.algorithm", "ssl.cipher.suites", "ssl.crl.location"):
+    for k in CONNECTION_EXTRA:
         if k in kafka.extra:
             conf[k] = kafka.extra[k]
-    if "enable.ssl.certificate.verification" in kafka.extra:
-        conf["enable.ssl.certificate.verification"] = kafka.extra["enable.ssl.certificate.verification"]
-    conf.update({"error_cb": errors.append, "log_level": 0})
+    conf["error_cb"] = errors.append
+    if "debug" in kafka.extra:  # (asked for: librdkafka's debug lines go to the log, as the consumer's do)
+        conf["logger"] = log
+    else:
+        conf["log_level"] = 0  # (the error says it once; not a line per retry)
     try:
         admin = AdminClient(conf)
     except KafkaException as exc:  # a file librdkafka cannot read, a malformed setting
