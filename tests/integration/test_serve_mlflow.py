@@ -1,5 +1,5 @@
 """Reference profiles of MLflow model versions, against a real ``mlflow server`` (SQLite backend store,
-artifacts proxied to a local directory, loopback, started once for this module and stopped after it)
+artifacts proxied to a local directory, loopback: the session's ``mlflow_server`` fixture)
 and the real broker: ``reference build --mlflow-model``, ``backfill --mlflow-experiment``, and
 ``serve`` following ``models:/NAME@ALIAS`` while the alias moves (and while serve is down)."""
 
@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,6 @@ from tests.servers import MlflowServer, TlsTerminator, make_certificates
 pytestmark = pytest.mark.integration
 
 STEP_MS = 20
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
-        yield server
 
 
 @pytest.fixture

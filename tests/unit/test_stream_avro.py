@@ -472,3 +472,34 @@ def test_seeded_random_schemas_and_messages_agree_with_the_deserializer() -> Non
     # a schema with a map is left to the deserializer, every other one is walked column by column
     assert {sid: dec._plans[sid].node is None for sid in has_map} == has_map
     assert 0 < sum(has_map.values()) < len(has_map)
+
+
+# -- settings ----------------------------------------------------------------------------------------
+def test_schema_registry_settings_secrets_and_errors() -> None:
+    from stream.exceptions import ConfigError
+    from stream.settings import ServeConfig
+
+    base: dict[str, Any] = {
+        "monitor": "m",
+        "reference": "r.json",
+        "events": {"format": "avro"},
+        "kafka": {"bootstrap_servers": "b:9092", "topic": "t"},
+    }
+    with pytest.raises(ConfigError, match=r"schema_registry: events\.format avro needs a schema_registry section"):
+        ServeConfig.from_mapping(base, env={})
+    data = {**base, "schema_registry": {"url": "https://sr:8081", "username": "svc"}}
+    with pytest.raises(ConfigError, match="username and password go together"):
+        ServeConfig.from_mapping(data, env={})
+    cfg = ServeConfig.from_mapping(data, env={"STREAMDRIFT_SCHEMA_REGISTRY__PASSWORD": "pa:ss-word"})
+    assert cfg.schema_registry is not None
+    conf = cfg.schema_registry.client_conf()
+    assert conf == {"url": "https://sr:8081", "timeout": 10.0, "basic.auth.user.info": "svc:pa:ss-word"}
+    assert "pa:ss-word" not in repr(cfg)
+    # a real client accepts the settings (a password with a colon included)
+    from stream.avro import registry_client
+
+    client = registry_client(cfg.schema_registry)
+    assert type(client).__name__ == "SchemaRegistryClient"
+    mock = ServeConfig.from_mapping({**base, "schema_registry": {"url": "mock://x"}}, env={})
+    assert mock.schema_registry is not None
+    assert type(registry_client(mock.schema_registry)).__name__ == "MockSchemaRegistryClient"
