@@ -16,15 +16,16 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,spark,report]'
+	$(PIP) install -q -e '.[dev,spark,report,mlflow,avro]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv with streamdrift and every extra installed
 
-system-deps: ## install Prometheus, Alertmanager and Java 17 from Debian (needs root)
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v java >/dev/null; then \
+system-deps: ## install Prometheus, Alertmanager, Java 17, openssl and socat (the TLS tests) from Debian (needs root)
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v java >/dev/null \
+	    || ! command -v openssl >/dev/null || ! command -v socat >/dev/null; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    prometheus prometheus-alertmanager openjdk-17-jre-headless; \
+	    prometheus prometheus-alertmanager openjdk-17-jre-headless openssl socat; \
 	fi
 
 demo: $(STAMP) ## run `streamdrift demo` on the embedded broker

@@ -19,7 +19,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from detectors.exceptions import ConfigError
 
 #: top-level sections that belong to other components (stream/, jobs/)
-FOREIGN_SECTIONS = frozenset({"kafka", "outputs", "metrics", "state", "spark", "checkpoint"})
+FOREIGN_SECTIONS = frozenset(
+    {"kafka", "outputs", "metrics", "state", "spark", "checkpoint", "mlflow", "schema_registry"}
+)
+
+#: ``reference: models:/NAME/VERSION`` or ``models:/NAME@ALIAS``: a registered model version's profile,
+#: resolved through MLflow (``stream.modelref``) instead of a file
+MODEL_URI_PREFIX = "models:/"
+
+
+def is_model_uri(reference: str) -> bool:
+    """Whether a ``reference`` setting names an MLflow model version rather than a file.
+
+    >>> is_model_uri("models:/fraud@champion"), is_model_uri("ref/profile.json")
+    (True, False)
+    """
+    return reference.startswith(MODEL_URI_PREFIX)
+
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME/VERSION`` -> (NAME, VERSION, None); ``models:/NAME@ALIAS`` -> (NAME, None, ALIAS).
+
+    >>> parse_model_uri("models:/fraud/3"), parse_model_uri("models:/fraud@champion")
+    (('fraud', '3', None), ('fraud', None, 'champion'))
+    """
+    m = _MODEL_URI.match(uri)
+    if m is None:
+        raise ValueError(
+            f"{uri!r} is not models:/NAME/VERSION (a version number) or models:/NAME@ALIAS (stages such as "
+            "/Production are not supported: use an alias)"
+        )
+    return m.group("name"), m.group("version"), m.group("alias")
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -93,6 +127,9 @@ class EventsConfig(_Model):
     )
     features_field: str | None = Field(
         "features", description="object holding the features; None = features at the top level"
+    )
+    format: Literal["json", "avro"] = Field(
+        "json", description="message values: JSON, or Avro framed with a schema registry id (Confluent wire format)"
     )
     segment_fields: tuple[str, ...] = ()
     prediction_field: str | None = None
@@ -306,13 +343,22 @@ class ConceptConfig(_Model):
 
 class MonitorConfig(_Model):
     monitor: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    reference: str = Field(description="path of the reference profile JSON")
+    reference: str = Field(
+        description="path of the reference profile JSON, or models:/NAME/VERSION or models:/NAME@ALIAS (MLflow)"
+    )
     events: EventsConfig = EventsConfig()
     features: FeaturesConfig = FeaturesConfig()
     window: WindowConfig = WindowConfig()
     statistics: StatisticsConfig = StatisticsConfig()
     segments: SegmentsConfig = SegmentsConfig()
     concept: ConceptConfig = ConceptConfig()
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        if is_model_uri(v):
+            parse_model_uri(v)
+        return v
 
     @model_validator(mode="after")
     def _family(self) -> MonitorConfig:
@@ -343,7 +389,7 @@ class MonitorConfig(_Model):
         if not isinstance(data, Mapping):
             raise ConfigError("monitor config must be a mapping at the top level")
         own = {k: v for k, v in data.items() if k not in FOREIGN_SECTIONS}
-        if base_dir is not None and isinstance(own.get("reference"), str):
+        if base_dir is not None and isinstance(own.get("reference"), str) and not is_model_uri(own["reference"]):
             ref = Path(own["reference"])
             if not ref.is_absolute():
                 own["reference"] = str(base_dir / ref)

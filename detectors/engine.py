@@ -160,8 +160,11 @@ def run_local(
     config: MonitorConfig,
     reference: ReferenceProfile,
     layout: Layout,
+    model_name: str | None = None,
+    model_version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every window statistic record (and concept-drift record) of a complete history."""
+    """Every window statistic record (and concept-drift record) of a complete history (of the
+    model version ``model_name``/``model_version`` when the reference is one's)."""
     require_calibration(layout)
     spec = WindowSpec.from_config(config)
     router = SegmentRouter(config.events.segment_fields, config.segments.max_segments, config.segments.overall)
@@ -185,10 +188,12 @@ def run_local(
                     window_start_ms=start,
                     window_end_ms=end,
                     fingerprint=reference.fingerprint,
+                    model_name=model_name,
+                    model_version=model_version,
                 )
             )
     records.sort(key=record_sort_key)
-    records.extend(concept_records(cols, config, reference))
+    records.extend(concept_records(cols, config, reference, model_name, model_version))
     return records
 
 
@@ -248,7 +253,13 @@ def _take(values: Any, idx: npt.NDArray[np.int64]) -> Any:
     return [values[i] for i in idx]
 
 
-def concept_records(cols: EventColumns, config: MonitorConfig, reference: ReferenceProfile) -> list[dict[str, Any]]:
+def concept_records(
+    cols: EventColumns,
+    config: MonitorConfig,
+    reference: ReferenceProfile,
+    model_name: str | None = None,
+    model_version: str | None = None,
+) -> list[dict[str, Any]]:
     """Run the concept detector over the whole stream in event-time order; one record per detection."""
     c = config.concept
     if not config.concept_active or len(cols) == 0:
@@ -256,7 +267,7 @@ def concept_records(cols: EventColumns, config: MonitorConfig, reference: Refere
     values = concept_values(cols, config)
     order = np.argsort(cols.time_ms, kind="stable")
     det = make_detector(c.detector, c.params)
-    tracker = ConceptTracker(config, reference.fingerprint)
+    tracker = ConceptTracker(config, reference.fingerprint, model_name, model_version)
     out = []
     for i in order:
         x = values[i]
@@ -271,9 +282,13 @@ def concept_records(cols: EventColumns, config: MonitorConfig, reference: Refere
 class ConceptTracker:
     """Turns a concept detector's detections into records; its state is two integers."""
 
-    def __init__(self, config: MonitorConfig, fingerprint: str) -> None:
+    def __init__(
+        self, config: MonitorConfig, fingerprint: str, model_name: str | None = None, model_version: str | None = None
+    ) -> None:
         self.config = config
         self.fingerprint = fingerprint
+        self.model_name = model_name
+        self.model_version = model_version
         self.since_ms: int | None = None  # time of the first update after the last detection
         self.n_since = 0
 
@@ -303,6 +318,8 @@ class ConceptTracker:
             "n_window": self.n_since,
             "n_missing": 0,
             "reference_fingerprint": self.fingerprint,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
         }
         self.since_ms = None
         self.n_since = 0

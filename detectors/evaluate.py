@@ -105,6 +105,8 @@ RECORD_TYPES = (
     ("n_window", "int64"),
     ("n_missing", "int64"),
     ("reference_fingerprint", "string"),
+    ("model_name", "string"),
+    ("model_version", "string"),
 )
 RECORD_FIELDS = tuple(name for name, _type in RECORD_TYPES)
 #: the window statistics (concept-drift records carry their detector's name instead)
@@ -515,8 +517,14 @@ def window_records(
     window_start_ms: int,
     window_end_ms: int,
     fingerprint: str,
+    model_name: str | None = None,
+    model_version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Window statistic records (DESIGN.md "Records"), in a stable field order."""
+    """Window statistic records (DESIGN.md "Records"), in a stable field order.
+
+    ``model_name`` / ``model_version``: the registered model version the reference belongs to
+    (a ``models:/`` reference), None for a reference file.
+    """
     seg = dict(sorted(segment.items()))
     start, end = iso_ms(window_start_ms), iso_ms(window_end_ms)
     out = []
@@ -540,26 +548,31 @@ def window_records(
             "n_window": r.n_window,
             "n_missing": r.n_missing,
             "reference_fingerprint": fingerprint,
+            "model_name": model_name,
+            "model_version": model_version,
         }
         out.append(rec)
     return out
 
 
 def alert_id(record: Mapping[str, Any]) -> str:
-    """Idempotent key: a replay of the same window re-sends the same id."""
-    key = json.dumps(
-        [
-            record["monitor"],
-            dict(sorted(dict(record["segment"]).items())),
-            record["feature"],
-            record["statistic"],
-            record["window_start"],
-            record["window_end"],
-            record["reference_fingerprint"],
-        ],
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    """Idempotent key: a replay of the same window re-sends the same id.
+
+    A record of a model version also keys on the model (two versions may share one profile, and a
+    window cut by a version switch is reported once for each); without one the key is as before.
+    """
+    parts = [
+        record["monitor"],
+        dict(sorted(dict(record["segment"]).items())),
+        record["feature"],
+        record["statistic"],
+        record["window_start"],
+        record["window_end"],
+        record["reference_fingerprint"],
+    ]
+    if record.get("model_name") is not None:
+        parts += [record["model_name"], record.get("model_version")]
+    key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

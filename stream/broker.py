@@ -55,10 +55,18 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 class EmbeddedBroker:
     """Start ``tansu`` on a free loopback port; stop it on exit (a context manager)."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
+        advertised_port: int | None = None,
+    ) -> None:
         self.host = host
         self.extra_args = tuple(extra_args)  # e.g. ("--authentication",)
         self.port = port or free_port(host)
+        #: the port clients are told to connect to (a TLS terminator in front of the broker: tests)
+        self.advertised_port = advertised_port or self.port
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
 
@@ -68,6 +76,7 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")  # noqa: SIM115 (lives as long as the broker)
         self.proc = subprocess.Popen(
             [
@@ -76,7 +85,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
                 *self.extra_args,

@@ -20,7 +20,11 @@ A file is written to a temporary file, fsync'ed, renamed into place and the dire
 so a crash leaves either the old or the new file, never half of one. The previous generation
 is kept; older ones are deleted. :meth:`CheckpointStore.load` returns the newest file whose
 checksum, format and reference fingerprint are right; a corrupt one is logged and skipped
-(never loaded). A checkpoint of another reference is refused with an error.
+(never loaded). A checkpoint of another reference is refused with an error, unless the store
+was made with ``any_reference`` (a ``models:/`` reference, whose version may change under a
+running monitor): then the state's ``reference`` entry (fingerprint, model name and version)
+says which version it belongs to, and the consumer closes that version's windows before it
+goes on with another (:mod:`stream.consumer`).
 
 One checkpoint of a process = flush the outputs, write partition 0's file (if owned), then its
 other partitions' files, then commit the offsets. Why a crash between two files is safe:
@@ -101,10 +105,11 @@ def _digest(doc: dict[str, Any]) -> str:
 class CheckpointStore:
     """Checkpoints of one monitor in one directory (one partition's)."""
 
-    def __init__(self, directory: str | Path, monitor: str, fingerprint: str) -> None:
+    def __init__(self, directory: str | Path, monitor: str, fingerprint: str, *, any_reference: bool = False) -> None:
         self.dir = Path(directory)
         self.monitor = monitor
         self.fingerprint = fingerprint
+        self.any_reference = any_reference
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -219,8 +224,7 @@ class CheckpointStore:
                 log.error("skipping corrupt checkpoint %s: %s (trying the previous generation)", path, exc)
                 continue
             log.info("resuming from checkpoint %s", path)
-            state: dict[str, Any] = doc["state"]
-            return state
+            return _with_reference(doc)
         return None
 
     def newest_seq(self) -> int | None:
@@ -237,7 +241,7 @@ class CheckpointStore:
                 if path.exists():
                     log.debug("skipping unreadable checkpoint %s: %s", path, exc)
                 continue
-            return seq, doc["state"]
+            return seq, _with_reference(doc)
         return None
 
     def read(self, path: Path) -> dict[str, Any]:
@@ -252,7 +256,7 @@ class CheckpointStore:
             raise CheckpointError("checksum mismatch")
         if doc.get("version") != VERSION:
             raise CheckpointError(f"checkpoint version {doc.get('version')!r} is not {VERSION}")
-        if doc.get("fingerprint") != self.fingerprint:
+        if doc.get("fingerprint") != self.fingerprint and not self.any_reference:
             raise ReferenceMismatchError(
                 f"checkpoint {path} was written against reference {doc.get('fingerprint')}, not the configured "
                 f"{self.fingerprint}; refusing to resume (use a new state.dir for a new reference)"
@@ -263,3 +267,11 @@ class CheckpointStore:
                 "use another state.dir"
             )
         return doc
+
+
+def _with_reference(doc: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's state, with the ``reference`` it belongs to (files written before model versions
+    were tracked: the file's fingerprint, no model)."""
+    state: dict[str, Any] = doc["state"]
+    state.setdefault("reference", {"fingerprint": doc.get("fingerprint"), "model_name": None, "model_version": None})
+    return state

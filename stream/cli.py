@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from detectors.calibration import REPLICATES
-from detectors.config import MonitorConfig, reference_columns
+from detectors.config import MonitorConfig, is_model_uri, reference_columns
 from detectors.engine import run_local
 from detectors.evaluate import flag_rates
 from detectors.events import decode_events
@@ -81,6 +81,38 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--engine", choices=["local", "spark"], default="local", help="spark: for data larger than memory")
     p.add_argument("--master", default="local[2]", help="Spark master for --engine spark")
+    p.add_argument(
+        "--mlflow-model",
+        metavar="NAME",
+        help="also log the profile to this registered model's version (its run's artifacts, streamdrift/) and tag "
+        "the version with the fingerprint; the server is MLFLOW_TRACKING_URI; monitors then say "
+        "reference: models:/NAME/VERSION or models:/NAME@ALIAS",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--mlflow-version", metavar="V", help="with --mlflow-model: the version number")
+    which.add_argument("--mlflow-alias", metavar="ALIAS", help="with --mlflow-model: the version this alias names")
+
+
+def _mlflow_target(args: argparse.Namespace) -> str | None:
+    """``models:/NAME/V`` or ``models:/NAME@ALIAS`` of --mlflow-model and its version flag (None: not asked)."""
+    if args.mlflow_model is None:
+        if args.mlflow_version or args.mlflow_alias:
+            raise ConfigError("--mlflow-version / --mlflow-alias go with --mlflow-model NAME")
+        return None
+    if args.mlflow_version:
+        return f"models:/{args.mlflow_model}/{args.mlflow_version}"
+    if args.mlflow_alias:
+        return f"models:/{args.mlflow_model}@{args.mlflow_alias}"
+    raise ConfigError("--mlflow-model: say which version: --mlflow-version V or --mlflow-alias ALIAS")
+
+
+def _log_to_mlflow(target: str | None, path: str, ref: ReferenceProfile) -> None:
+    if target is None:
+        return
+    from stream.modelref import ModelRegistry
+
+    mv = ModelRegistry().log_reference(target, path, ref)
+    print(f"mlflow: logged to {mv} (run {mv.run_id}); monitors can use reference: {mv.uri}")
 
 
 def _split(s: str | None) -> list[str]:
@@ -89,8 +121,9 @@ def _split(s: str | None) -> list[str]:
 
 @command("reference", "build or calibrate a frozen reference profile", _reference_args)
 def cmd_reference(args: argparse.Namespace) -> int:
+    target = _mlflow_target(args)
     if args.action == "calibrate":
-        return _calibrate(args)
+        return _calibrate(args, target)
     if not args.input:
         raise ConfigError("reference build: --input (the baseline data) is required")
     if args.engine == "spark":
@@ -104,7 +137,10 @@ def cmd_reference(args: argparse.Namespace) -> int:
                 job_args += [flag, value]
         if args.categorical:
             job_args += ["--categorical", args.categorical]
-        return spark_submit("jobs.reference_build", args.master, job_args)
+        rc = spark_submit("jobs.reference_build", args.master, job_args)
+        if rc == 0:
+            _log_to_mlflow(target, args.out, ReferenceProfile.load(args.out))
+        return rc
     cols = read_columns(args.input)
     features, categorical = reference_columns(
         list(cols), _split(args.features), _split(args.categorical), load_yaml(args.config) if args.config else None
@@ -128,6 +164,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     print(f"reference: {len(ref.features)} features from {ref.n_rows} rows -> {args.out} ({took:.1f} s)")
     print(f"fingerprint: {ref.fingerprint}")
     _print_profile(ref)
+    _log_to_mlflow(target, args.out, ref)
     return 0
 
 
@@ -159,7 +196,7 @@ def _print_profile(ref: ReferenceProfile) -> None:
         )
 
 
-def _calibrate(args: argparse.Namespace) -> int:
+def _calibrate(args: argparse.Namespace, target: str | None = None) -> int:
     if not args.reference:
         raise ConfigError("reference calibrate: --reference (the profile to calibrate) is required")
     ref = ReferenceProfile.load(args.reference, upgrade=True)
@@ -176,6 +213,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"reference: calibrated {len(ref.features)} features -> {args.out} ({time.perf_counter() - t0:.1f} s)")
     print(f"fingerprint: {ref.fingerprint}")
     _print_profile(ref)
+    _log_to_mlflow(target, args.out, ref)
     return 0
 
 
@@ -199,6 +237,14 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
         help="with --reference-check: cut the baseline into windows of N rows (for a baseline without event "
         "times, whose rows then get times 1 ms apart from 2000-01-01T00:00:00Z)",
     )
+    run = p.add_mutually_exclusive_group()
+    run.add_argument(
+        "--mlflow-run",
+        metavar="RUN_ID",
+        help="log the window statistics to this MLflow run as metrics (one step per window, <segment>/<feature>/"
+        "<statistic>) and the HTML report as an artifact (the server: MLFLOW_TRACKING_URI)",
+    )
+    run.add_argument("--mlflow-experiment", metavar="NAME", help="as --mlflow-run, in a new run of this experiment")
 
 
 @command("backfill", "compute window statistics over a file of events", _backfill_args)
@@ -206,9 +252,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.engine == "spark":
         if args.reference_check:
             raise ConfigError("--reference-check runs with --engine local")
+        if args.mlflow_run or args.mlflow_experiment:
+            raise ConfigError("--mlflow-run / --mlflow-experiment: run the backfill with --engine local")
+        if is_model_uri(load_monitor(args.config).reference):
+            raise ConfigError(
+                "reference: the Spark backfill reads the profile from a file; a models:/ reference is resolved by "
+                "--engine local and serve (or point the config at the profile's file)"
+            )
         return _spark_backfill(args)
     config = load_monitor(args.config)
-    reference = ReferenceProfile.load(config.reference)
+    model = None
+    registry = None
+    if is_model_uri(config.reference) or args.mlflow_run or args.mlflow_experiment:
+        from stream.modelref import ModelRegistry
+
+        registry = ModelRegistry()
+    if is_model_uri(config.reference):
+        assert registry is not None
+        reference, model = registry.load(config.reference)
+    else:
+        reference = ReferenceProfile.load(config.reference)
     layout = Layout(reference, config.features.include)
     started_ms = int(time.time() * 1000)  # event times beyond it + events.max_future_skew are rejected
     rows = read_rows(args.input)
@@ -218,7 +281,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if config.events.time_field is None:  # a baseline without event times: its rows 1 ms apart
             row_times = [ROW_TIME_BASE_MS + i for i in range(len(rows))]
     cols, errors = decode_events(rows, config, reference, layout.features, row_times, now_ms=started_ms)
-    records = run_local(cols, config, reference, layout)
+    name, version = (model.name, model.version) if model is not None else (None, None)
+    records = run_local(cols, config, reference, layout, name, version)
     write_records(args.output, records)
     if errors:
         from stream.decode import reason_code
@@ -233,6 +297,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print_summary(records, sys.stdout)
     print(f"{len(records)} records from {len(cols)} events -> {args.output}")
+    if registry is not None and (args.mlflow_run or args.mlflow_experiment):
+        from stream.modelref import log_backfill
+
+        log_backfill(registry, args.mlflow_run, args.mlflow_experiment, records, config, reference, args.input)
     return 0
 
 

@@ -23,6 +23,23 @@ concept detector (over the events of its partitions: with one consumer, the whol
 The others learn the close frontier from partition 0's checkpoint and prune their panes.
 Count windows are per partition and closed by the partition's owner.
 
+A reference that names an MLflow model version (``reference: models:/NAME/VERSION`` or
+``models:/NAME@ALIAS``, :mod:`stream.modelref`): every record, alert and checkpoint says which
+version it belongs to, and ``streamdrift_reference_info`` carries the version as labels. With
+an alias, a background thread polls it every ``mlflow.poll_interval``; when it moves, the loop
+switches between two batches (:meth:`DriftConsumer.switch_reference`): checkpoint the old
+version's state, close every open window of the old version (published with its version, even
+if it is not complete), start empty windows on the new profile with the same watermarks and close
+frontier, checkpoint again. Nothing is mixed: a window's events are all counted against one
+version (a window cut by the switch is reported once per version, each with its own events).
+A checkpoint of another version found when a partition is assigned (the alias moved while serve
+was down, or it crashed in the middle of a switch) is closed the same way, from that version's
+profile, before its events go on under the current one. With several processes sharing the
+topic, each switches its own partitions when it polls; the closer treats a foreign partition
+still on another version as not yet known (windows wait for it) and its open panes are not part
+of the old version's last windows: run one active process per monitor (standbys are fine) when
+following an alias.
+
 In-process use (the demo, tests)::
 
     consumer = DriftConsumer(ServeConfig.from_mapping(data), on_output=print_window)
@@ -45,18 +62,20 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from detectors.config import MonitorConfig
+from detectors.config import MonitorConfig, is_model_uri
 from detectors.engine import ConceptTracker
 from detectors.evaluate import evaluate_window, make_alert, require_calibration, segment_label, window_records
 from detectors.events import EventColumns, concept_values
-from detectors.exceptions import SnapshotError
+from detectors.exceptions import ReferenceMismatchError, SnapshotError
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
 from stream.checkpoint import CheckpointStore, partition_dir, prepare_state_dir
+from stream.connect import check_broker
 from stream.decode import EventDecoder
 from stream.exceptions import CheckpointError
 from stream.metrics import Metrics, serve_http
+from stream.modelref import AliasWatcher, ModelRegistry, ModelVersion
 from stream.publish import Publisher
 from stream.settings import ServeConfig
 from stream.windows import ClosedWindow, ForeignPartition, WindowManager
@@ -101,9 +120,12 @@ class RunStats:
     offsets: dict[str, int] = field(default_factory=dict)
 
 
-def closed_records(layout: Layout, config: MonitorConfig, closed: Sequence[ClosedWindow]) -> list[dict[str, Any]]:
+def closed_records(
+    layout: Layout, config: MonitorConfig, closed: Sequence[ClosedWindow], model: ModelVersion | None = None
+) -> list[dict[str, Any]]:
     """Window statistic records of closed windows (evaluation, correction, verdicts): the segments of
-    one window are evaluated together (one family with ``statistics.family: window``)."""
+    one window are evaluated together (one family with ``statistics.family: window``); ``model``: the
+    model version the reference belongs to."""
     by_window: dict[tuple[int, int], list[ClosedWindow]] = {}
     for w in closed:
         by_window.setdefault((w.start_ms, w.end_ms), []).append(w)
@@ -119,6 +141,8 @@ def closed_records(layout: Layout, config: MonitorConfig, closed: Sequence[Close
                     window_start_ms=start,
                     window_end_ms=end,
                     fingerprint=layout.fingerprint,
+                    model_name=None if model is None else model.name,
+                    model_version=None if model is None else model.version,
                 )
             )
     return records
@@ -130,6 +154,9 @@ class DriftConsumer:
     ``on_output`` is called (in the loop's thread) after every step that closed a window or
     detected a concept drift. ``clock`` (monotonic seconds) drives idle timeouts and the
     checkpoint interval; ``wall_clock`` (epoch seconds) stamps alerts and metrics.
+    ``model_registry``: the MLflow client layer for a ``models:/`` reference (default: one on
+    ``MLFLOW_TRACKING_URI``); ``schema_registry``: the schema registry client of
+    ``events.format: avro`` (default: one from the ``schema_registry`` settings).
     """
 
     def __init__(
@@ -141,6 +168,8 @@ class DriftConsumer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         serve_metrics: bool | None = None,
+        model_registry: ModelRegistry | None = None,
+        schema_registry: Any = None,
     ) -> None:
         self.config = config
         self.monitor = config.monitor
@@ -149,19 +178,25 @@ class DriftConsumer:
         self.wall_clock = wall_clock
         self.serve_metrics = config.metrics.enabled if serve_metrics is None else serve_metrics
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.reference = ReferenceProfile.load(self.monitor.reference)
-        self.layout = Layout(self.reference, self.monitor.features.include)
-        require_calibration(self.layout)
-        self.decoder = EventDecoder(
-            self.monitor, self.reference, self.layout.features, config.kafka.max_event_bytes, wall_clock=wall_clock
-        )
-        self.windows = WindowManager(self.monitor, self.layout, clock=clock)
+        self.model: ModelVersion | None = None
+        self.model_registry = model_registry
+        if is_model_uri(self.monitor.reference):
+            self.model_registry = model_registry or ModelRegistry()
+            reference, self.model = self.model_registry.load(self.monitor.reference)
+            log.info("reference: %s, profile %s", self.model, reference.fingerprint)
+        else:
+            reference = ReferenceProfile.load(self.monitor.reference)
+        self.schema_registry = schema_registry
+        self._use_reference(reference, None)
         self.detector: ConceptDetector | None = None
         self.tracker: ConceptTracker | None = None
         self._fresh_concept()
         self.metrics = Metrics(self.registry, self.monitor.monitor, _version())
         size_s = None if self.monitor.window.kind == "count" else self.monitor.window.size_ms / 1000.0
         self.metrics.set_config(size_s)
+        self.metrics.set_reference(self.reference.fingerprint, self.model)
+        self._watcher: AliasWatcher | None = None
+        self._stale: dict[int, dict[str, Any]] = {}  # assigned partition -> its checkpoint of another version
         self.state_dir = prepare_state_dir(config.state.dir)
         self.stores: dict[int, CheckpointStore] = {}  # partition -> its checkpoints
         self.topic = config.kafka.topic
@@ -180,19 +215,146 @@ class DriftConsumer:
         self._overflowed = 0
         self.metrics_port: int | None = None
 
+    # -- the reference (and the model version it belongs to) ------------------------------
+    def _use_reference(self, reference: ReferenceProfile, previous: WindowManager | None) -> None:
+        """Count and evaluate against ``reference`` from now on: its layout, a decoder for it, and empty
+        windows (keeping the watermarks and frontier of ``previous``, if given)."""
+        layout = Layout(reference, self.monitor.features.include)
+        require_calibration(layout)
+        self.reference, self.layout = reference, layout
+        self.decoder = self._decoder(reference, layout)
+        if previous is None:
+            self.windows = WindowManager(self.monitor, layout, clock=self.clock)
+        else:
+            self.windows = previous.successor(self.monitor, layout)
+        self._overflowed = 0
+
+    def _decoder(self, reference: ReferenceProfile, layout: Layout) -> Any:
+        max_bytes = self.config.kafka.max_event_bytes
+        if self.monitor.events.format == "avro":
+            from stream.avro import AvroDecoder, registry_client
+
+            if self.schema_registry is None:
+                assert self.config.schema_registry is not None  # (ServeConfig requires it with avro)
+                self.schema_registry = registry_client(self.config.schema_registry)
+            return AvroDecoder(
+                self.monitor, reference, layout.features, self.schema_registry, max_bytes, wall_clock=self.wall_clock
+            )
+        return EventDecoder(self.monitor, reference, layout.features, max_bytes, wall_clock=self.wall_clock)
+
+    def reference_state(self) -> dict[str, Any]:
+        """Which reference a checkpoint's state belongs to."""
+        m = self.model
+        return {
+            "fingerprint": self.reference.fingerprint,
+            "model_name": None if m is None else m.name,
+            "model_version": None if m is None else m.version,
+        }
+
+    def _same_reference(self, state: dict[str, Any]) -> bool:
+        """Whether a checkpoint's state was counted against the reference in force (a checkpoint of the same
+        profile from a file reference is: the monitor now names that profile through its model version)."""
+        ref = state.get("reference") or {}
+        mine = self.reference_state()
+        if ref.get("fingerprint") != mine["fingerprint"]:
+            return False
+        return ref.get("model_version") in (None, mine["model_version"])
+
+    def switch_reference(self, reference: ReferenceProfile, model: ModelVersion) -> bool:
+        """Go on with another model version's profile (the alias moved): checkpoint the old version's
+        state, close and publish every open window of it, start empty windows on the new profile with
+        the same watermarks, checkpoint again. False (nothing changed) if the first checkpoint failed;
+        the caller tries again after the next batch."""
+        log.info("model switch: %s -> %s (profile %s)", self.model, model, reference.fingerprint)
+        if self.assigned and self._dirty and not self.checkpoint("model switch"):
+            return False
+        closed = self.windows.flush()
+        if closed:
+            out = WindowOutput([], [], [])
+            out.records.extend(self._emit(closed, out))
+            self._publish(out)
+        self.model = model
+        self._use_reference(reference, self.windows)
+        self._fresh_concept()
+        for store in self.stores.values():
+            store.fingerprint = reference.fingerprint
+        self.metrics.set_reference(reference.fingerprint, model)
+        if self.assigned:
+            self._dirty = True
+            self.checkpoint("model switch")
+        return True
+
+    def _retire_stale(self) -> None:
+        """Close the windows of checkpoints of another model version (found on assignment) with that
+        version's profile, publish them, and go on from their offsets and watermarks under this one."""
+        stale, self._stale = self._stale, {}
+        groups: dict[tuple[Any, Any], dict[int, dict[str, Any]]] = {}
+        for p, snap in stale.items():
+            ref = snap["reference"]
+            groups.setdefault((ref.get("fingerprint"), ref.get("model_version")), {})[p] = snap
+        for (fingerprint, old_version), snaps in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            name = next(iter(snaps.values()))["reference"].get("model_name")
+            where = ", ".join(str(self._store(p).dir) for p in sorted(snaps))
+            if self.model is None or self.model_registry is None or name != self.model.name or old_version is None:
+                raise ReferenceMismatchError(
+                    f"the checkpoints in {where} were written against reference {fingerprint} (model {name!r} "
+                    f"version {old_version!r}), not a version of {self.model.name if self.model else None!r}; refusing "
+                    "to resume (use a new state.dir)"
+                )
+            old_model = self.model_registry.resolve(f"models:/{name}/{old_version}")
+            old_ref = self.model_registry.fetch_reference(old_model)
+            if old_ref.fingerprint != fingerprint:
+                raise ReferenceMismatchError(
+                    f"the checkpoints in {where} were written against {fingerprint}, but {old_model} now has "
+                    f"profile {old_ref.fingerprint}; refusing to close its windows with another profile"
+                )
+            old_layout = Layout(old_ref, self.monitor.features.include)
+            old = WindowManager(self.monitor, old_layout, clock=self.clock)
+            old.closer = CLOSER in snaps
+            for p in sorted(snaps):
+                shared = snaps[p].get("shared")
+                if p == CLOSER and shared is not None:
+                    old.load_shared(shared["windows"])
+                old.load_partition(p, snaps[p]["windows"])
+            closed = old.flush()
+            log.info(
+                "partitions %s: checkpoint of %s, now %s: closing its %d open windows",
+                sorted(snaps),
+                old_model,
+                self.model,
+                len(closed),
+            )
+            if closed:
+                out = WindowOutput([], [], [])
+                out.records.extend(self._emit(closed, out, old_layout, old_model))
+                self._publish(out)
+            for p in snaps:
+                if p in old.max_time:
+                    self.windows.max_time[p] = old.max_time[p]
+            self.windows.learn_frontier(old.frontier)
+        self._dirty = True
+        self.checkpoint_quietly("model switch")  # (in the assignment callback: no commit)
+
     # -- state ----------------------------------------------------------------------------
     def _store(self, partition: int) -> CheckpointStore:
         store = self.stores.get(partition)
         if store is None:
             d = partition_dir(self.state_dir, partition)
-            store = CheckpointStore(d, self.monitor.monitor, self.reference.fingerprint)
+            any_ref = self.model is not None
+            store = CheckpointStore(d, self.monitor.monitor, self.reference.fingerprint, any_reference=any_ref)
             self.stores[partition] = store
         return store
 
     def _fresh_concept(self) -> None:
         if self.monitor.concept_active:
             self.detector = make_detector(self.monitor.concept.detector, self.monitor.concept.params)
-            self.tracker = ConceptTracker(self.monitor, self.reference.fingerprint)
+            m = self.model
+            self.tracker = ConceptTracker(
+                self.monitor,
+                self.reference.fingerprint,
+                None if m is None else m.name,
+                None if m is None else m.version,
+            )
 
     def _check_topic(self, state: dict[str, Any], where: Path) -> None:
         if state["topic"] != self.topic:
@@ -210,6 +372,12 @@ class DriftConsumer:
             log.info("partition %d: no checkpoint in %s: starting from the committed offsets", partition, store.dir)
             return
         self._check_topic(snap, store.dir)
+        if snap["offset"] is not None:
+            self.next_offset[partition] = int(snap["offset"])
+        self._idle_written[partition] = bool(snap["idle"])
+        if not self._same_reference(snap):  # (only with a models:/ reference: the store refuses it otherwise)
+            self._stale[partition] = snap
+            return
         if partition == CLOSER and snap.get("shared") is not None:
             shared = snap["shared"]
             self.windows.load_shared(shared["windows"])
@@ -221,9 +389,6 @@ class DriftConsumer:
                     log.warning("concept detector not restored, it starts afresh: %s", exc)
                     self._fresh_concept()
         self.windows.load_partition(partition, snap["windows"])
-        if snap["offset"] is not None:
-            self.next_offset[partition] = int(snap["offset"])
-        self._idle_written[partition] = bool(snap["idle"])
         log.info("partition %d: restored state, next offset %s", partition, snap["offset"])
 
     def partition_state(self, partition: int) -> dict[str, Any]:
@@ -234,6 +399,7 @@ class DriftConsumer:
             "offset": self.next_offset.get(partition),
             "idle": self.windows.is_idle(partition),
             "windows": self.windows.partition_snapshot(partition),
+            "reference": self.reference_state(),
         }
         if partition == CLOSER:
             state["shared"] = {
@@ -325,6 +491,8 @@ class DriftConsumer:
                 foreign[q] = ForeignPartition(None, False)
             elif old is not None and self._foreign_seq.get(q) == got[0]:
                 foreign[q] = old
+            elif not self._same_reference(got[1]):  # its owner has not switched model versions yet: wait
+                foreign[q] = ForeignPartition(None, False)
             else:
                 foreign[q] = self.windows.foreign_partition(got[1]["windows"], bool(got[1]["idle"]))
                 self._foreign_seq[q] = got[0]
@@ -359,6 +527,8 @@ class DriftConsumer:
         self.assigned = set(mine)
         self.windows.assign(self.assigned)
         self.windows.closer = CLOSER in self.assigned
+        if self._stale:
+            self._retire_stale()
         self.windows.foreign = None  # until refresh_shared has read the topic and the others' checkpoints
         self.topic_partitions = None
         self._last_refresh = -math.inf
@@ -414,6 +584,7 @@ class DriftConsumer:
         cfg = self.config
         server = None
         try:
+            check_broker(cfg.kafka, self.topic)  # a wrong CA, password or address stops serve here, named
             if self.serve_metrics:
                 m = cfg.metrics
                 server, self.metrics_port = serve_http(self.registry, m.address, m.port, m.certfile, m.keyfile)
@@ -426,6 +597,13 @@ class DriftConsumer:
                 cfg.outputs.statistics_file,
             )
             self._consumer = Consumer(cfg.kafka.consumer_conf(), logger=log)
+            if self.model is not None and self.model.alias is not None and self.model_registry is not None:
+                self._watcher = AliasWatcher(
+                    self.model_registry, self.monitor.reference, self.model, cfg.mlflow.poll_interval_s
+                )
+                self._watcher.start()
+                log.info("following %s every %s s", self.monitor.reference, cfg.mlflow.poll_interval_s)
+            switch: tuple[ReferenceProfile, ModelVersion] | None = None
             self._consumer.subscribe(
                 [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
@@ -436,6 +614,10 @@ class DriftConsumer:
                 msgs = self._consumer.consume(batch, timeout)
                 self.refresh_shared()
                 self.process(msgs)
+                if self._watcher is not None:
+                    switch = switch or self._watcher.take()
+                    if switch is not None and self.switch_reference(*switch):
+                        switch = None
                 if self.shared and self._idle_changed():
                     self._dirty = True  # the closer must learn that an owned partition went idle (or woke up)
                 if self._dirty and self.clock() - self._last_checkpoint >= interval:
@@ -443,6 +625,8 @@ class DriftConsumer:
             if self.assigned:
                 self.checkpoint("shutdown")
         finally:
+            if self._watcher is not None:
+                self._watcher.stop()
             try:
                 if self._consumer is not None:
                     self._dirty = False  # the final checkpoint is written; close() must not write another
@@ -573,9 +757,18 @@ class DriftConsumer:
             self.stats.concept_detections += len(out)
         return out
 
-    def _emit(self, closed: list[ClosedWindow], out: WindowOutput) -> list[dict[str, Any]]:
+    def _emit(
+        self,
+        closed: list[ClosedWindow],
+        out: WindowOutput,
+        layout: Layout | None = None,
+        model: ModelVersion | None = None,
+    ) -> list[dict[str, Any]]:
+        """Records of closed windows (of another reference's ``layout`` and ``model``: a switch)."""
         cfg = self.monitor
-        records = closed_records(self.layout, cfg, closed)
+        if layout is None:
+            layout, model = self.layout, self.model
+        records = closed_records(layout, cfg, closed, model)
         mon = cfg.monitor
         self.metrics.windows_closed.labels(mon).inc(len(closed))
         self.metrics.last_window_end.labels(mon).set(max(w.end_ms for w in closed) / 1000.0)

@@ -42,6 +42,7 @@ from detectors.exceptions import InputError
 from detectors.histogram import FeatureColumns
 from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
 
+#: (the last two are the Avro decoder's, :mod:`stream.avro`: AVRO_REASON_CODES)
 REASON_CODES = (
     "not_json",
     "not_object",
@@ -51,7 +52,10 @@ REASON_CODES = (
     "bad_type",
     "missing_field",
     "too_large",
+    "not_avro",
+    "unknown_schema",
 )
+AVRO_REASON_CODES = ("not_avro", "unknown_schema")
 
 _INT_ONLY = {int}
 

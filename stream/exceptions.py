@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from detectors.exceptions import ConfigError, StreamdriftError
 
-__all__ = ["CheckpointError", "ConfigError", "InputFileError", "StreamError", "StreamdriftError"]
+__all__ = ["CheckpointError", "ConfigError", "InputFileError", "RegistryError", "StreamError", "StreamdriftError"]
 
 
 class StreamError(StreamdriftError):
@@ -17,3 +17,7 @@ class InputFileError(StreamError, ValueError):
 
 class CheckpointError(StreamError):
     """A checkpoint cannot be written or is corrupt (a corrupt one is never loaded)."""
+
+
+class RegistryError(StreamError):
+    """A model registry (MLflow) or schema registry cannot answer; nothing was lost (offsets stay uncommitted)."""

@@ -53,6 +53,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_segments_overflow_total",
     "streamdrift_assigned_partitions",
     "streamdrift_build_info",
+    "streamdrift_reference_info",
 )
 
 #: the reason label of dead letters: every code a rejection can have (children exist from the start)
@@ -159,6 +160,17 @@ class Metrics:
         self.assigned = Gauge("streamdrift_assigned_partitions", "partitions assigned", ("monitor",), registry=r)
         self.build_info = Gauge("streamdrift_build_info", "build information", ("version",), registry=r)
         self.build_info.labels(version).set(1)
+        # which reference (and model version) the statistics are computed against: one series per
+        # monitor, replaced on a switch; join it onto any series with
+        #   ... * on (monitor) group_left (model_name, model_version) streamdrift_reference_info
+        self.reference_info = Gauge(
+            "streamdrift_reference_info",
+            "1 for the reference the monitor evaluates against now (model_name, model_version: the MLflow model "
+            "version it belongs to; empty for a reference file)",
+            ("monitor", "reference_fingerprint", "model_name", "model_version"),
+            registry=r,
+        )
+        self._reference_labels: tuple[str, str, str, str] | None = None
         # children exist from the start, so a scrape shows zeros rather than nothing
         m = monitor
         for outcome in ("valid", "invalid", "late"):
@@ -179,6 +191,20 @@ class Metrics:
     def set_config(self, window_size_s: float | None) -> None:
         """The window size, once at start."""
         self.window_size.labels(self.monitor).set(_NAN if window_size_s is None else window_size_s)
+
+    def set_reference(self, fingerprint: str, model: Any = None) -> None:
+        """The reference in force (``model``: a :class:`stream.modelref.ModelVersion` or None); the series
+        of the previous one is removed, so there is always exactly one."""
+        labels = (
+            self.monitor,
+            fingerprint,
+            "" if model is None else model.name,
+            "" if model is None else model.version,
+        )
+        if self._reference_labels is not None and self._reference_labels != labels:
+            self.reference_info.remove(*self._reference_labels)
+        self.reference_info.labels(*labels).set(1)
+        self._reference_labels = labels
 
     def window_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Set the per-statistic gauges from a closed window's records."""

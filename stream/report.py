@@ -53,6 +53,7 @@ from detectors.reference import CategoricalProfile, NumericProfile, ReferencePro
 from stream.cli import command
 from stream.exceptions import ConfigError, InputFileError, StreamError
 from stream.files import read_records, read_rows
+from stream.modelref import load_reference
 from stream.settings import load_monitor, load_yaml
 
 REQUIRED_FIELDS = ("monitor", "segment", "feature", "statistic", "severity", "window_start", "window_end")
@@ -718,6 +719,7 @@ def render_html(
     )
     features = [s.feature for s in summaries]
     fprints = sorted({str(r.get("reference_fingerprint")) for r in records if r.get("reference_fingerprint")})
+    models = sorted({f"models:/{r['model_name']}/{r.get('model_version')}" for r in records if r.get("model_name")})
     title = title or f"Drift report: {monitor}"
     parts = [
         "<!DOCTYPE html>",
@@ -731,7 +733,8 @@ def render_html(
         f"monitor <b>{e(monitor)}</b> · segment <b>{e(segment)}</b> · {len(windows)} windows from "
         f"{e(_display_time(windows[0][0]))} to {e(_display_time(windows[-1][1]))} UTC · "
         f"{len(features)} features · reference {e(', '.join(f[:12] for f in fprints) or 'unknown')} · "
-        f"source {e(source)} · generated {datetime.now(tz=UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC</p>",
+        + (f"model {e(', '.join(models))} · " if models else "")
+        + f"source {e(source)} · generated {datetime.now(tz=UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC</p>",
     ]
     for n in notes:
         parts.append(f'<p class="note">{e(n)}</p>')
@@ -904,7 +907,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     thresholds = Thresholds.from_config(config) if config else Thresholds.from_records(recs)
     window = choose_window(recs, args.window)
     ref_path = args.reference or (config.reference if config else None)
-    reference = ReferenceProfile.load(ref_path) if ref_path else None
+    reference = load_reference(ref_path)[0] if ref_path else None  # (a file, or models:/ through MLflow)
     hist = None
     if reference is not None:
         fps = {r.get("reference_fingerprint") for r in recs if r.get("reference_fingerprint")}

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from stream.cli import command
 from stream.settings import ServeConfig
@@ -35,6 +36,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.check:
         print(f"config ok: {config!r}")
         return 0
+    return serve(config)
+
+
+def serve(config: ServeConfig, **consumer_args: Any) -> int:
+    """Run the consumer in this process until SIGTERM/SIGINT (``consumer_args``: DriftConsumer's keyword
+    arguments, e.g. an injected schema registry client: the benchmark's in-memory one)."""
     from stream.consumer import DriftConsumer
 
     stop = threading.Event()
@@ -45,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    consumer = DriftConsumer(config)
+    consumer = DriftConsumer(config, **consumer_args)
     # what exists now (modules, config, reference, layout) lives as long as the process: keep it
     # out of the collector's generations, so full collections scan only what batches leave behind
     gc.collect()

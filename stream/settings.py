@@ -11,6 +11,9 @@ sections only ``streamdrift serve`` reads::
     metrics:  address (default 127.0.0.1), port (default 9308; 0 = a free port), certfile and
               keyfile (PEM: HTTPS instead of HTTP)
     state:    dir, checkpoint_interval, lock_timeout
+    mlflow:   poll_interval (how often a models:/NAME@ALIAS reference is re-resolved)
+    schema_registry: url, username, password (a secret), ssl_ca_location, ssl_certificate_location,
+              ssl_key_location, timeout (for ``events.format: avro``)
 
 Every setting can be overridden from the environment as ``STREAMDRIFT_<SECTION>__<KEY>``
 (``STREAMDRIFT_KAFKA__SASL_PASSWORD``, ``STREAMDRIFT_METRICS__PORT``,
@@ -32,7 +35,7 @@ from detectors.config import MonitorConfig, format_validation_error, parse_durat
 from stream.exceptions import ConfigError
 
 ENV_PREFIX = "STREAMDRIFT_"
-SERVE_SECTIONS = ("kafka", "outputs", "metrics", "state")
+SERVE_SECTIONS = ("kafka", "outputs", "metrics", "state", "mlflow", "schema_registry")
 
 #: librdkafka settings a user may pass through ``kafka.extra`` (tuning and TLS/SASL details).
 #: Keys that would break the consumer's guarantees (auto commit, offset store, group id,
@@ -103,6 +106,11 @@ class KafkaConfig(_Section):
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="messages per consume() call")
     poll_timeout: int | str = Field("500ms", description="how long one consume() waits for a batch")
     max_event_bytes: int = Field(1 << 20, ge=64, description="larger messages are dead-lettered unparsed")
+    connect_timeout: int | str = Field(
+        "30s",
+        description="at start, how long serve waits for the broker to answer (TLS and SASL included) before it "
+        "exits with an error naming the setting to fix",
+    )
 
     @field_validator("extra")
     @classmethod
@@ -122,9 +130,20 @@ class KafkaConfig(_Section):
             raise ValueError("must be positive")
         return v
 
+    @field_validator("connect_timeout")
+    @classmethod
+    def _connect(cls, v: int | str) -> int | str:
+        if parse_duration_ms(v, "kafka.connect_timeout") <= 0:
+            raise ValueError("must be positive")
+        return v
+
     @property
     def poll_timeout_s(self) -> float:
         return parse_duration_ms(self.poll_timeout, "kafka.poll_timeout") / 1000.0
+
+    @property
+    def connect_timeout_s(self) -> float:
+        return parse_duration_ms(self.connect_timeout, "kafka.connect_timeout") / 1000.0
 
     def librdkafka(self) -> dict[str, Any]:
         """Connection settings as librdkafka keys (secrets revealed: never log the result)."""
@@ -234,11 +253,68 @@ class StateConfig(_Section):
         return parse_duration_ms(self.lock_timeout, "state.lock_timeout") / 1000.0
 
 
+class MlflowConfig(_Section):
+    """How serve follows a ``reference: models:/NAME@ALIAS`` (the server: ``MLFLOW_TRACKING_URI``)."""
+
+    poll_interval: int | str = Field(
+        "60s", description="how often the alias is resolved again; a move switches the reference (stream.consumer)"
+    )
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll(cls, v: int | str) -> int | str:
+        if parse_duration_ms(v, "mlflow.poll_interval") <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @property
+    def poll_interval_s(self) -> float:
+        return parse_duration_ms(self.poll_interval, "mlflow.poll_interval") / 1000.0
+
+
+class SchemaRegistryConfig(_Section):
+    """The schema registry of ``events.format: avro`` (Confluent's REST API)."""
+
+    url: str = Field(min_length=1, description="http(s)://host:port[,...] of the schema registry")
+    username: str | None = Field(None, description="basic auth user (with password)")
+    password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(None, description="CA bundle that signed the registry's certificate")
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    timeout: int | str = Field("10s", description="per request")
+
+    @model_validator(mode="after")
+    def _auth(self) -> SchemaRegistryConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together (basic auth): set both, or neither")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together: set both, or neither")
+        parse_duration_ms(self.timeout, "schema_registry.timeout")
+        return self
+
+    def client_conf(self) -> dict[str, Any]:
+        """``SchemaRegistryClient`` settings (the password revealed: never log the result)."""
+        conf: dict[str, Any] = {
+            "url": self.url,
+            "timeout": parse_duration_ms(self.timeout, "schema_registry.timeout") / 1000.0,
+        }
+        if self.username is not None and self.password is not None:
+            conf["basic.auth.user.info"] = f"{self.username}:{self.password.get_secret_value()}"
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        if self.ssl_certificate_location:
+            conf["ssl.certificate.location"] = self.ssl_certificate_location
+            conf["ssl.key.location"] = self.ssl_key_location
+        return conf
+
+
 class _ServeSections(_Section):
     kafka: KafkaConfig
     outputs: OutputsConfig = OutputsConfig()
     metrics: MetricsConfig = MetricsConfig()
     state: StateConfig = StateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    schema_registry: SchemaRegistryConfig | None = None
 
 
 class ServeConfig:
@@ -251,17 +327,22 @@ class ServeConfig:
         outputs: OutputsConfig,
         metrics: MetricsConfig,
         state: StateConfig,
+        mlflow: MlflowConfig | None = None,
+        schema_registry: SchemaRegistryConfig | None = None,
     ) -> None:
         self.monitor = monitor
         self.kafka = kafka
         self.outputs = outputs
         self.metrics = metrics
         self.state = state
+        self.mlflow = mlflow if mlflow is not None else MlflowConfig()
+        self.schema_registry = schema_registry
 
     def __repr__(self) -> str:
         return (
             f"ServeConfig(monitor={self.monitor.monitor!r}, kafka={self.kafka!r}, outputs={self.outputs!r}, "
-            f"metrics={self.metrics!r}, state={self.state!r})"
+            f"metrics={self.metrics!r}, state={self.state!r}, mlflow={self.mlflow!r}, "
+            f"schema_registry={self.schema_registry!r})"
         )
 
     @classmethod
@@ -287,7 +368,11 @@ class ServeConfig:
         outputs = sections.outputs
         if base is not None and outputs.statistics_file and not Path(outputs.statistics_file).is_absolute():
             outputs = outputs.model_copy(update={"statistics_file": str(base / outputs.statistics_file)})
-        return cls(monitor, sections.kafka, outputs, sections.metrics, state)
+        if monitor.events.format == "avro" and sections.schema_registry is None:
+            raise ConfigError(
+                "invalid serve config:\n  schema_registry: events.format avro needs a schema_registry section (url)"
+            )
+        return cls(monitor, sections.kafka, outputs, sections.metrics, state, sections.mlflow, sections.schema_registry)
 
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> ServeConfig:

@@ -570,6 +570,59 @@ class WindowManager:
         for q, part in snap["partitions"]:
             self.load_partition(int(q), part)
 
+    # -- a reference switch ---------------------------------------------------------------
+    def flush(self) -> list[ClosedWindow]:
+        """Close every window that holds an event now, whatever the watermark: the reference they
+        were counted against ends here (a model version switch). Time windows in the closer (its
+        panes and the foreign ones it knows), the count windows of the owned partitions, filled or
+        not. The frontier does not move: the same time windows go on, empty, under the successor."""
+        closed: list[ClosedWindow] = []
+        for (_q, s), cw in sorted(self.count_windows.items()):
+            if cw.state.n_events:
+                raw = {f: np.asarray(v, dtype=np.float64) for f, v in cw.raw.items()} if cw.raw else None
+                closed.append(
+                    ClosedWindow(s, self.router.segment(s), cw.first_ms, cw.last_ms + 1, cw.state.counts, raw)
+                )
+        if self.spec.kind == "count" or not self.closer:
+            return closed
+        spec, old = self.spec, self.frontier
+        members_of: dict[tuple[int, int], list[npt.NDArray[np.int64]]] = {}
+        for (_part, s, p), st in self.panes.items():
+            members_of.setdefault((s, p), []).append(st.counts)
+        for fp in (self.foreign or {}).values():
+            for sp, c in fp.panes.items():
+                members_of.setdefault(sp, []).append(c)
+        by_seg: dict[int, set[int]] = {}
+        for s, p in members_of:
+            by_seg.setdefault(s, set()).add(p)
+        for s in sorted(by_seg):
+            panes = by_seg[s]
+            for first in spec.windows_of_panes(sorted(panes)):
+                start, end = spec.window_bounds(first)
+                if old is not None and end <= old:
+                    continue
+                members = [
+                    c for p in range(first, first + spec.panes_per_window) if p in panes for c in members_of[(s, p)]
+                ]
+                total = members[0].copy()
+                for m in members[1:]:
+                    total += m
+                closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
+        closed.sort(key=lambda c: (c.end_ms, c.segment_id))
+        return closed
+
+    def successor(self, config: MonitorConfig, layout: Layout) -> WindowManager:
+        """An empty manager for another reference (``layout``) that keeps this one's time: the
+        partitions' watermarks and liveness, the close frontier, the closer role. Windows and
+        segments start afresh (:meth:`flush` first, to report what this one holds)."""
+        new = WindowManager(config, layout, clock=self.clock)
+        new.max_time = dict(self.max_time)
+        new.last_seen = dict(self.last_seen)
+        new.frontier = self.frontier
+        new.closer = self.closer
+        new.foreign = None if self.foreign is None else {}  # (the foreign view is read again, of the new version)
+        return new
+
 
 def _check_version(snap: Mapping[str, Any]) -> None:
     if snap.get("version") != SNAPSHOT_VERSION:

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from stream.broker import free_port
-from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, REFERENCE_SEED, Variant, columns
+from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, REFERENCE_SEED, Variant, avro_schema, columns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,14 @@ def build_reference(workdir: Path, variant: Variant) -> Path:
 
 
 def write_config(
-    workdir: Path, reference: Path, variant: Variant, bootstrap: str, topic: str, port: int, tag: str
+    workdir: Path,
+    reference: Path,
+    variant: Variant,
+    bootstrap: str,
+    topic: str,
+    port: int,
+    tag: str,
+    avro: bool = False,
 ) -> Path:
     cfg: dict[str, Any] = {
         "monitor": "bench",
@@ -67,6 +74,7 @@ def write_config(
             "time_unit": "ms",
             "features_field": "features",
             "segment_fields": ["segment"] if variant.categorical else [],
+            "format": "avro" if avro else "json",
         },
         "features": {
             "include": list(variant.features),
@@ -92,6 +100,8 @@ def write_config(
         "metrics": {"address": "127.0.0.1", "port": port},
         "state": {"dir": str(workdir / f"state-{tag}"), "checkpoint_interval": "10s"},
     }
+    if avro:
+        cfg["schema_registry"] = {"url": f"mock://bench-{tag}"}
     path = workdir / f"serve-{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
@@ -155,16 +165,31 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def run_serve(
-    workdir: Path, reference: Path, variant: Variant, bootstrap: str, topic: str, n: int, timeout: float = 600.0
+    workdir: Path,
+    reference: Path,
+    variant: Variant,
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout: float = 600.0,
+    avro: bool = False,
 ) -> dict[str, Any]:
+    """``avro``: the topic holds the events as Avro (``bench_common.encode_avro_events``); serve runs in
+    ``bench_avro_serve`` (the CLI's serve with an in-memory schema registry)."""
     tag = uuid.uuid4().hex[:8]
     port = free_port()
-    config = write_config(workdir, reference, variant, bootstrap, topic, port, tag)
+    config = write_config(workdir, reference, variant, bootstrap, topic, port, tag, avro)
     log_path = workdir / f"serve-{tag}.log"
+    cmd = [sys.executable, "-m", "stream.cli", "--log-level", "WARNING", "serve", "--config", str(config)]
+    if avro:
+        schema = workdir / f"schema-{tag}.json"
+        schema.write_text(json.dumps(avro_schema(variant)), encoding="utf-8")
+        cmd = [sys.executable, "-m", "tests.benchmarks.bench_avro_serve", "--config", str(config)]
+        cmd += ["--schema", str(schema)]
     with log_path.open("wb") as log:
         t_start = time.time()  # the epoch clock: serve's last-batch times are on it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
+            cmd,
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

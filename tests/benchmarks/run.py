@@ -9,7 +9,9 @@ repeat). Medians over the repeats; ratios are of medians measured in this run.
 
 Sections (``--sections``, default all):
   kafka  ceiling (raw confluent-kafka consume), floor (consume + msgspec decode to numpy),
-         serve (``streamdrift serve`` end to end); ``--long`` adds a 10 x N stream for memory
+         serve (``streamdrift serve`` end to end), and serve on the same events as Avro with
+         schema registry framing (``events.format: avro``; its registry in memory,
+         ``bench_avro_serve.py``); ``--long`` adds a 10 x N stream for memory
   batch  one 100k x 20 window: streamdrift vs Evidently's data drift report vs naive scipy
   spark  the Spark backfill at local[1] and local[2]
   verdicts  not a timing: false-alarm (page) rates on null streams and detection rates on drifted
@@ -43,8 +45,10 @@ from tests.benchmarks.bench_common import (  # noqa: E402
     NUMERIC,
     NUMERIC_ONLY,
     Variant,
+    avro_self_check,
     columns,
     delete_topic,
+    encode_avro_events,
     encode_events,
     fresh_topic,
     machine,
@@ -57,6 +61,7 @@ from tests.benchmarks.bench_common import (  # noqa: E402
 SECTIONS = ("kafka", "batch", "spark", "verdicts")
 TARGETS = {
     "consumer_vs_floor": 0.75,
+    "avro_vs_json": 0.7,  # serve on Avro / serve on JSON, msgs/s
     "memory_growth": 1.10,  # VmHWM(10 x N) / VmHWM(N), or RSS end / RSS at 20% without --long
     "batch_vs_evidently": 50.0,
     "spark_scaling": 1.6,
@@ -96,25 +101,33 @@ def kafka_section(
     out: dict[str, Any] = {}
     for vi, variant in enumerate(variants):
         reference = bench_serve.build_reference(workdir, variant)
-        runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "floor": [], "serve": []}
-        modes = ["ceiling", "floor"] + ([] if serve_why else ["serve"])
+        runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "floor": [], "serve": [], "serve_avro": []}
+        modes = ["ceiling", "floor"] + ([] if serve_why else ["serve", "serve_avro"])
         produce_rates = []
         idle: list[float] = []
         for rep in range(repeats):
             seed = 1 + rep + 1000 * vi
             cols = columns(n, seed, variant)
             values = encode_events(cols, variant)
+            avro_values = encode_avro_events(cols, variant) if not serve_why else []
             expected_sum = float(np.column_stack([cols[f] for f in NUMERIC]).sum())
             scale = float(np.abs(np.column_stack([cols[f] for f in NUMERIC])).sum())
             del cols
             topic = fresh_topic(bootstrap, f"bench-{variant.name.split('+')[0]}")
             produce_rates.append(produce(bootstrap, topic, values))
             del values
+            avro_topic = fresh_topic(bootstrap, f"bench-avro-{variant.name.split('+')[0]}")
+            if avro_values:
+                produce(bootstrap, avro_topic, avro_values)
+            del avro_values
             order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
             idle.append(quiet())
             for mode in order:
-                if mode == "serve":
-                    res = bench_serve.run_serve(workdir, reference, variant, bootstrap, topic, n)
+                if mode in ("serve", "serve_avro"):
+                    avro = mode == "serve_avro"
+                    res = bench_serve.run_serve(
+                        workdir, reference, variant, bootstrap, avro_topic if avro else topic, n, avro=avro
+                    )
                     if res["events_valid"] != n:
                         raise RuntimeError(f"serve counted {res['events_valid']} valid events of {n}: {res}")
                 else:
@@ -122,7 +135,7 @@ def kafka_section(
                     if mode == "floor" and abs(res["value_sum"] - expected_sum) > 1e-9 * scale:
                         raise RuntimeError(f"floor decoded sum {res['value_sum']} != produced {expected_sum}")
                 runs[mode].append(res)
-            for t in (topic, f"{topic}-stats", f"{topic}-alerts"):
+            for t in (topic, f"{topic}-stats", f"{topic}-alerts", avro_topic, f"{avro_topic}-stats"):
                 err = delete_topic(bootstrap, t)
                 if err and t == topic:
                     log(f"  note: could not delete topic {t}: {err}")
@@ -143,6 +156,12 @@ def kafka_section(
             v[f"{m}_rate"] = median(r["rate"] for r in runs[m])
             v[f"{m}_cpu_rate"] = median(r["cpu_rate"] for r in runs[m])
         if not serve_why:
+            v["serve_avro_vs_json"] = v["serve_avro_rate"] / v["serve_rate"]
+            v["serve_avro_vs_json_cpu"] = v["serve_avro_cpu_rate"] / v["serve_cpu_rate"]
+            # (the same repeat's two runs saw the same machine: their ratio is the steadier figure)
+            v["serve_avro_vs_json_per_repeat"] = [
+                a["rate"] / j["rate"] for a, j in zip(runs["serve_avro"], runs["serve"], strict=True)
+            ]
             v["serve_feature_values_rate"] = v["serve_rate"] * len(variant.features)
             v["serve_vs_floor"] = v["serve_rate"] / v["floor_rate"]
             v["serve_vs_floor_cpu"] = v["serve_cpu_rate"] / v["floor_cpu_rate"]
@@ -216,12 +235,20 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         row("ceiling: raw confluent-kafka consume", "ceiling_rate")
         row("floor: consume + msgspec decode to numpy", "floor_rate")
         row("`streamdrift serve` end to end", "serve_rate")
+        row("`streamdrift serve` on Avro (schema registry framing)", "serve_avro_rate")
         row("serve feature-values/s", "serve_feature_values_rate", lambda x: "n/a" if x is None else f"{x / 1e6:.2f}M")
         row("floor / ceiling", "floor_vs_ceiling", lambda x: fmt(x, ".2f") + "x" if x else "n/a")
         row("serve / floor", "serve_vs_floor", lambda x: fmt(x, ".2f") + "x" if x else "n/a")
+        row("serve Avro / serve JSON", "serve_avro_vs_json", lambda x: fmt(x, ".2f") + "x" if x else "n/a")
+        row(
+            "serve Avro / JSON, per repeat",
+            "serve_avro_vs_json_per_repeat",
+            lambda x: " ".join(f"{r:.2f}" for r in x) if x else "n/a",
+        )
         row("ceiling, msgs per CPU-second", "ceiling_cpu_rate")
         row("floor, msgs per CPU-second", "floor_cpu_rate")
         row("serve, msgs per CPU-second", "serve_cpu_rate")
+        row("serve Avro, msgs per CPU-second", "serve_avro_cpu_rate")
         row("serve / floor, per CPU-second", "serve_vs_floor_cpu", lambda x: fmt(x, ".2f") + "x" if x else "n/a")
         row("serve peak RSS (VmHWM, MiB)", "serve_vm_hwm_kb", lambda x: "n/a" if x is None else f"{x / 1024:.0f}")
         row("serve RSS growth, 20% -> 100% of stream", "serve_rss_growth_20_to_100pct", lambda x: fmt(x, ".3f") + "x")
@@ -237,6 +264,16 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             targets["consumer >= 0.75 x floor (msgs per CPU-second)"] = (
                 ", ".join(f"{v}: {r:.2f}x" for v, r in zip(names, ratios, strict=True)),
                 min(ratios) >= TARGETS["consumer_vs_floor"],
+            )
+            ratios = [k[v]["serve_avro_vs_json"] for v in names]
+            targets["consumer on Avro >= 0.7 x on JSON (msgs/s)"] = (
+                ", ".join(f"{v}: {r:.2f}x" for v, r in zip(names, ratios, strict=True)),
+                min(ratios) >= TARGETS["avro_vs_json"],
+            )
+            ratios = [k[v]["serve_avro_vs_json_cpu"] for v in names]
+            targets["consumer on Avro >= 0.7 x on JSON (msgs per CPU-second)"] = (
+                ", ".join(f"{v}: {r:.2f}x" for v, r in zip(names, ratios, strict=True)),
+                min(ratios) >= TARGETS["avro_vs_json"],
             )
             if "long" in k:
                 ratio = k["long"]["vm_hwm_ratio_vs_n"]
@@ -366,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     from stream.broker import EmbeddedBroker
 
     self_check()
+    if "kafka" in sections:
+        avro_self_check()
     res: dict[str, Any] = {
         "events": a.events,
         "repeats": a.repeats,

@@ -40,6 +40,7 @@ CONTRACT = {
     "streamdrift_segments_overflow": "counter",
     "streamdrift_assigned_partitions": "gauge",
     "streamdrift_build_info": "gauge",
+    "streamdrift_reference_info": "gauge",
 }
 
 
@@ -86,6 +87,7 @@ def exported_labels() -> dict[str, set[str]]:
     metrics.concept.labels("m", "adwin", "model_error").inc()
     metrics.alerts.labels("m", "warning").inc()
     metrics.batch_seconds.labels("m").observe(0.01)
+    metrics.set_reference("sha256:0")
     labels: dict[str, set[str]] = {}
     for fam in registry.collect():
         for sample in fam.samples:

@@ -49,6 +49,7 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
     m.batch_seconds.labels("mon").observe(0.01)
     m.concept.labels("mon", "adwin", "model_error").inc()
     m.alerts.labels("mon", "critical").inc()
+    m.set_reference(ref.fingerprint)
     exported = {s.name for fam in reg.collect() for s in fam.samples}
     for name in METRIC_NAMES:
         assert any(e == name or e.startswith(name + "_") for e in exported), name
