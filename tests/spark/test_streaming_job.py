@@ -59,6 +59,7 @@ def test_streaming_job_flags_the_drift_window_and_survives_a_restart(
     cfg = yaml.safe_load(config_path.read_text())
     cfg["kafka"] = {"bootstrap_servers": kafka_bootstrap, "topic": events_topic}
     cfg["outputs"] = {"statistics_topic": stats_topic, "alerts_topic": alerts_topic}
+    cfg["metrics"] = {"port": 0}
     config_path.write_text(yaml.safe_dump(cfg))
     monitor = Monitor.load(config_path)
 
