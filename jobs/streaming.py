@@ -30,9 +30,11 @@ The plan of every micro-batch, from the executors to the driver:
 Rules (see the README for how they differ from ``streamdrift serve``):
 
 * a *pane* is ``floor(t / slide)``; a window is the sum of its panes (tumbling: one pane);
-* an event is *late* if every window it belongs to had already closed when its micro-batch
-  ran (the last one ended at or before the close frontier, the watermark of the previous
-  close); late events are counted, per window (the last window they belong to), not added;
+* an event is *late* if Spark's watermark, when its micro-batch runs, is at or past the end
+  of every window it belongs to (those windows close in that batch, or closed before);
+  late events are counted, per window (the last window they belong to), not added. The
+  watermark of a batch depends only on the events of earlier batches, so whether an event
+  is late does not depend on when Spark runs its data-less batches;
 * windows close when Spark's watermark reaches their end. The state's key has an event-time
   timeout at the next window end, so when a micro-batch moves the watermark past it Spark
   runs a data-less micro-batch at the next trigger that closes the window, even if no more
@@ -177,7 +179,7 @@ class WindowStep:
         if rows is not None:
             kinds = rows["kind"]
             self._tally(rows[kinds == "t"], out)
-            self._counts(st, rows[kinds == "c"], out)
+            self._counts(st, rows[kinds == "c"], watermark, out)
             self._concept(st, rows[kinds == "v"], out)
         self._close(st, watermark, out)
         return out
@@ -205,7 +207,7 @@ class WindowStep:
         for code, n in sorted(reasons.items()):
             out.append({"kind": "invalid", "seg": code, "n": n})
 
-    def _counts(self, st: StreamState, c: Any, out: list[dict[str, Any]]) -> None:
+    def _counts(self, st: StreamState, c: Any, watermark: int, out: list[dict[str, Any]]) -> None:
         m = self.monitor
         spec = m.spec
         fields = m.segment_fields
@@ -220,7 +222,7 @@ class WindowStep:
             pane, n = int(pane), int(n)
             last_start = pane * spec.slide_ms  # the last window the events belong to starts with their pane
             last_end = last_start + spec.size_ms
-            if st.frontier is not None and last_end <= st.frontier:
+            if last_end <= watermark:
                 late += n
                 late_by_window[(last_start, last_end)] = late_by_window.get((last_start, last_end), 0) + n
                 continue
