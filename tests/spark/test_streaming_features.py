@@ -181,3 +181,49 @@ def test_dead_letters_late_events_concept_and_metrics(spark: Any, kafka_bootstra
     for r in last:
         labels = {"segment": segment_label(r["segment"]), "feature": r["feature"], "statistic": r["statistic"]}
         assert math.isclose(_value(registry, "streamdrift_statistic_value", **labels), r["value"], rel_tol=1e-9)
+
+
+def test_raw_kafka_rows_summarize_like_the_binned_source(spark: Any, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``--kafka-format streamdrift-kafka`` / ``kafka`` summarize the raw rows in ``mapInArrow``
+    (:func:`jobs.binned.summarize_arrow`): the same rows as the reader of ``streamdrift-binned``."""
+    from pyspark.sql import functions as F
+
+    from jobs import binned
+    from jobs.kafka_source import read_kafka
+
+    topic = f"raw-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, topic, partitions=2)
+    config_path = write_monitor(tmp_path, events={"segment_fields": ["region"]})
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg["kafka"] = {"bootstrap_servers": kafka_bootstrap, "topic": topic}
+    config_path.write_text(yaml.safe_dump(cfg))
+    events = make_events(900, seed=8)
+    values = [json.dumps(e).encode() for e in events]
+    values[10], values[11] = b"{", b'{"timestamp": "yesterday", "features": {}}'
+    produce(kafka_bootstrap, topic, [(None, v, i % 2, T0 + i) for i, v in enumerate(values)])
+    opts = {"kafka.bootstrap.servers": kafka_bootstrap, "subscribe": topic, "startingOffsets": "earliest"}
+
+    binned.register(spark)
+    got = spark.read.format(binned.NAME).options(config=str(config_path), **opts).load()
+    raw = read_kafka(spark, opts).select(
+        "key", "value", "topic", "partition", "offset", F.unix_millis("timestamp").alias("ts")
+    )
+    monitor = Monitor.load(config_path)
+    summed = raw.mapInArrow(lambda it: binned.summarize_arrow(monitor, it, 1 << 20, None, {}), binned.SCHEMA)
+
+    def rows(df: Any) -> list[tuple[Any, ...]]:
+        return sorted(
+            (r.kind, r.partition, r.offset, r.end_offset, r.event_time, r.seg, r.pane, r.first_ms, r.n,
+             tuple(r.counts or ()), tuple(sorted((r.reasons or {}).items())), tuple(r.times or ()),
+             tuple(r.values or ()))
+            for r in df.collect()
+        )  # fmt: skip
+
+    want = rows(got)
+    assert rows(summed) == want
+    tallies = [r for r in want if r[0] == "t"]
+    assert sorted((r[1], r[8], dict(r[10])) for r in tallies) == [
+        (0, 449, {"not_json": 1}),
+        (1, 449, {"bad_time": 1}),
+    ]
+    assert sum(r[8] for r in want if r[0] == "c") == 898
