@@ -31,6 +31,8 @@ def _env() -> dict[str, str]:
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the tests talk over loopback only
+    if env.get("PYTHONPATH"):  # executors run elsewhere (a worker's directory): no relative entries
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).absolute()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     return env
 
 
