@@ -276,7 +276,7 @@ def summarize_range(
     summary = PartitionSummary(monitor, decoder, r.partition)
     for msgs in consume_range(conf, r, poll_timeout_ms):
         values = list(map(Message.value, msgs))
-        kts = kafka_timestamps(msgs) if decoder.needs_kafka_timestamps else None
+        kts = kafka_timestamps(msgs)  # (the event-time rules read them: fallback time, future skew)
 
         def dead_letter(i: int, reason: str, code: str, msgs: list[Any] = msgs) -> None:
             m = msgs[i]
@@ -310,7 +310,7 @@ def summarize_arrow(
                     summary = summaries[p] = PartitionSummary(monitor, decoder, int(p))
                 values = sel.column("value").to_pylist()
                 offsets = sel.column("offset").to_numpy(zero_copy_only=False)
-                kts = sel.column("ts").to_pylist() if decoder.needs_kafka_timestamps else None
+                kts = sel.column("ts").to_pylist()
 
                 def dead_letter(i: int, reason: str, code: str, sel: pa.RecordBatch = sel) -> None:
                     dead_letters.send(

@@ -22,7 +22,8 @@ The plan of every micro-batch, from the executors to the driver:
    committed batch. Each batch adds the new count vectors, counts late events per window,
    runs the concept detectors, and emits the windows whose end the watermark passed.
 4. **Evaluate and publish** (driver, ``foreachBatch``, :class:`BatchWriter`): all segments
-   of a closed window together, :func:`detectors.evaluate.evaluate_counts` per segment; the
+   of a closed window together (:func:`detectors.evaluate.evaluate_window`: one family with
+   ``statistics.family: window``), as the consumer and the local engine do; the
    records to ``outputs.statistics_topic`` (key: :func:`detectors.evaluate.alert_id`) and/or
    ``outputs.statistics_file``, drifted ones as alerts to ``outputs.alerts_topic``; outputs
    are flushed before the batch returns (Spark commits the batch after that); metrics.
@@ -67,7 +68,14 @@ import msgspec
 import numpy as np
 
 from detectors.engine import OTHER_SEGMENT, ConceptTracker, record_sort_key
-from detectors.evaluate import evaluate_counts, make_alert, segment_label, window_records
+from detectors.evaluate import (
+    evaluate_window,
+    make_alert,
+    parse_iso_ms,
+    require_calibration,
+    segment_label,
+    window_records,
+)
 from detectors.exceptions import StreamdriftError
 from detectors.sequential import make_detector, restore
 from jobs.common import JobError, Monitor, segment_dict
@@ -139,7 +147,8 @@ class WindowStep:
     * ``w``: a closed window of one segment (``seg`` JSON, null for the overall), its counts;
     * ``late``: late events of a window (``n``);
     * ``messages``, ``valid``, ``invalid`` (``seg`` = reason code), ``overflow``: counts;
-    * ``concept``: a concept-drift record (``record``, JSON).
+    * ``concept``: a concept-drift record (``record``, JSON);
+    * ``watermark``: the watermark this call ran with (``n``).
     """
 
     def __init__(self, monitor: Monitor) -> None:
@@ -182,6 +191,7 @@ class WindowStep:
             self._counts(st, rows[kinds == "c"], watermark, out)
             self._concept(st, rows[kinds == "v"], out)
         self._close(st, watermark, out)
+        out.append({"kind": "watermark", "n": watermark})
         return out
 
     def next_close(self, st: StreamState) -> int | None:
@@ -304,17 +314,22 @@ class BatchOutput:
     concept: list[dict[str, Any]]
     late: dict[tuple[int, int], int]
     counts: dict[str, int]  # messages, valid, late, overflow, invalid:<code>
+    watermark: int | None  # the window state's watermark (None: it did not run)
 
 
 class BatchWriter:
     """``foreachBatch`` handler: evaluate the closed windows, publish, set metrics."""
 
-    def __init__(self, monitor: Monitor, publisher: Any, metrics: Any | None) -> None:
+    def __init__(self, monitor: Monitor, publisher: Any, metrics: Any | None, segment_ttl_windows: int = 3) -> None:
         self.monitor = monitor
         self.publisher = publisher
         self.metrics = metrics
+        self.segment_ttl_windows = segment_ttl_windows
         self.late_by_window: dict[tuple[int, int], int] = {}  # this process's late counts (also logged)
         self.batches = 0
+        #: the last window (end // slide) in which each segment (by label) had events: a segment silent
+        #: for segment_ttl_windows windows loses its verdict series, as in the consumer
+        self._segment_window: dict[str, int] = {}
 
     def __call__(self, df: Any, batch_id: int) -> None:
         t0 = time.perf_counter()
@@ -339,9 +354,12 @@ class BatchWriter:
         concept: list[dict[str, Any]] = []
         late: dict[tuple[int, int], int] = {}
         counts: dict[str, int] = {}
+        watermark = None
         for r in rows:
             kind = r["kind"]
-            if kind == "w":
+            if kind == "watermark":
+                watermark = r["n"] if watermark is None else max(watermark, r["n"])
+            elif kind == "w":
                 seg = None if r["seg"] is None else tuple(json.loads(r["seg"]))
                 windows.setdefault((r["start"], r["end"]), []).append((seg, np.asarray(r["counts"], dtype=np.int64)))
             elif kind == "concept":
@@ -356,14 +374,15 @@ class BatchWriter:
         for (start, end), segments in sorted(windows.items()):
             records.extend(self.evaluate_window(start, end, segments))
         records.sort(key=record_sort_key)
-        return BatchOutput(records, concept, late, counts)
+        return BatchOutput(records, concept, late, counts, watermark)
 
     def evaluate_window(self, start: int, end: int, segments: list[tuple[Seg, np.ndarray]]) -> list[dict[str, Any]]:
-        """The records of one closed window: every segment of the window is here, together."""
+        """The records of one closed window: every segment of the window together, one family with
+        ``statistics.family: window`` (:func:`detectors.evaluate.evaluate_window`)."""
         m = self.monitor
         out: list[dict[str, Any]] = []
-        for seg, counts in segments:
-            results = evaluate_counts(m.layout, counts, m.config.statistics)
+        verdicts = evaluate_window(m.layout, [(counts, None) for _seg, counts in segments], m.config.statistics)
+        for (seg, _counts), results in zip(segments, verdicts, strict=True):
             out.extend(
                 window_records(
                     results,
@@ -386,6 +405,8 @@ class BatchWriter:
             mt.last_window_end.labels(mon).set(max(self._end_s(r) for r in out.records))
             mt.last_window_closed.labels(mon).set(now)
             mt.window_records(out.records)
+        if out.watermark is not None:
+            self._forget_silent_segments(out)
         for a in alerts:
             mt.alerts.labels(mon, a["severity"]).inc()
         if out.concept:
@@ -406,10 +427,27 @@ class BatchWriter:
             mt.last_batch.labels(mon).set(now)
             mt.batch_seconds.labels(mon).observe(seconds)
 
+    def _forget_silent_segments(self, out: BatchOutput) -> None:
+        """Remove the verdict series of segments without events in the newest ``segment_ttl_windows``
+        windows (their last verdicts would go on firing); they come back with their next window."""
+        slide = self.monitor.spec.slide_ms
+        for r in out.records:
+            w = parse_iso_ms(r["window_end"]) // slide
+            label = segment_label(r["segment"])
+            if w > self._segment_window.get(label, w - 1):
+                self._segment_window[label] = w
+        assert out.watermark is not None
+        clock = out.watermark // slide
+        silent = [s for s, w in self._segment_window.items() if clock - w >= self.segment_ttl_windows]
+        for s in silent:
+            del self._segment_window[s]
+        if silent:
+            self.metrics.remove_segments(silent)
+            log.info("segments without events for %d windows lose their verdict series: %s",
+                     self.segment_ttl_windows, silent)  # fmt: skip
+
     @staticmethod
     def _end_s(record: Mapping[str, Any]) -> float:
-        from detectors.evaluate import parse_iso_ms
-
         return parse_iso_ms(record["window_end"]) / 1000.0
 
 
@@ -456,7 +494,7 @@ class ProgressListener:
                 self.metrics.assigned.labels(mon).set(len(end))
             for part, hi in latest.items():
                 if part in end:
-                    self.metrics.lag.labels(mon, self.topic, str(part)).set(max(0, int(hi) - int(end[part])))
+                    self.metrics.set_lag(self.topic, int(part), max(0, int(hi) - int(end[part])))
 
 
 def _offsets(raw: Any) -> dict[str, dict[str, int]]:
@@ -580,6 +618,7 @@ def start(
     from stream.publish import Publisher
 
     settings = monitor.settings()
+    require_calibration(monitor.layout)  # (a reference without calibration gives no verdict: fail now)
     outputs = settings.outputs
     if not (outputs.statistics_topic or outputs.alerts_topic or outputs.statistics_file):
         raise JobError("outputs: set statistics_topic, alerts_topic or statistics_file (nothing would be written)")
@@ -608,8 +647,7 @@ def start(
     enabled = settings.metrics.enabled if serve_metrics is None else serve_metrics
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, monitor.config.monitor, _version())
-    size_s = monitor.config.window.size_ms / 1000.0
-    metrics.set_config(monitor.layout, monitor.config.statistics, size_s)
+    metrics.set_config(monitor.config.window.size_ms / 1000.0)
     publisher = None
     if outputs.statistics_topic or outputs.alerts_topic or outputs.statistics_file:
         needs_kafka = outputs.statistics_topic or outputs.alerts_topic
@@ -620,7 +658,7 @@ def start(
             None,
             outputs.statistics_file,
         )
-    writer = BatchWriter(monitor, publisher, metrics)
+    writer = BatchWriter(monitor, publisher, metrics, settings.metrics.segment_ttl_windows)
     listener = ProgressListener(monitor, metrics, settings.kafka.topic)
     spark.streams.addListener(listener.listener)
     server = port = None
@@ -655,7 +693,7 @@ def _version() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streaming.py", description="streamdrift Structured Streaming job (spark-submit)")
     p.add_argument("--config", required=True, help="monitor YAML with kafka, outputs and metrics sections")
     p.add_argument("--checkpoint", required=True, help="Spark checkpointLocation (keep it to resume after a kill)")
@@ -663,7 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trigger", default="5s", help="micro-batch interval, e.g. 5s, 500ms")
     p.add_argument("--max-offsets-per-trigger", type=int, help="at most this many messages per micro-batch")
     p.add_argument("--kafka-format", default="streamdrift-binned", choices=FORMATS, help="how Kafka is read")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from detectors.config import parse_duration_ms
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
