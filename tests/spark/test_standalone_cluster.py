@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -88,11 +87,11 @@ class Cluster:
             return dict(json.loads(resp.read()))
 
     def start(self, workers: int = 2, timeout: float = 90.0) -> None:
-        self._start("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
-                    + ["--port", str(self.port), "--webui-port", str(self.ui)])  # fmt: skip
+        master = ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(self.port)]
+        self._start("master", [*master, "--webui-port", str(self.ui)])
         for i in range(workers):
-            self._start(f"worker{i}", ["org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1"]
-                        + ["--cores", "1", "--memory", "1g", "--webui-port", str(free_port())])  # fmt: skip
+            worker = ["org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1", "--cores", "1"]
+            self._start(f"worker{i}", [*worker, "--memory", "1g", "--webui-port", str(free_port())])
         deadline = time.monotonic() + timeout
         while True:
             for p in self.procs:
