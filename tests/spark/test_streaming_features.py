@@ -118,7 +118,7 @@ def test_dead_letters_late_events_concept_and_metrics(spark: Any, kafka_bootstra
     key = lambda r: (r["window_end"], segment_label(r["segment"]), r["feature"], r["statistic"])  # noqa: E731
     windows.sort(key=key)
     want.sort(key=key)
-    assert len(windows) == len(want) == 10 * 4 * 6  # 10 windows x (overall, r0, r1, __other__) x 6
+    assert len(windows) == len(want) == 10 * 4 * 7  # 10 windows x (overall, r0, r1, __other__) x 7 statistics
     for g, w in zip(windows, want, strict=True):
         for k, v in w.items():
             assert math.isclose(g[k], v, rel_tol=1e-9, abs_tol=1e-9) if isinstance(v, float) else g[k] == v, (k, g, w)

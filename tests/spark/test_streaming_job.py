@@ -97,7 +97,7 @@ def test_streaming_job_flags_the_drift_window_and_survives_a_restart(
     want = run_local(cols, config, reference, layout)
     got.sort(key=lambda r: (r["window_end"], r["feature"], r["statistic"]))
     want.sort(key=lambda r: (r["window_end"], r["feature"], r["statistic"]))
-    assert len(got) == len(want) == 13 * 6  # 13 windows x (x: psi, ks; y: psi, ks; c: psi, chi2)
+    assert len(got) == len(want) == 13 * 7  # 13 windows x (x: psi, ks; y: psi, ks; c: psi, chi2, unseen)
     for g, w in zip(got, want, strict=True):
         for k, v in w.items():
             if isinstance(v, float):
