@@ -42,7 +42,8 @@ Rules (see the README for how they differ from ``streamdrift serve``):
   data comes;
 * segments beyond ``segments.max_segments`` share ``__other__``, in order of first
   appearance: (event time, partition, offset) of their first event in its micro-batch;
-* the concept detector runs per Kafka partition in offset order (one detector each);
+* the concept detector runs per Kafka partition in offset order (one detector each); its
+  records have segment ``{"kafka_partition": "<p>"}``;
 * count windows and ``window.keep_raw`` are not supported (they need a global event order,
   and raw values, respectively).
 
@@ -87,6 +88,8 @@ log = logging.getLogger("streamdrift.spark")
 OUT_SCHEMA = "kind string, start bigint, end bigint, seg string, n bigint, counts array<bigint>, record string"
 STATE_SCHEMA = "state binary"
 FORMATS = ("streamdrift-binned", "streamdrift-kafka", "kafka")
+#: the segment of a concept-drift record: the Kafka partition whose detector fired
+CONCEPT_SEGMENT = "kafka_partition"
 STATE_VERSION = 1
 
 
@@ -281,6 +284,9 @@ class WindowStep:
                 for t, x in zip(np.asarray(times).tolist(), np.asarray(values).tolist(), strict=True):
                     rec = tracker.update(det, x, t)
                     if rec is not None:
+                        # the partition whose detector fired names the record (and so its key: two
+                        # partitions' detectors can fire for the same span of event time)
+                        rec["segment"] = {CONCEPT_SEGMENT: str(p)}
                         out.append({"kind": "concept", "record": json.dumps(rec, separators=(",", ":"))})
             st.concept[p] = {"detector": det.snapshot(), "tracker": tracker.snapshot()}
 

@@ -75,7 +75,7 @@ def test_dead_letters_late_events_concept_and_metrics(spark: Any, kafka_bootstra
 
     events = make_events(2400, seed=41, drift_from=1200)  # 10 minutes, two events every 500 ms
     late = [{**e, "timestamp": T0 + 30_000 + i} for i, e in enumerate(make_events(N_LATE, seed=5))]
-    flush = {**events[0], "timestamp": T0 + 3_600_000}  # moves the watermark past every window of `events`
+    flush = {**events[0], "timestamp": T0 + 10 * MINUTE}  # moves the watermark to the end of the last window
     messages: list[tuple[int, bytes]] = []  # (partition, value) in production order
     for i, e in enumerate(events):
         messages.append((i % 2, BAD[i][0] if i in BAD else json.dumps(e).encode()))
@@ -137,10 +137,13 @@ def test_dead_letters_late_events_concept_and_metrics(spark: Any, kafka_bootstra
         for x, t in zip(concept_values(pc, config).tolist(), pc.time_ms.tolist(), strict=True):
             rec = tracker.update(det, x, t)
             if rec is not None:
-                want_concept.append(rec)
+                want_concept.append((rec, p))
     got_concept = [r for r in got if r["statistic"] == "adwin"]
     assert want_concept, "the label flip must be detected"
-    assert sorted(r["window_end"] for r in got_concept) == sorted(r["window_end"] for r in want_concept)
+    assert sorted(r["window_end"] for r in got_concept) == sorted(r["window_end"] for r, _p in want_concept)
+    assert {(r["segment"]["kafka_partition"], r["window_end"]) for r in got_concept} == {
+        (str(p), r["window_end"]) for r, p in want_concept
+    }
     assert _value(
         registry, "streamdrift_concept_drift_detections_total", detector="adwin", stream="model_error"
     ) == len(want_concept)

@@ -201,6 +201,8 @@ def test_concept_detector_runs_per_partition_in_offset_order(tmp_path: Path) -> 
     out = step.step(st, _frame(rows[:2]), watermark=0)  # partition 1 in one micro-batch, partition 0 in the next
     out += step.step(st, _frame(rows[2:]), watermark=0)
     got = sorted(json.loads(r["record"])["window_end"] for r in out if r["kind"] == "concept")
+    parts = {json.loads(r["record"])["segment"]["kafka_partition"] for r in out if r["kind"] == "concept"}
+    assert parts == {"0", "1"}
     want = []
     for p in (0, 1):  # by hand: one detector per partition over its values in order
         det = make_detector("adwin", {"delta": 0.002})
@@ -236,3 +238,39 @@ def test_share_budget_is_proportional_and_exact() -> None:
     assert sum(got.values()) == 2 and max(got.values()) == 1
     got = share_budget({("t", "0"): 1_000_000, ("t", "1"): 999_999}, 250_000)
     assert sum(got.values()) == 250_000 and abs(got[("t", "0")] - got[("t", "1")]) <= 1
+
+
+def test_segments_silent_for_the_ttl_lose_their_verdict_series(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from jobs.streaming import BatchWriter
+    from stream.metrics import Metrics
+
+    monitor = _monitor(tmp_path, events={"segment_fields": ["region"]}, concept={"detector": "none"})
+    registry = CollectorRegistry()
+    writer = BatchWriter(monitor, None, Metrics(registry, "spark-test"), segment_ttl_windows=3)
+    counts = [5] * monitor.layout.size
+
+    def batch(minute: int, segments: list[str], watermark_minute: int) -> None:
+        rows = [
+            {"kind": "w", "start": T0 + minute * MINUTE, "end": T0 + (minute + 1) * MINUTE, "seg": json.dumps([s]),
+             "counts": counts, "n": None, "record": None}
+            for s in segments
+        ] + [{"kind": "watermark", "n": T0 + watermark_minute * MINUTE}]  # fmt: skip
+        out = writer.collect(rows)
+        writer.set_metrics(out, [], 0.0, 0.0)
+
+    def series(region: str) -> float | None:
+        return registry.get_sample_value(
+            "streamdrift_statistic_value",
+            {"monitor": "spark-test", "segment": f"region={region}", "feature": "x", "statistic": "psi"},
+        )
+
+    batch(0, ["a", "b"], 1)
+    assert series("a") is not None and series("b") is not None
+    batch(2, ["a"], 3)  # b: no events in windows 1 and 2 (silent for 2 windows < 3)
+    assert series("b") is not None
+    batch(3, ["a"], 4)  # b: silent in windows 1, 2 and 3
+    assert series("a") is not None and series("b") is None
+    batch(4, ["a", "b"], 5)  # b comes back with its next window
+    assert series("b") is not None
