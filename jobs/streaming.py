@@ -718,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         monitor = Monitor.load(args.config)
         monitor.settings()
+        require_calibration(monitor.layout)
         trigger_ms = parse_duration_ms(args.trigger, "--trigger")
         if trigger_ms <= 0:
             raise JobError("--trigger must be positive")
@@ -726,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StreamdriftError, JobError, ValueError) as exc:
         print(f"streaming: error: {exc}", file=sys.stderr)
         return 2
+    from pyspark.errors import StreamingQueryException
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.appName(f"streamdrift-streaming-{monitor.config.monitor}").getOrCreate()
@@ -746,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StreamdriftError, JobError, KafkaSourceError) as exc:
         print(f"streaming: error: {exc}", file=sys.stderr)
         return 2
+    except StreamingQueryException as exc:  # the query stopped on an error (Spark logged its trace)
+        print(f"streaming: the query failed: {exc.getMessage()}", file=sys.stderr)
+        return 1
     finally:
         if job is not None:
             job.stop()

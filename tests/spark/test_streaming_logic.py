@@ -274,3 +274,24 @@ def test_segments_silent_for_the_ttl_lose_their_verdict_series(tmp_path: Path) -
     assert series("a") is not None and series("b") is None
     batch(4, ["a", "b"], 5)  # b comes back with its next window
     assert series("b") is not None
+
+
+def test_bad_configs_and_arguments_exit_2_naming_them(tmp_path: Path, capsys: Any) -> None:
+    import yaml
+
+    from jobs.streaming import main
+
+    config = write_monitor(tmp_path)  # no kafka section
+    assert main(["--config", str(config), "--checkpoint", str(tmp_path / "c")]) == 2
+    assert "kafka" in capsys.readouterr().err
+    data = yaml.safe_load(config.read_text())
+    data["kafka"] = {"bootstrap_servers": "127.0.0.1:1", "topic": "t", "extra": {"enable.auto.commit": True}}
+    config.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(config), "--checkpoint", str(tmp_path / "c")]) == 2
+    assert "enable.auto.commit" in capsys.readouterr().err
+    data["kafka"].pop("extra")
+    config.write_text(yaml.safe_dump(data))
+    assert main(["--config", str(config), "--checkpoint", str(tmp_path / "c"), "--trigger", "soon"]) == 2
+    assert "--trigger" in capsys.readouterr().err
+    assert main(["--config", str(config), "--checkpoint", "c", "--max-offsets-per-trigger", "0"]) == 2
+    assert "--max-offsets-per-trigger" in capsys.readouterr().err
