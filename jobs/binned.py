@@ -8,7 +8,8 @@ it to one count vector per (raw segment key, pane). What leaves the task is smal
 not grow with the number of events, except the concept stream (one value per event, only
 when a concept detector is configured):
 
-* one ``t`` row: messages read, valid events, invalid events per reason code;
+* one ``t`` row: valid events, invalid events per reason code, the end of the range read and
+  the partition's high watermark then (the lag);
 * one ``c`` row per (raw segment, pane): the count vector, its number of events, and the
   segment's first appearance in the task (event time, offset) for the segment cap;
 * one ``v`` row: the concept stream (event times and values) in offset order.
@@ -59,8 +60,8 @@ from jobs.kafka_source import (
 
 NAME = "streamdrift-binned"
 SCHEMA = (
-    "kind string, partition int, offset bigint, end_offset bigint, event_time timestamp, seg string, pane bigint, "
-    "first_ms bigint, n bigint, counts array<bigint>, reasons map<string,bigint>, times array<bigint>, "
+    "kind string, partition int, offset bigint, end_offset bigint, high bigint, event_time timestamp, seg string, "
+    "pane bigint, first_ms bigint, n bigint, counts array<bigint>, reasons map<string,bigint>, times array<bigint>, "
     "values array<double>"
 )
 ARROW_SCHEMA = pa.schema(
@@ -69,6 +70,7 @@ ARROW_SCHEMA = pa.schema(
         ("partition", pa.int32()),
         ("offset", pa.int64()),
         ("end_offset", pa.int64()),
+        ("high", pa.int64()),
         ("event_time", pa.timestamp("us", tz="UTC")),
         ("seg", pa.string()),
         ("pane", pa.int64()),
@@ -106,6 +108,7 @@ class PartitionSummary:
         self.valid = 0
         self.reasons: dict[str, int] = {}
         self.max_time: int | None = None
+        self.high: int | None = None  # the partition's high watermark after the read (None: not known)
         self._seg_ids: dict[Any, int] = {}  # raw key (tuple, or the plain value of one field) -> id
         self._seg_json: list[str | None] = []
         self._first: list[tuple[int, int]] = []  # per segment id: (event time, offset) of its first event
@@ -216,7 +219,7 @@ class PartitionSummary:
             row("clock", event_time=self.max_time * 1000)
 
         # (messages = valid + rejected)
-        row("t", end_offset=self.end_offset, n=self.valid, reasons=sorted(self.reasons.items()))
+        row("t", end_offset=self.end_offset, high=self.high, n=self.valid, reasons=sorted(self.reasons.items()))
         for (s, pane), counts in sorted(self._counts.items()):
             seg = self._seg_json[s] if self.seg_fields else None
             first_ms, first_off = self._first[s] if self.seg_fields else (0, self.first_offset)
@@ -286,7 +289,8 @@ def summarize_range(
 
     decoder = make_decoder(monitor, max_event_bytes)
     summary = PartitionSummary(monitor, decoder, r.partition)
-    for msgs in consume_range(conf, r, poll_timeout_ms):
+    marks: dict[str, int] = {}
+    for msgs in consume_range(conf, r, poll_timeout_ms, marks=marks):
         values = list(map(Message.value, msgs))
         kts = kafka_timestamps(msgs)  # (the event-time rules read them: fallback time, future skew)
 
@@ -295,6 +299,7 @@ def summarize_range(
             dead_letters.send(m.value(), m.key(), reason, code, r.topic, r.partition, m.offset())
 
         summary.add(values, lambda i, msgs=msgs: msgs[i].offset(), kts, dead_letter)
+    summary.high = marks.get("high")
     return summary
 
 

@@ -252,7 +252,11 @@ def _ts(ms: int) -> datetime:
 
 
 def consume_range(
-    conf: Mapping[str, Any], r: KafkaRange, poll_timeout_ms: int, batch: int = 10_000
+    conf: Mapping[str, Any],
+    r: KafkaRange,
+    poll_timeout_ms: int,
+    batch: int = 10_000,
+    marks: dict[str, int] | None = None,
 ) -> Iterator[list[Any]]:
     """The messages of ``[r.start, r.end)`` in offset order, as lists of up to ``batch`` messages
     (confluent-kafka ``Message`` objects without errors).
@@ -260,6 +264,8 @@ def consume_range(
     Offsets missing from the log (compaction, transaction markers) are skipped, and a stall
     longer than ``poll_timeout_ms`` is an error. Per message only the error is looked at (one
     ``map``); offsets only of a list's last message, and of the messages past the range end.
+    ``marks["high"]`` gets the partition's high watermark from the last fetch response (what the
+    consumer's lag is measured against).
     """
     from confluent_kafka import Message, TopicPartition
 
@@ -303,6 +309,8 @@ def consume_range(
                     f"{r.topic}/{r.partition}: no record at offset {next_off} (range ends at {r.end}) "
                     f"within pollTimeoutMs={poll_timeout_ms}"
                 )
+        if marks is not None:
+            marks["high"] = int(c.get_watermark_offsets(TopicPartition(r.topic, r.partition), cached=True)[1])
     finally:
         c.close()
 
@@ -395,7 +403,7 @@ class KafkaStreamReader(DataSourceStreamReader):
 
     def reportLatestOffset(self) -> dict[str, dict[str, int]] | None:
         """The latest offsets seen by the last :meth:`latestOffset` (Spark shows them in the query's
-        progress, ``sources[].latestOffset``, next to the batch's ``endOffset``: their difference is the lag)."""
+        progress, ``sources[].latestOffset``, next to the batch's ``endOffset``)."""
         return getattr(self, "_latest", None)
 
     def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> list[KafkaRange]:

@@ -150,6 +150,7 @@ class WindowStep:
     * ``w``: a closed window of one segment (``seg`` JSON, null for the overall), its counts;
     * ``late``: late events of a window (``n``);
     * ``messages``, ``valid``, ``invalid`` (``seg`` = reason code), ``overflow``: counts;
+    * ``lag``: a partition's (``seg``) high watermark minus the end of the range read (``n``);
     * ``concept``: a concept-drift record (``record``, JSON);
     * ``watermark``: the watermark this call ran with (``n``).
     """
@@ -210,6 +211,8 @@ class WindowStep:
         return min(ends) if ends else None
 
     def _tally(self, t: Any, out: list[dict[str, Any]]) -> None:
+        import pandas as pd
+
         if not len(t):
             return
         reasons: dict[str, int] = {}
@@ -219,6 +222,9 @@ class WindowStep:
         out.append({"kind": "messages", "n": int(t["n"].sum()) + sum(reasons.values())})
         for code, n in sorted(reasons.items()):
             out.append({"kind": "invalid", "seg": code, "n": n})
+        for part, end, high in zip(t["partition"], t["end_offset"], t["high"], strict=True):
+            if not pd.isna(high):  # (unknown on the raw-rows path: null)
+                out.append({"kind": "lag", "seg": str(int(part)), "n": max(0, int(high) - int(end))})
 
     def _counts(self, st: StreamState, c: Any, watermark: int, out: list[dict[str, Any]]) -> None:
         m = self.monitor
@@ -321,18 +327,23 @@ class BatchOutput:
     late: dict[tuple[int, int], int]
     counts: dict[str, int]  # messages, valid, late, overflow, invalid:<code>
     watermark: int | None  # the window state's watermark (None: it did not run)
+    lag: dict[int, int]  # partition -> lag after its range of this micro-batch
 
 
 class BatchWriter:
     """``foreachBatch`` handler: evaluate the closed windows, publish, set metrics."""
 
-    def __init__(self, monitor: Monitor, publisher: Any, metrics: Any | None, segment_ttl_windows: int = 3) -> None:
+    def __init__(
+        self, monitor: Monitor, publisher: Any, metrics: Any | None, segment_ttl_windows: int = 3, topic: str = ""
+    ) -> None:
         self.monitor = monitor
+        self.topic = topic
         self.publisher = publisher
         self.metrics = metrics
         self.segment_ttl_windows = segment_ttl_windows
         self.late_by_window: dict[tuple[int, int], int] = {}  # this process's late counts (also logged)
         self.batches = 0
+        self.partitions: set[int] = set()  # Kafka partitions read so far
         #: the last window (end // slide) in which each segment (by label) had events: a segment silent
         #: for segment_ttl_windows windows loses its verdict series, as in the consumer
         self._segment_window: dict[str, int] = {}
@@ -352,6 +363,10 @@ class BatchWriter:
             log.warning("batch %d: %d late events of window [%d, %d) not counted in it", batch_id, n, start, end)
         self.batches += 1
         if self.metrics is not None:
+            if batch_id > 0:  # Spark committed the previous micro-batch (its checkpoint) before planning this one
+                mon = self.monitor.config.monitor
+                self.metrics.checkpoints.labels(mon, "ok").inc()
+                self.metrics.last_checkpoint.labels(mon).set(now)
             self.set_metrics(out, alerts, now, time.perf_counter() - t0)
 
     def collect(self, rows: list[dict[str, Any]]) -> BatchOutput:
@@ -360,11 +375,14 @@ class BatchWriter:
         concept: list[dict[str, Any]] = []
         late: dict[tuple[int, int], int] = {}
         counts: dict[str, int] = {}
+        lag: dict[int, int] = {}
         watermark = None
         for r in rows:
             kind = r["kind"]
             if kind == "watermark":
                 watermark = r["n"] if watermark is None else max(watermark, r["n"])
+            elif kind == "lag":
+                lag[int(r["seg"])] = r["n"]
             elif kind == "w":
                 seg = None if r["seg"] is None else tuple(json.loads(r["seg"]))
                 windows.setdefault((r["start"], r["end"]), []).append((seg, np.asarray(r["counts"], dtype=np.int64)))
@@ -380,7 +398,7 @@ class BatchWriter:
         for (start, end), segments in sorted(windows.items()):
             records.extend(self.evaluate_window(start, end, segments))
         records.sort(key=record_sort_key)
-        return BatchOutput(records, concept, late, counts, watermark)
+        return BatchOutput(records, concept, late, counts, watermark, lag)
 
     def evaluate_window(self, start: int, end: int, segments: list[tuple[Seg, np.ndarray]]) -> list[dict[str, Any]]:
         """The records of one closed window: every segment of the window together, one family with
@@ -420,6 +438,11 @@ class BatchWriter:
             mt.concept.labels(mon, cc.detector, cc.stream).inc(len(out.concept))
         if c.get("overflow"):
             mt.segments_overflow.labels(mon).inc(c["overflow"])
+        for part, lag in out.lag.items():
+            mt.set_lag(self.topic, part, lag)
+        if out.lag:
+            self.partitions.update(out.lag)
+            mt.assigned.labels(mon).set(len(self.partitions))
         if "messages" in c:  # the events' outcomes are counted together with the batch time
             mt.events.labels(mon, "valid").inc(c.get("valid", 0))
             invalid = sum(n for k, n in c.items() if k.startswith("invalid:"))
@@ -455,62 +478,6 @@ class BatchWriter:
     @staticmethod
     def _end_s(record: Mapping[str, Any]) -> float:
         return parse_iso_ms(record["window_end"]) / 1000.0
-
-
-class ProgressListener:
-    """Metrics from Spark's query progress: lag per partition, committed batches (Spark's checkpoints)."""
-
-    def __init__(self, monitor: Monitor, metrics: Any, topic: str) -> None:
-        from pyspark.sql.streaming import StreamingQueryListener
-
-        outer = self
-
-        class _Listener(StreamingQueryListener):  # type: ignore[misc]
-            def onQueryStarted(self, event: Any) -> None:
-                return
-
-            def onQueryProgress(self, event: Any) -> None:
-                outer.progress(event.progress)
-
-            def onQueryIdle(self, event: Any) -> None:
-                return
-
-            def onQueryTerminated(self, event: Any) -> None:
-                return
-
-        self.monitor = monitor
-        self.metrics = metrics
-        self.topic = topic
-        self.query_id: str | None = None
-        self.last_batch = -1
-        self.listener = _Listener()
-
-    def progress(self, p: Any) -> None:
-        if self.query_id is not None and str(p.id) != self.query_id:
-            return
-        mon = self.monitor.config.monitor
-        if p.batchId > self.last_batch:
-            self.last_batch = p.batchId
-            self.metrics.checkpoints.labels(mon, "ok").inc()
-            self.metrics.last_checkpoint.labels(mon).set(time.time())
-        for src in p.sources:
-            end = _offsets(src.endOffset).get(self.topic, {})
-            latest = _offsets(src.latestOffset).get(self.topic, {})
-            if end:
-                self.metrics.assigned.labels(mon).set(len(end))
-            for part, hi in latest.items():
-                if part in end:
-                    self.metrics.set_lag(self.topic, int(part), max(0, int(hi) - int(end[part])))
-
-
-def _offsets(raw: Any) -> dict[str, dict[str, int]]:
-    if not raw:
-        return {}
-    try:
-        doc = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 # -- the query ----------------------------------------------------------------------------------------
@@ -576,7 +543,6 @@ class StreamingJob:
     spark: Any
     query: Any
     writer: BatchWriter
-    listener: ProgressListener | None
     server: Any
     metrics_port: int | None
     registry: Any
@@ -594,8 +560,6 @@ class StreamingJob:
         try:
             self.query.stop()
         finally:
-            if self.listener is not None:
-                self.spark.streams.removeListener(self.listener.listener)
             if self.writer.publisher is not None:
                 self.writer.publisher.close()
             if self.server is not None:
@@ -639,9 +603,6 @@ def start(
     from pyspark.sql import functions as F
 
     lateness = monitor.config.window.allowed_lateness_ms
-    # one key per monitor: the window state is small (count vectors), and one Spark partition of it
-    # is what the query needs (the default 200 would run 199 empty state-store tasks per batch)
-    spark.conf.set("spark.sql.shuffle.partitions", "1")
     windows = (
         frame.withWatermark("event_time", f"{lateness} milliseconds")
         .withColumn("monitor", F.lit(monitor.config.monitor))
@@ -664,30 +625,35 @@ def start(
             None,
             outputs.statistics_file,
         )
-    writer = BatchWriter(monitor, publisher, metrics, settings.metrics.segment_ttl_windows)
-    listener = ProgressListener(monitor, metrics, settings.kafka.topic)
-    spark.streams.addListener(listener.listener)
+    writer = BatchWriter(monitor, publisher, metrics, settings.metrics.segment_ttl_windows, settings.kafka.topic)
     server = port = None
     try:
         if enabled:
             mc = settings.metrics
             server, port = serve_http(registry, mc.address, mc.port, mc.certfile, mc.keyfile)
-        query = (
-            windows.writeStream.outputMode("append")
-            .option("checkpointLocation", checkpoint)
-            .trigger(processingTime=f"{trigger_ms} milliseconds")
-            .queryName(f"streamdrift-{monitor.config.monitor}")
-            .foreachBatch(writer)
-            .start()
-        )
+        # one key per monitor: the window state is small (count vectors), and one Spark partition of
+        # it is what the query needs (the default 200 would run 199 empty state-store tasks per
+        # batch). A streaming query keeps the value it started with (Spark records it in the
+        # checkpoint), so the session's own setting is put back at once.
+        before = spark.conf.get("spark.sql.shuffle.partitions")
+        spark.conf.set("spark.sql.shuffle.partitions", "1")
+        try:
+            query = (
+                windows.writeStream.outputMode("append")
+                .option("checkpointLocation", checkpoint)
+                .trigger(processingTime=f"{trigger_ms} milliseconds")
+                .queryName(f"streamdrift-{monitor.config.monitor}")
+                .foreachBatch(writer)
+                .start()
+            )
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", before)
     except BaseException:
-        spark.streams.removeListener(listener.listener)
         if server is not None:
             server.shutdown()
             server.server_close()
         raise
-    listener.query_id = str(query.id)
-    return StreamingJob(spark, query, writer, listener, server, port, registry)
+    return StreamingJob(spark, query, writer, server, port, registry)
 
 
 def _version() -> str:

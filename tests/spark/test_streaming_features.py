@@ -85,9 +85,14 @@ def test_dead_letters_late_events_concept_and_metrics(spark: Any, kafka_bootstra
     registry = CollectorRegistry()
     ckpt = str(tmp_path / "ckpt")
     produce(kafka_bootstrap, topic, [(None, v, p, T0) for p, v in first])
+    before = spark.conf.get("spark.sql.shuffle.partitions")
     job = start(spark, monitor, ckpt, trigger_ms=300, serve_metrics=False, registry=registry)
     try:
         job.processAllAvailable()  # the first 1600 messages, and the windows their watermark closed
+        # the query runs its one state key in one partition; the session keeps its own setting
+        meta = json.loads((Path(ckpt) / "offsets" / "0").read_text().splitlines()[1])
+        assert meta["conf"]["spark.sql.shuffle.partitions"] == "1"
+        assert spark.conf.get("spark.sql.shuffle.partitions") == before != "1"
         produce(kafka_bootstrap, topic, [(None, v, p, T0) for p, v in rest])
         job.processAllAvailable()
         deadline = time.monotonic() + 60
