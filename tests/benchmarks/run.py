@@ -192,7 +192,7 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     lines: list[str] = []
     m = res["machine"]
-    timed = any(res.get(k) for k in ("kafka", "batch", "spark", "spark_streaming"))
+    timed = any(res.get(k) for k in ("kafka", "batch", "spark"))
     lines.append(
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Linux {m['kernel']}; Python {m['python']}, "
         f"numpy {m['numpy']}, confluent-kafka {m['confluent_kafka']} (librdkafka {m['librdkafka']}); {m['java']}; "
@@ -340,8 +340,8 @@ def streaming_report(ss: dict[str, Any], targets: dict[str, Any]) -> list[str]:
     """The spark_streaming table and its two targets."""
     lines = [
         "",
-        f"| {ss['events']:,} events, 2 partitions, 20 numeric features (same topic per repeat) | events/s | "
-        "events per CPU-second | start-up to first count (s) |",
+        f"| {ss['events']:,} events, 2 partitions, 20 numeric features (the same topic for the three; "
+        f"median of {len(ss['runs']['serve'])}) | events/s | events per CPU-second | start-up to first count (s) |",
         "|---|---:|---:|---:|",
     ]
     for mode, label in (
