@@ -21,8 +21,8 @@ How it computes (the same records as :func:`detectors.engine.run_local`)
        ``(event time, input position)``; on in-order data this is the input order the local
        engine uses, so the segments agree exactly;
     3. Spark sums the count vectors per (segment, pane) and the driver collects them (never
-       raw events); a window is the sum of its panes; the driver evaluates it with
-       :func:`detectors.evaluate.evaluate_counts`;
+       raw events); a window is the sum of its panes; the driver evaluates the segments of a
+       window together with :func:`detectors.evaluate.evaluate_window` (as the local engine);
     4. the concept detector runs on the driver over the one-dimensional concept stream,
        sorted by (event time, input position) — the order of the local engine.
 
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from detectors.engine import ConceptTracker, record_sort_key
-from detectors.evaluate import evaluate_counts, window_records
+from detectors.evaluate import evaluate_window, require_calibration, window_records
 from detectors.exceptions import StreamdriftError
 from detectors.sequential import make_detector
 from jobs.common import (
@@ -327,6 +327,7 @@ def run_backfill(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every window statistic record (then the concept records) and a summary of the input."""
     config = monitor.config
+    require_calibration(monitor.layout)  # (no verdict without it: fail before reading anything)
     if config.window.keep_raw:
         raise JobError("window.keep_raw: the Spark backfill keeps no raw values (exact KS); use --engine local")
     sc = spark.sparkContext
@@ -360,19 +361,23 @@ def run_backfill(
             windows = _pane_windows(monitor, summed)
     finally:
         tagged.unpersist()
-    records: list[dict[str, Any]] = []
+    by_window: dict[tuple[int, int], list[tuple[Any, np.ndarray]]] = {}
     for seg, start, end, counts in windows:
-        results = evaluate_counts(monitor.layout, counts, config.statistics)
-        records.extend(
-            window_records(
-                results,
-                monitor=config.monitor,
-                segment={} if seg is None else segment_dict(monitor, seg),
-                window_start_ms=start,
-                window_end_ms=end,
-                fingerprint=monitor.reference.fingerprint,
+        by_window.setdefault((start, end), []).append((seg, counts))
+    records: list[dict[str, Any]] = []
+    for (start, end), members in by_window.items():
+        verdicts = evaluate_window(monitor.layout, [(c, None) for _s, c in members], config.statistics)
+        for (seg, _c), results in zip(members, verdicts, strict=True):
+            records.extend(
+                window_records(
+                    results,
+                    monitor=config.monitor,
+                    segment={} if seg is None else segment_dict(monitor, seg),
+                    window_start_ms=start,
+                    window_end_ms=end,
+                    fingerprint=monitor.reference.fingerprint,
+                )
             )
-        )
     records.sort(key=record_sort_key)
     records.extend(concept_records(monitor, concept))
     errors = [e for _, _, e in stats if e is not None]

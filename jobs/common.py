@@ -6,9 +6,12 @@ validation semantics) and turn every valid event into its histogram slot indices
 the local engine and the consumer compute. The driver only ever sees count vectors,
 segment keys and (for the sequential detectors) the one-dimensional concept stream.
 
-This module imports nothing from ``stream`` (the two packages never depend on each other):
-the record writers below produce the same JSON lines and the same Parquet schema as
-``stream/files.py``.
+Layering: ``jobs`` imports ``detectors`` and the *library* modules of ``stream`` — the
+consumer's fast decoder (:mod:`stream.decode`), the metrics (:mod:`stream.metrics`), the
+settings and their rendering to librdkafka keys (:mod:`stream.settings`), record I/O
+(:mod:`stream.files`) and the dead-letter format (:mod:`stream.publish`) — never the service
+(``stream.consumer``, ``stream.cli``, ``stream.demo``, ``stream.report``). The record writers
+below produce the same JSON lines and the same Parquet schema as ``stream/files.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from detectors.evaluate import RECORD_TYPES
 from detectors.events import EventColumns, concept_values, decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
+from stream.settings import ServeConfig
 
 #: rows decoded at a time on an executor
 CHUNK = 20_000
@@ -49,10 +53,11 @@ class Monitor:
     reference: ReferenceProfile
     layout: Layout
     raw: dict[str, Any]
+    path: Path | None = None  # the YAML file it was loaded from
 
     @classmethod
     def load(cls, path: str | Path) -> Monitor:
-        p = Path(path)
+        p = Path(path).absolute()
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except OSError as exc:
@@ -63,7 +68,12 @@ class Monitor:
             raise JobError(f"--config: {p}: the top level must be a mapping of settings")
         config = MonitorConfig.from_mapping(data, base_dir=p.parent)
         reference = ReferenceProfile.load(config.reference)
-        return cls(config, reference, Layout(reference, config.features.include), data)
+        return cls(config, reference, Layout(reference, config.features.include), data, p)
+
+    def settings(self) -> ServeConfig:
+        """The kafka, outputs and metrics sections, validated as ``streamdrift serve`` validates them
+        (``STREAMDRIFT_<SECTION>__<KEY>`` overrides included); a missing kafka section is an error."""
+        return ServeConfig.from_mapping(self.raw, base_dir=self.path.parent if self.path else None)
 
     def section(self, name: str) -> dict[str, Any]:
         """A foreign section (kafka, outputs, spark, ...) with STREAMDRIFT_<SECTION>__<KEY> overrides."""

@@ -37,6 +37,8 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
@@ -96,6 +98,15 @@ def parse_offsets(spec: str | None, default: int, name: str) -> dict[str, dict[s
 
 
 # -- broker queries --------------------------------------------------------------------------------
+#: fetch settings that keep librdkafka from pausing a consumer that spends microseconds per message
+#: (its default fetch.queue.backoff.ms of 1 s stalls a Python reader); a ``kafka.*`` option overrides them
+FETCH_DEFAULTS: dict[str, Any] = {
+    "fetch.queue.backoff.ms": 10,
+    "fetch.max.bytes": 64 << 20,
+    "max.partition.fetch.bytes": 8 << 20,
+}
+
+
 def _consumer(conf: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Any:
     from confluent_kafka import Consumer
 
@@ -105,6 +116,7 @@ def _consumer(conf: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
+        **FETCH_DEFAULTS,
         **conf,
         **(extra or {}),
     }
@@ -195,6 +207,27 @@ def resolve(
     return out
 
 
+def share_budget(available: Mapping[Any, int], budget: int) -> dict[Any, int]:
+    """How many of each partition's ``available`` records a micro-batch of at most ``budget``
+    takes: shares proportional to what is available (largest remainders, ties by key), so
+    partitions that are behind progress together and no partition runs ahead in event time.
+
+    >>> share_budget({"a": 300, "b": 100}, 200)
+    {'a': 150, 'b': 50}
+    >>> share_budget({"a": 5, "b": 0}, 200)
+    {'a': 5, 'b': 0}
+    """
+    total = sum(available.values())
+    if total <= budget:
+        return dict(available)
+    exact = {k: v * budget / total for k, v in available.items()}
+    out = {k: int(x) for k, x in exact.items()}
+    left = budget - sum(out.values())
+    for k in sorted(available, key=lambda k: (out[k] - exact[k], k))[:left]:
+        out[k] += 1
+    return out
+
+
 # -- reading ---------------------------------------------------------------------------------------
 class KafkaRange(InputPartition):
     """``[start, end)`` of one topic partition."""
@@ -218,10 +251,23 @@ def _ts(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-def read_range(conf: Mapping[str, Any], r: KafkaRange, poll_timeout_ms: int) -> Iterator[tuple[Any, ...]]:
-    """Every record of ``[r.start, r.end)``; offsets missing from the log (compaction,
-    transaction markers) are skipped, and a stall longer than ``poll_timeout_ms`` is an error."""
-    from confluent_kafka import TopicPartition
+def consume_range(
+    conf: Mapping[str, Any],
+    r: KafkaRange,
+    poll_timeout_ms: int,
+    batch: int = 10_000,
+    marks: dict[str, int] | None = None,
+) -> Iterator[list[Any]]:
+    """The messages of ``[r.start, r.end)`` in offset order, as lists of up to ``batch`` messages
+    (confluent-kafka ``Message`` objects without errors).
+
+    Offsets missing from the log (compaction, transaction markers) are skipped, and a stall
+    longer than ``poll_timeout_ms`` is an error. Per message only the error is looked at (one
+    ``map``); offsets only of a list's last message, and of the messages past the range end.
+    ``marks["high"]`` gets the partition's high watermark from the last fetch response (what the
+    consumer's lag is measured against).
+    """
+    from confluent_kafka import Message, TopicPartition
 
     c = _consumer(conf, {"fetch.wait.max.ms": 50})
     try:
@@ -230,35 +276,51 @@ def read_range(conf: Mapping[str, Any], r: KafkaRange, poll_timeout_ms: int) -> 
         last_progress = time.monotonic()
         eof = _eof_code()
         while next_off < r.end:
-            msgs = c.consume(10_000, timeout=0.2)
-            progressed = False
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == eof:
+            msgs = c.consume(batch, timeout=0.2)
+            errors = list(map(Message.error, msgs))
+            at_end = False
+            # (not errors.count(None): comparing a KafkaError with None raises inside list.count)
+            if any(map(is_not, errors, repeat(None))):
+                kept = []
+                for m, err in zip(msgs, errors, strict=True):
+                    if err is None:
+                        kept.append(m)
+                    elif err.code() == eof:
                         # nothing beyond this point: the rest of the range is gone (compaction, markers)
                         hi = c.get_watermark_offsets(TopicPartition(r.topic, r.partition), cached=True)[1]
-                        if hi >= r.end:
-                            next_off = r.end
-                        continue
-                    raise KafkaSourceError(f"reading {r.topic}/{r.partition}: {err}")
-                off = m.offset()
-                if off >= r.end:
+                        at_end = at_end or hi >= r.end
+                    else:
+                        raise KafkaSourceError(f"reading {r.topic}/{r.partition}: {err}")
+                msgs = kept
+            if msgs:
+                last = msgs[-1].offset()
+                if last >= r.end:  # (rare: the range ends inside this list) keep the offsets before the end
+                    msgs = [m for m in msgs if m.offset() < r.end]
                     next_off = r.end
-                    break
-                ts_type, ts = m.timestamp()
-                yield (m.key(), m.value(), r.topic, r.partition, off, _ts(ts) if ts_type != 0 else None)
-                next_off = off + 1
-                progressed = True
-            if progressed:
+                else:
+                    next_off = last + 1
+            if at_end:
+                next_off = r.end
+            if msgs:
                 last_progress = time.monotonic()
-            elif (time.monotonic() - last_progress) * 1000 > poll_timeout_ms:
+                yield msgs
+            elif next_off < r.end and (time.monotonic() - last_progress) * 1000 > poll_timeout_ms:
                 raise KafkaSourceError(
                     f"{r.topic}/{r.partition}: no record at offset {next_off} (range ends at {r.end}) "
                     f"within pollTimeoutMs={poll_timeout_ms}"
                 )
+        if marks is not None:
+            marks["high"] = int(c.get_watermark_offsets(TopicPartition(r.topic, r.partition), cached=True)[1])
     finally:
         c.close()
+
+
+def read_range(conf: Mapping[str, Any], r: KafkaRange, poll_timeout_ms: int) -> Iterator[tuple[Any, ...]]:
+    """Every record of ``[r.start, r.end)`` as a row of :data:`SCHEMA` (see :func:`consume_range`)."""
+    for msgs in consume_range(conf, r, poll_timeout_ms):
+        for m in msgs:
+            ts_type, ts = m.timestamp()
+            yield (m.key(), m.value(), r.topic, r.partition, m.offset(), _ts(ts) if ts_type != 0 else None)
 
 
 def _poll_timeout(options: Mapping[str, str]) -> int:
@@ -326,19 +388,23 @@ class KafkaStreamReader(DataSourceStreamReader):
     def latestOffset(self, start: dict[str, Any] | None = None, limit: Any = None) -> dict[str, dict[str, int]]:
         marks = self._marks()
         latest = resolve(LATEST, marks, "latest")
+        self._latest = latest
         max_rows = getattr(limit, "max_rows", None)  # ReadMaxRows
         if start is None or max_rows is None:
             return latest
-        budget = int(max_rows)
+        # a partition added since the start begins at its earliest offset
+        begin = {(t, p): start.get(t, {}).get(p, marks[(t, int(p))][0]) for t, ps in latest.items() for p in ps}
+        available = {tp: max(latest[tp[0]][tp[1]] - s, 0) for tp, s in begin.items()}
+        taken = share_budget(available, int(max_rows))
         out: dict[str, dict[str, int]] = {}
-        for t, ps in sorted(latest.items()):
-            for p, hi in sorted(ps.items(), key=lambda kv: int(kv[0])):
-                # a partition added since the start begins at its earliest offset
-                s = start.get(t, {}).get(p, marks[(t, int(p))][0])
-                take = min(max(hi - s, 0), budget)
-                budget -= take
-                out.setdefault(t, {})[p] = s + take
+        for (t, p), s in sorted(begin.items()):
+            out.setdefault(t, {})[p] = s + taken[(t, p)]
         return out
+
+    def reportLatestOffset(self) -> dict[str, dict[str, int]] | None:
+        """The latest offsets seen by the last :meth:`latestOffset` (Spark shows them in the query's
+        progress, ``sources[].latestOffset``, next to the batch's ``endOffset``)."""
+        return getattr(self, "_latest", None)
 
     def partitions(self, start: dict[str, Any], end: dict[str, Any]) -> list[KafkaRange]:
         return ranges(start, end)

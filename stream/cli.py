@@ -88,6 +88,7 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
         "the version with the fingerprint; the server is MLFLOW_TRACKING_URI; monitors then say "
         "reference: models:/NAME/VERSION or models:/NAME@ALIAS",
     )
+    p.add_argument("--spark-verbose", action="store_true", help="--engine spark: show Spark's own INFO log")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mlflow-version", metavar="V", help="with --mlflow-model: the version number")
     which.add_argument("--mlflow-alias", metavar="ALIAS", help="with --mlflow-model: the version this alias names")
@@ -137,7 +138,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
                 job_args += [flag, value]
         if args.categorical:
             job_args += ["--categorical", args.categorical]
-        rc = spark_submit("jobs.reference_build", args.master, job_args)
+        rc = spark_submit("jobs.reference_build", args.master, job_args, verbose=args.spark_verbose)
         if rc == 0:
             _log_to_mlflow(target, args.out, ReferenceProfile.load(args.out))
         return rc
@@ -224,6 +225,7 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="window statistic records: .jsonl or .parquet")
     p.add_argument("--engine", choices=["local", "spark"], default="local")
     p.add_argument("--master", default="local[2]", help="Spark master for --engine spark")
+    p.add_argument("--spark-verbose", action="store_true", help="--engine spark: show Spark's own INFO log")
     p.add_argument("--quiet", action="store_true", help="no summary table")
     p.add_argument(
         "--reference-check",
@@ -358,28 +360,88 @@ def print_reference_check(records: Sequence[Mapping[str, Any]], config: MonitorC
 
 def _spark_backfill(args: argparse.Namespace) -> int:
     return spark_submit(
-        "jobs.backfill", args.master, ["--config", args.config, "--input", args.input, "--output", args.output]
+        "jobs.backfill",
+        args.master,
+        ["--config", args.config, "--input", args.input, "--output", args.output],
+        verbose=args.spark_verbose,
     )
 
 
-def spark_submit(module: str, master: str, job_args: Sequence[str]) -> int:
+#: the JVM options of a driver started by :func:`spark_submit`: the JIT compiles Spark's large
+#: generated aggregation methods too (3x faster wide aggregations, README "Spark")
+DRIVER_JAVA_OPTIONS = "-XX:-DontCompileHugeMethods"
+
+
+def find_spark_submit() -> tuple[str | None, dict[str, str]]:
+    """The spark-submit of the environment this Python runs in, and the environment to run it with.
+
+    Looked for, in order: next to this interpreter (a virtualenv's ``bin``, activated or not),
+    in the installed ``pyspark`` package (``pyspark/bin``), then on ``PATH``. ``SPARK_HOME``
+    defaults to the ``pyspark`` package, and ``PYSPARK_PYTHON`` / ``PYSPARK_DRIVER_PYTHON``
+    to this interpreter (the one with streamdrift and its dependencies), unless already set.
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    env = dict(os.environ)
+    spec = importlib.util.find_spec("pyspark")
+    locations = spec.submodule_search_locations if spec is not None else None
+    pyspark_home = Path(next(iter(locations))) if locations else None
+    if pyspark_home is not None:
+        env.setdefault("SPARK_HOME", str(pyspark_home))
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    candidates = [Path(sys.executable).parent / "spark-submit"]
+    if pyspark_home is not None:
+        candidates.append(pyspark_home / "bin" / "spark-submit")
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c), env
+    return shutil.which("spark-submit"), env
+
+
+def spark_log_config() -> Path | None:
+    """The log4j2 configuration shipped with the jobs (Spark's warnings and errors only)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jobs")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "log4j2.properties"
+    return path if path.is_file() else None
+
+
+def spark_submit_command(
+    submit: str, module_file: str, master: str, job_args: Sequence[str], verbose: bool
+) -> list[str]:
+    """The spark-submit command line of a job: the master, the driver's JVM options (with the
+    shipped log4j2 configuration unless ``verbose``), the job file and its arguments."""
+    java_opts = DRIVER_JAVA_OPTIONS
+    log_config = None if verbose else spark_log_config()
+    if log_config is not None:
+        java_opts += f" -Dlog4j2.configurationFile={log_config.as_uri()}"
+    return [submit, "--master", master, "--conf", f"spark.driver.extraJavaOptions={java_opts}", module_file, *job_args]
+
+
+def spark_submit(module: str, master: str, job_args: Sequence[str], *, verbose: bool = False) -> int:
     """Run one of the jobs/ scripts with spark-submit on ``master``; its exit code."""
     import importlib.util
-    import shutil
     import subprocess
 
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         print(f"streamdrift: the Spark job {module} is not installed", file=sys.stderr)
         return 2
-    submit = shutil.which("spark-submit")
+    submit, env = find_spark_submit()
     if submit is None:
         print(
-            "streamdrift: spark-submit not found; install the spark extra: pip install 'streamdrift[spark]'",
+            "streamdrift: spark-submit not found (neither next to this Python, nor in the pyspark package, nor on "
+            "PATH); install the spark extra: pip install 'streamdrift[spark]'",
             file=sys.stderr,
         )
         return 2
-    return subprocess.call([submit, "--master", master, spec.origin, *job_args])
+    return subprocess.call(spark_submit_command(submit, spec.origin, master, job_args, verbose), env=env)
 
 
 def print_summary(records: Sequence[Mapping[str, Any]], out: TextIO) -> None:

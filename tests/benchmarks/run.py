@@ -14,6 +14,8 @@ Sections (``--sections``, default all):
          ``bench_avro_serve.py``); ``--long`` adds a 10 x N stream for memory
   batch  one 100k x 20 window: streamdrift vs Evidently's data drift report vs naive scipy
   spark  the Spark backfill at local[1] and local[2]
+  spark_streaming  the Structured Streaming job at local[2] and local[1] against one ``streamdrift
+         serve``, all on the same two-partition topic of ``--stream-events`` events
   verdicts  not a timing: false-alarm (page) rates on null streams and detection rates on drifted
          ones, for streamdrift, textbook KS/chi-square at the same false-alarm rate, Evidently and
          NannyML (``bench_verdicts.py``); ``--quick`` makes it a smoke run of about a minute
@@ -58,13 +60,15 @@ from tests.benchmarks.bench_common import (  # noqa: E402
     wait_quiet,
 )
 
-SECTIONS = ("kafka", "batch", "spark", "verdicts")
+SECTIONS = ("kafka", "batch", "spark", "spark_streaming", "verdicts")
 TARGETS = {
     "consumer_vs_floor": 0.75,
     "avro_vs_json": 0.7,  # serve on Avro / serve on JSON, msgs/s
     "memory_growth": 1.10,  # VmHWM(10 x N) / VmHWM(N), or RSS end / RSS at 20% without --long
     "batch_vs_evidently": 50.0,
     "spark_scaling": 1.6,
+    "streaming_vs_serve": 1.0,  # Structured Streaming at local[2] / one serve process, same topic
+    "streaming_scaling": 1.7,  # Structured Streaming local[2] / local[1]
 }
 
 
@@ -216,6 +220,7 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     idle = [x for v in (res.get("kafka") or {}).values() for x in v.get("cpu_idle_before_repeat", [])]
     idle += (res.get("batch") or {}).get("cpu_idle_before_repeat", [])
     idle += (res.get("spark") or {}).get("cpu_idle_before_run", [])
+    idle += (res.get("spark_streaming") or {}).get("cpu_idle_before_run", [])
     idle = [x for x in idle if x == x]
     if idle:
         lines.append(
@@ -352,6 +357,11 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         )
     elif s:
         targets["Spark local[2] >= 1.6x local[1]"] = (s.get("unavailable", "n/a"), None)
+    ss = res.get("spark_streaming")
+    if ss and "runs" in ss:
+        lines += streaming_report(ss, targets)
+    elif ss:
+        targets["Structured Streaming local[2] >= 1.0x serve"] = (ss.get("unavailable", "n/a"), None)
     v = res.get("verdicts")
     if v:
         verdict_lines, verdict_targets = bench_verdicts.report(v)
@@ -363,11 +373,44 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), targets
 
 
+def streaming_report(ss: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """The spark_streaming table and its two targets."""
+    lines = [
+        "",
+        f"| {ss['events']:,} events, 2 partitions, 20 numeric features (the same topic for the three; "
+        f"median of {len(ss['runs']['serve'])}) | events/s | events per CPU-second | start-up to first count (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode, label in (
+        ("serve", "`streamdrift serve` (one process)"),
+        ("local[2]", f"Structured Streaming local[2] (micro-batches of {ss['max_offsets_per_trigger']:,})"),
+        ("local[1]", "Structured Streaming local[1]"),
+    ):
+        runs = ss["runs"][mode]
+        startup = median(r["startup_s"] for r in runs)
+        lines.append(
+            f"| {label} | {fmt_rate(ss[f'{mode}_rate'])} | {fmt_rate(ss[f'{mode}_cpu_rate'])} | {startup:.1f} |"
+        )
+    r1, r2 = ss["local2_vs_serve"], ss["local2_vs_local1"]
+    targets["Structured Streaming local[2] >= 1.0x serve (events/s)"] = (
+        f"{r1:.2f}x",
+        r1 >= TARGETS["streaming_vs_serve"],
+    )
+    targets["Structured Streaming local[2] >= 1.7x local[1]"] = (f"{r2:.2f}x", r2 >= TARGETS["streaming_scaling"])
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="streamdrift performance benchmark")
     p.add_argument("--events", type=int, default=1_000_000, help="events per stream (default 1,000,000)")
     p.add_argument("--repeats", type=int, default=5, help="repetitions; medians are reported (default 5)")
     p.add_argument("--spark-repeats", type=int, help="repetitions of the Spark runs (default: --repeats)")
+    p.add_argument(
+        "--stream-events", type=int, default=4_000_000, help="spark_streaming: events on the topic (default 4,000,000)"
+    )
+    p.add_argument(
+        "--stream-batch", type=int, help="spark_streaming: --max-offsets-per-trigger (default a quarter of the events)"
+    )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--variants", default="numeric,mixed", help="numeric (20 numeric) and/or mixed (+5 cat +segment)")
     p.add_argument("--long", action="store_true", help="also stream 10 x --events through serve (memory flatness)")
@@ -434,6 +477,18 @@ def main(argv: list[str] | None = None) -> int:
                 log("spark backfill")
                 reference = bench_serve.build_reference(workdir, NUMERIC_ONLY)
                 res["spark"] = bench_spark.run(workdir, reference, a.events, a.spark_repeats or a.repeats, log, quiet)
+        if "spark_streaming" in sections:
+            why = bench_spark.available() or serve_available()
+            if why:
+                res["spark_streaming"] = {"unavailable": why}
+                log(f"note: {why}")
+            else:
+                log("spark streaming vs serve")
+                batch = a.stream_batch or a.stream_events // 4
+                with EmbeddedBroker() as broker:
+                    res["spark_streaming"] = bench_spark.run_streaming(
+                        workdir, broker.bootstrap, a.stream_events, a.spark_repeats or a.repeats, batch, log, quiet
+                    )
         if "verdicts" in sections:
             log("verdicts (page rates on null streams, detection rates)")
             res["verdicts"] = bench_verdicts.run(a.quick, log, peers=not a.no_peers)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
+from detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile, discrete_edges
 from jobs.reference_build import build_reference, read_table
 
 pytestmark = pytest.mark.spark
@@ -28,7 +28,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     cols = {
         "x": x,
         "y": y,
-        "k": rng.integers(0, 4, size=N).astype(float),  # discrete: duplicate edges merge
+        "k": rng.integers(0, 4, size=N).astype(float),  # discrete: a bin per value
         "c": np.where(rng.uniform(size=N) < 0.01, None, rng.choice(["a", "b", "c", "d"], size=N)).astype(object),
     }
     path = tmp_path_factory.mktemp("ref") / "baseline.parquet"
@@ -67,12 +67,12 @@ def test_spark_build_matches_in_memory_within_the_relative_error(
         err = _cdf_error(g, cols[f], 100)
         assert err <= relative_error + 2 / finite.size, (f, err)
         assert _cdf_error(w, cols[f], 100) <= 2 / finite.size
-    # discrete data: Spark's edges are sample values, merged; numpy's linear interpolation may add
-    # a near-duplicate edge (e.g. 3.0000000000000004), which holds no reference values
+    # discrete data (few distinct values): one bin per value, the same as the in-memory build
     k = cols["k"]
-    assert got.features["k"].edges == tuple(float(v) for v in np.unique(k))
-    assert list(got.features["k"].counts) == [0, *np.unique(k, return_counts=True)[1].tolist()]
-    assert set(want.features["k"].counts) - set(got.features["k"].counts) <= {0}
+    gk, wk = got.features["k"], want.features["k"]
+    assert isinstance(gk, NumericProfile) and isinstance(wk, NumericProfile)
+    assert gk.edges == wk.edges == discrete_edges(np.unique(k))
+    assert list(gk.counts) == list(wk.counts) == [0, *np.unique(k, return_counts=True)[1].tolist(), 0]
     gc, wc = got.features["c"], want.features["c"]
     assert isinstance(gc, CategoricalProfile) and isinstance(wc, CategoricalProfile)
     assert (gc.categories, gc.counts, gc.n_missing) == (wc.categories, wc.counts, wc.n_missing)

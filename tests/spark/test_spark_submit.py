@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def _env() -> dict[str, str]:
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # the tests talk over loopback only
+    if env.get("PYTHONPATH"):  # executors run elsewhere (a worker's directory): no relative entries
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).absolute()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     return env
 
 
@@ -87,13 +90,43 @@ def test_spark_submit_backfill_from_the_command_line(inputs: tuple[Path, Path], 
 
 
 def test_streamdrift_backfill_engine_spark(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    """As a user without an activated virtualenv runs it: no spark-submit on PATH, no SPARK_HOME or
+    PYSPARK_PYTHON; the launcher finds this environment's, and Spark's INFO log stays quiet."""
     config, events = inputs
     out = tmp_path / "stats.jsonl"
     cmd = [sys.executable, "-m", "stream.cli", "backfill", "--engine", "spark", "--config", str(config)]
-    cmd += ["--input", str(events), "--output", str(out)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    cmd += ["--input", str(events), "--output", str(out), "--quiet"]
+    env = {k: v for k, v in _env().items() if k not in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != BIN)
+    assert shutil.which("spark-submit", path=env["PATH"]) is None
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same(read_records(out), _local(config, events))
+    assert " INFO " not in proc.stderr and "log4j profile" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_the_launcher_finds_this_environments_spark_submit(monkeypatch: Any) -> None:
+    import pyspark
+
+    from stream.cli import find_spark_submit, spark_log_config, spark_submit_command
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    for var in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
+        monkeypatch.delenv(var, raising=False)
+    submit, env = find_spark_submit()
+    assert submit == str(BIN / "spark-submit")
+    assert env["SPARK_HOME"] == str(Path(pyspark.__file__).parent)
+    assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == sys.executable
+    monkeypatch.setenv("SPARK_HOME", "/opt/spark")  # a user's own stays
+    assert find_spark_submit()[1]["SPARK_HOME"] == "/opt/spark"
+    log_config = spark_log_config()
+    assert log_config is not None and log_config.name == "log4j2.properties"
+    assert "rootLogger.level = warn" in log_config.read_text()
+    quiet = spark_submit_command(submit, "job.py", "local[2]", ["--x"], verbose=False)
+    loud = spark_submit_command(submit, "job.py", "local[2]", ["--x"], verbose=True)
+    assert quiet[:3] == [submit, "--master", "local[2]"] and quiet[-2:] == ["job.py", "--x"]
+    assert f"-Dlog4j2.configurationFile={log_config.as_uri()}" in quiet[4]
+    assert "log4j2" not in " ".join(loud)
 
 
 def test_bad_arguments_exit_2_naming_the_argument(inputs: tuple[Path, Path], tmp_path: Path, capsys: Any) -> None:

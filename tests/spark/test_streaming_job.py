@@ -59,6 +59,7 @@ def test_streaming_job_flags_the_drift_window_and_survives_a_restart(
     cfg = yaml.safe_load(config_path.read_text())
     cfg["kafka"] = {"bootstrap_servers": kafka_bootstrap, "topic": events_topic}
     cfg["outputs"] = {"statistics_topic": stats_topic, "alerts_topic": alerts_topic}
+    cfg["metrics"] = {"port": 0}
     config_path.write_text(yaml.safe_dump(cfg))
     monitor = Monitor.load(config_path)
 
@@ -96,7 +97,7 @@ def test_streaming_job_flags_the_drift_window_and_survives_a_restart(
     want = run_local(cols, config, reference, layout)
     got.sort(key=lambda r: (r["window_end"], r["feature"], r["statistic"]))
     want.sort(key=lambda r: (r["window_end"], r["feature"], r["statistic"]))
-    assert len(got) == len(want) == 13 * 6  # 13 windows x (x: psi, ks; y: psi, ks; c: psi, chi2)
+    assert len(got) == len(want) == 13 * 7  # 13 windows x (x: psi, ks; y: psi, ks; c: psi, chi2, unseen)
     for g, w in zip(got, want, strict=True):
         for k, v in w.items():
             if isinstance(v, float):
