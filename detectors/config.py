@@ -407,6 +407,22 @@ class MonitorConfig(_Model):
             return bool(self.events.prediction_field and self.events.label_field)
         return True
 
+    def check_event_fields(self, features: Sequence[str]) -> None:
+        """Refuse to monitor an event field (time, segment, prediction, label, id) that ``features.include``
+        does not list, when the reference has it as a feature (a profile built without the config): an id
+        drifts in every window, a label's drift is the concept's, not the data's."""
+        if self.features.include is not None:
+            return
+        fields = self.events.fields
+        clash = [f for f in features if f in fields]
+        if clash:
+            raise ConfigError(
+                f"the reference's features {clash} are event fields of this monitor (events.*_field, "
+                "events.segment_fields); an event field is a feature only when features.include lists it. "
+                "Rebuild the reference with `reference build --config` (which leaves them out), or list the "
+                "features to monitor in features.include"
+            )
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> MonitorConfig:
         """Validate; sections owned by other components are ignored here."""

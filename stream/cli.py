@@ -344,6 +344,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         reference, model = registry.load(config.reference)
     else:
         reference = ReferenceProfile.load(config.reference)
+    config.check_event_fields(list(reference.features))
     layout = Layout(reference, config.features.include)
     started_ms = int(time.time() * 1000)  # event times beyond it + events.max_future_skew are rejected
     events = read_events(args.input, config, reference, layout.features)

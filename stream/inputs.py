@@ -115,11 +115,16 @@ def require_features(data: EventRows, features_field: str | None, features: Sequ
     columns = present_columns(data, features_field)
     where = "columns" if features_field is None else f"fields in the {features_field!r} objects"
     missing = [f for f in features if f not in columns]
-    if missing:
-        raise InputFileError(
-            f"{what}: no row has the feature(s) {missing}; its {where} are {columns[:30]}. Rename the column(s), "
-            "or monitor fewer features with features.include"
-        )
+    if not missing:
+        return
+    first = next((r for r in data.rows if isinstance(r, Mapping)), {})
+    holders = [k for k, v in first.items() if isinstance(v, Mapping) and set(missing) & v.keys()]
+    fix = (
+        f"the features are in the object {holders[0]!r}? set events.features_field: {holders[0]}"
+        if holders
+        else "rename the column(s), or monitor fewer features with features.include"
+    )
+    raise InputFileError(f"{what}: no row has the feature(s) {missing}; its {where} are {columns[:30]}. Fix: {fix}")
 
 
 @dataclass

@@ -349,6 +349,7 @@ BAD_BACKFILL = [
     ({}, ["--input", "events.txt"], "unknown file type '.txt'"),
     ({}, ["--output", "o.csv"], "not CSV"),
     ({"concept": {"params": {"deltta": 1}}}, [], "['deltta']"),
+    ({"window": {"kind": "tumbling", "size": 5}}, [], "window.size: 5 is a number without a unit: write '5s' or '5m'"),
 ]
 
 

@@ -109,9 +109,7 @@ def _tour(cwd: Path, fmt: str, n: int) -> tuple[ReferenceProfile, list[dict[str,
         return res
 
     sd("example-data", "--out", ".", "--format", fmt, "--events", str(n))
-    built = sd(
-        "reference", "build", "--input", f"baseline.{fmt}", "--config", str(EXAMPLE), "--out", f"ref-{fmt}.json"
-    )
+    built = sd("reference", "build", "--input", f"baseline.{fmt}", "--config", str(EXAMPLE), "--out", f"ref-{fmt}.json")
     ref = ReferenceProfile.load(cwd / f"ref-{fmt}.json")
     config = cwd / f"monitor-{fmt}.yaml"
     config.write_text(EXAMPLE.read_text().replace("reference: reference.json", f"reference: ref-{fmt}.json"))
@@ -124,7 +122,7 @@ def test_the_shipped_config_reads_flat_and_nested_files_alike(tmp_path: Path) ->
     example configuration unchanged (features_field: features): the same profile and the same records."""
     n = 9000
     out = {fmt: _tour(tmp_path, fmt, n) for fmt in synthetic.EXAMPLE_FORMATS}
-    ref_csv, records_csv, said_csv = out["csv"]
+    ref_csv, records_csv, _said = out["csv"]
     for fmt, (ref, records, said) in out.items():
         assert ref.fingerprint == ref_csv.fingerprint, fmt
         assert records == records_csv, fmt

@@ -102,7 +102,8 @@ def test_sliding_and_count_windows() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "ms"), [("250ms", 250), ("90s", 90_000), ("5m", 300_000), ("2h", 7_200_000), ("1d", 86_400_000), (0, 0), ("0", 0)]
+    ("text", "ms"),
+    [("250ms", 250), ("90s", 90_000), ("5m", 300_000), ("2h", 7_200_000), ("1d", 86_400_000), (0, 0), ("0", 0)],
 )
 def test_parse_duration(text: Any, ms: int) -> None:
     assert parse_duration_ms(text) == ms
