@@ -19,7 +19,7 @@ from detectors.calibration import REPLICATES
 from detectors.config import MonitorConfig, is_model_uri, reference_columns
 from detectors.engine import run_local
 from detectors.evaluate import flag_rates
-from detectors.events import decode_events, decode_reference_rows
+from detectors.events import EventColumns, decode_events, decode_reference_rows
 from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
 from detectors.reference import DISCRETE_VALUES, ReferenceProfile
@@ -138,6 +138,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
     if not args.input:
         raise ConfigError("reference build: --input (the baseline data) is required")
     if args.engine == "spark":
+        if args.max_rejected is not None:
+            raise ConfigError("--max-rejected applies to --engine local (the Spark build does not reject single rows)")
         if args.keep_values:
             raise ConfigError("--keep-values: the Spark reference build does not keep raw values")
         job_args = ["--input", args.input, "--out", args.out, "--fine-bins", str(args.fine_bins)]
@@ -190,6 +192,8 @@ def _baseline(
     when a cell elsewhere in the column is text (only that row is rejected)."""
     declared = _split(args.categorical) or list(((raw or {}).get("features") or {}).get("categorical") or [])
     data = read_event_rows(args.input, text=declared)
+    if not data.rows:
+        raise InputFileError(f"--input {args.input} has no rows")
     events = dict((raw or {}).get("events") or {})
     configured = events.get("features_field", "features")
     asked = _split(args.features) or list(((raw or {}).get("features") or {}).get("include") or [])
@@ -206,8 +210,6 @@ def _baseline(
     if absent:
         where = "columns" if field is None else f"fields in the {field!r} objects"
         raise InputFileError(f"--input {args.input}: no row has the column(s) {absent}; its {where} are {columns[:30]}")
-    if not data.rows:
-        raise InputFileError(f"--input {args.input} has no rows")
     return data, features, categorical, field, notes
 
 
@@ -321,6 +323,8 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
 
 @command("backfill", "compute window statistics over a file of events", _backfill_args)
 def cmd_backfill(args: argparse.Namespace) -> int:
+    if args.engine == "spark" and args.max_rejected is not None:
+        raise ConfigError("--max-rejected applies to --engine local (the Spark job counts its rejections only)")
     if args.engine == "spark":
         if args.reference_check:
             raise ConfigError("--reference-check runs with --engine local")
@@ -373,7 +377,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_empty_features(cols: Any, features: Sequence[str]) -> None:
+def _say_empty_features(cols: EventColumns, features: Sequence[str]) -> None:
     """Warn about a feature that no accepted event has a value of: none of its windows gets a verdict."""
     import numpy as np
 

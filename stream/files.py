@@ -91,8 +91,9 @@ def read_event_rows(path: str | Path, text: Iterable[str] = ()) -> EventRows:
 
 
 def dictionary_columns(schema: pa.Schema) -> frozenset[str]:
-    """Columns (and fields of struct columns, such as a nested ``features`` object) that are dictionary
-    encoded with string or integer values: what pandas writes for a ``category`` column."""
+    """Categorical columns by their type: dictionary encoded with string or integer values (and fields of
+    struct columns, such as a nested ``features`` object), or pandas ``category`` columns by pandas'
+    metadata (an integer category is read back as plain integers)."""
 
     def categorical(t: pa.DataType) -> bool:
         if not pa.types.is_dictionary(t):
@@ -106,6 +107,13 @@ def dictionary_columns(schema: pa.Schema) -> frozenset[str]:
             out.add(f.name)
         elif pa.types.is_struct(f.type):
             out.update(f.type.field(i).name for i in range(f.type.num_fields) if categorical(f.type.field(i).type))
+    try:
+        pandas = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pandas = {}  # (not pandas' metadata: the types say it all)
+    for col in pandas.get("columns", []) if isinstance(pandas, dict) else []:
+        if isinstance(col, dict) and col.get("pandas_type") == "categorical" and isinstance(col.get("name"), str):
+            out.add(col["name"])
     return frozenset(out)
 
 
