@@ -358,6 +358,7 @@ class DriftRun:
     n_windows: int
     worst: str
     features: dict[str, dict[str, float | None]]
+    starts: list[str] = field(default_factory=list)  # every window's start
 
 
 def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[tuple[str, str]]) -> list[DriftRun]:
@@ -374,6 +375,7 @@ def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[tuple[str, s
             runs.append(DriftRun(w.start, w.end, 0, w.worst, {}))
         run = runs[-1]
         run.end, run.n_windows = w.end, run.n_windows + 1
+        run.starts.append(w.start)
         if SEVERITY_LEVEL[w.worst] > SEVERITY_LEVEL[run.worst]:
             run.worst = w.worst
         for h in w.hits:
@@ -908,7 +910,8 @@ def render_html(
                 for f, stats in run.features.items()
             )
             parts.append(
-                f'<tr data-window-start="{e(run.start)}" data-windows="{run.n_windows}">'
+                f'<tr data-window-start="{e(run.start)}" data-windows="{run.n_windows}" '
+                f'data-starts="{e(" ".join(run.starts))}">'
                 f"<td>{e(_display_time(run.start))}</td><td>{e(_display_time(run.end))}</td><td>{run.n_windows}</td>"
                 f'<td><span class="sevtext-{e(run.worst)}">{e(run.worst)}</span></td><td>{what}</td></tr>'
             )

@@ -238,6 +238,7 @@ def test_every_feature_and_drifted_window_in_the_summary(data: dict[str, Any], f
         (start, len(ws)) for start, ws in expected
     ]
     for row, (_start, ws) in zip(runs, expected, strict=True):
+        assert row["attrs"]["data-starts"].split() == ws
         feats_hit = {r["feature"] for r in recs if r["window_start"] in ws and r["drift"]}
         for f in features:
             assert (f"{f} (" in row["cells"][4]) == (f in feats_hit), row
