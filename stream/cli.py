@@ -236,8 +236,9 @@ def _max_rejected_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-rejected",
         metavar="SHARE",
-        help=f"fail (exit 2, nothing written) when more than this share of the rows is rejected, as 5%% or 0.05 "
-        f"(default {percent(DEFAULT_MAX_REJECTED)}); the reasons and fixes are printed on stderr either way",
+        help="fail (exit 2, nothing written) when more than this share of the rows is rejected, as 5%% or 0.05 "
+        f"(default {percent(DEFAULT_MAX_REJECTED).replace('%', '%%')}); the reasons and fixes are printed on "
+        "stderr either way",
     )
 
 

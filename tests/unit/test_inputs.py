@@ -171,3 +171,15 @@ def test_pandas_category_columns_are_categorical(tmp_path: Path) -> None:
     t = t.replace_schema_metadata({"pandas": "not json"})
     pq.write_table(t, tmp_path / "q.parquet")
     assert read_event_rows(tmp_path / "q.parquet").dictionary_columns == frozenset()
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import COMMANDS, _load_plugins, main
+
+    _load_plugins()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0, name
+    out = capsys.readouterr().out
+    assert "--max-rejected SHARE" in out and "(default 1%); the reasons" in " ".join(out.split())
