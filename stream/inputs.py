@@ -73,20 +73,20 @@ def detect_features_field(
     >>> detect_features_field([{"t": 1, "payload": {"x": 2.0}}], None, ["x"])[0]
     'payload'
     """
-    mappings = [r for r in rows if isinstance(r, Mapping)]
-    if not mappings:
+    first = next((r for r in rows if isinstance(r, Mapping)), None)
+    if first is None:
         return configured, None
     if configured is not None:
-        if any(isinstance(r.get(configured), Mapping) for r in mappings):
+        if any(isinstance(r, Mapping) and isinstance(r.get(configured), Mapping) for r in rows):
             return configured, None
         return None, (
             f"the rows have no {configured!r} object, so they are flat: the features are read from the "
             "top-level columns (set events.features_field: null to say so)"
         )
     wanted = set(features)
-    if not wanted or any(wanted & r.keys() for r in mappings[:1000]):
+    if not wanted or any(isinstance(r, Mapping) and wanted & r.keys() for r in rows[:1000]):
         return None, None
-    for key, value in mappings[0].items():
+    for key, value in first.items():
         if isinstance(value, Mapping) and wanted & value.keys():
             return key, (
                 f"the rows hold their features in the object {key!r}: reading them from there "
@@ -95,24 +95,36 @@ def detect_features_field(
     return None, None
 
 
-def present_columns(data: EventRows, features_field: str | None) -> list[str]:
+def present_columns(data: EventRows, features_field: str | None, wanted: Sequence[str] = ()) -> list[str]:
     """The columns the rows have (keys of the features objects for nested rows), in order of first
-    appearance. A table's rows all have the same columns; JSON lines are read to the end."""
+    appearance. A table's rows all have the same columns; JSON lines are read to the end, or until
+    every one of ``wanted`` is found."""
     seen: dict[str, None] = {}
     rows = data.rows if data.kind == "jsonl" else data.rows[:1]
+    missing = set(wanted)
+    last: Any = None
     for r in rows:
         if not isinstance(r, Mapping):
             continue
         obj = r if features_field is None else r.get(features_field)
-        if isinstance(obj, Mapping):
-            seen.update(dict.fromkeys(obj))
+        if not isinstance(obj, Mapping):
+            continue
+        keys = obj.keys()
+        if keys == last:  # (most rows have the keys of the row before: a set comparison in C)
+            continue
+        last = set(keys)
+        seen.update(dict.fromkeys(keys))
+        if missing:
+            missing -= last
+            if not missing:
+                break
     return list(seen)
 
 
 def require_features(data: EventRows, features_field: str | None, features: Sequence[str], what: str) -> None:
     """Fail before processing when a feature is in no row at all: its windows would all say
     "too few events", and the run would look fine."""
-    columns = present_columns(data, features_field)
+    columns = present_columns(data, features_field, features)
     where = "columns" if features_field is None else f"fields in the {features_field!r} objects"
     missing = [f for f in features if f not in columns]
     if not missing:
