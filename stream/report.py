@@ -10,16 +10,18 @@ Sources
 
 What the page shows (plotly, with plotly.js inlined once, so it opens without a network)
     * a summary: per feature the worst severity, the first drifted window, the number of
-      drifted windows, the largest statistics and the smallest adjusted p-value; then every
-      drifted window with the features and statistics that drifted;
+      drifted windows, the largest statistics and the smallest adjusted p-value; then a map of
+      features by windows coloured by the worst verdict, and the runs of consecutive drifted
+      windows with the largest effect of each statistic that drifted;
     * per feature the effect sizes over windows (PSI; KS D; Cramér's V for chi-square; the
       share of never-seen categories) with each window's threshold (calibrated at its size,
       see :mod:`detectors.evaluate`) and the critical levels drawn, the adjusted p-values on a
-      log axis with ``statistics.false_alarm_rate``, and drifted windows shaded by severity.
+      log axis with ``statistics.false_alarm_rate`` (the axis reaches the smallest p-value; one
+      below 1e-300, 0 included, is a marker "< 1e-300"), and drifted windows shaded by severity.
       Windows without a verdict (too few events) are gaps, not zeros;
-    * for one window (``--window``, default the most drifted) the reference vs window
-      proportions on the coarse PSI bins, side by side; categorical features as grouped
-      bars. Reference proportions come from the profile (``--reference``, or the monitor
+    * for one window (``--window``, default the most drifted) the reference vs window shares
+      of events on one pair of labelled axes: overlaid bars over a numeric feature's coarse PSI
+      bins, grouped bars over a categorical's buckets. Reference proportions come from the profile (``--reference``, or the monitor
       config's ``reference``); the window's histogram is recomputed with :mod:`detectors`
       from the events file (``--events`` with ``--config``). Without them the section says
       what is missing instead of drawing anything.
