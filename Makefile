@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv with streamdrift and every extra installed
 
-system-deps: ## install Prometheus, Alertmanager, Java 17, openssl and socat (the TLS tests) from Debian (needs root)
+system-deps: ## install Prometheus, Alertmanager, Java 17, openssl, socat (TLS tests), chromium (report test) from Debian (root)
 	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v java >/dev/null \
-	    || ! command -v openssl >/dev/null || ! command -v socat >/dev/null; then \
+	    || ! command -v openssl >/dev/null || ! command -v socat >/dev/null || ! command -v chromium >/dev/null; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    prometheus prometheus-alertmanager openjdk-17-jre-headless openssl socat; \
+	    prometheus prometheus-alertmanager openjdk-17-jre-headless openssl socat chromium; \
 	fi
 
 demo: $(STAMP) ## run `streamdrift demo` on the embedded broker

@@ -64,25 +64,39 @@ def _named(name: str, msg: str) -> str:
 
 
 def parse_duration_ms(value: Any, name: str = "duration") -> int:
-    """``"5m"`` -> 300000; a bare number means seconds.
+    """``"5m"`` -> 300000. A duration needs its unit (``ms``, ``s``, ``m``, ``h``, ``d``): a bare number
+    (``5``, ``"5"``) is an error that suggests ``5s`` and ``5m``, except 0, which is the same in any unit.
 
-    >>> parse_duration_ms("90s"), parse_duration_ms(2), parse_duration_ms("250ms")
-    (90000, 2000, 250)
+    >>> parse_duration_ms("90s"), parse_duration_ms("2h"), parse_duration_ms("250ms"), parse_duration_ms(0)
+    (90000, 7200000, 250, 0)
+    >>> parse_duration_ms(5, "window.size")
+    Traceback (most recent call last):
+    ValueError: window.size: 5 is a number without a unit: write '5s' or '5m' (units: ms, s, m, h, d)
     """
     if isinstance(value, bool):
         raise ValueError(_named(name, f"{value!r} is not a duration"))
     if isinstance(value, (int, float)):
-        ms = float(value) * 1000
-    elif isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(_named(name, f"{value!r} is not a duration like '30s', '5m', '1h' or '250ms'"))
-        ms = float(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
-    else:
+        if value == 0:
+            return 0
+        raise ValueError(_named(name, _unitless(value)))
+    if not isinstance(value, str):
         raise ValueError(_named(name, f"{value!r} is not a duration"))
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(_named(name, f"{value!r} is not a duration like '30s', '5m', '1h' or '250ms'"))
+    if m.group(2) is None:
+        if float(m.group(1)) == 0:
+            return 0
+        raise ValueError(_named(name, _unitless(m.group(1))))
+    ms = float(m.group(1)) * _UNIT_MS[m.group(2)]
     if ms != int(ms):
         raise ValueError(_named(name, f"{value!r} is not a whole number of milliseconds"))
     return int(ms)
+
+
+def _unitless(number: Any) -> str:
+    n = number if isinstance(number, str) else f"{number:g}"
+    return f"{number!r} is a number without a unit: write '{n}s' or '{n}m' (units: ms, s, m, h, d)"
 
 
 def parse_instant_ms(value: Any, name: str) -> int:
@@ -134,6 +148,14 @@ class EventsConfig(_Model):
     segment_fields: tuple[str, ...] = ()
     prediction_field: str | None = None
     label_field: str | None = None
+    id_field: str | None = Field(None, description="the events' id column: never taken as a feature")
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The fields an event carries besides its features (time, segments, prediction, label, id):
+        never features unless ``features.include`` lists them."""
+        names = (self.time_field, self.features_field, self.prediction_field, self.label_field, self.id_field)
+        return frozenset(n for n in (*names, *self.segment_fields) if n)
 
     @field_validator("min_time", mode="before")
     @classmethod
@@ -172,7 +194,9 @@ class FeaturesConfig(_Model):
 
 class WindowConfig(_Model):
     kind: Literal["tumbling", "sliding", "count"] = "tumbling"
-    size: int | str = Field("5m", description="duration for time windows, number of events for count windows")
+    size: int | str = Field(
+        "5m", description="duration with its unit for time windows ('5m'), number of events for count windows"
+    )
     slide: int | str | None = None
     allowed_lateness: int | str = "0s"
     idle_timeout: int | str = "60s"
@@ -383,6 +407,22 @@ class MonitorConfig(_Model):
             return bool(self.events.prediction_field and self.events.label_field)
         return True
 
+    def check_event_fields(self, features: Sequence[str]) -> None:
+        """Refuse to monitor an event field (time, segment, prediction, label, id) that ``features.include``
+        does not list, when the reference has it as a feature (a profile built without the config): an id
+        drifts in every window, a label's drift is the concept's, not the data's."""
+        if self.features.include is not None:
+            return
+        fields = self.events.fields
+        clash = [f for f in features if f in fields]
+        if clash:
+            raise ConfigError(
+                f"the reference's features {clash} are event fields of this monitor (events.*_field, "
+                "events.segment_fields); an event field is a feature only when features.include lists it. "
+                "Rebuild the reference with `reference build --config` (which leaves them out), or list the "
+                "features to monitor in features.include"
+            )
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> MonitorConfig:
         """Validate; sections owned by other components are ignored here."""
@@ -415,6 +455,24 @@ def format_validation_error(exc: ValidationError, what: str) -> str:
 TIME_COLUMNS = frozenset({"timestamp", "time", "ts", "event_time"})
 
 
+def event_fields(config: Mapping[str, Any] | None) -> frozenset[str]:
+    """The event fields a (raw) monitor config names: its time, features, segment, prediction,
+    label and id fields; the default time field ``timestamp`` when it names none.
+
+    >>> sorted(event_fields({"events": {"prediction_field": "score", "segment_fields": ["country"]}}))
+    ['country', 'features', 'score', 'timestamp']
+    """
+    ev = dict((config or {}).get("events") or {})
+    defaults = EventsConfig()
+    names = {
+        k: ev.get(k, getattr(defaults, k))
+        for k in ("time_field", "features_field", "prediction_field", "label_field", "id_field")
+    }
+    found = {v for v in names.values() if isinstance(v, str)}
+    found |= {s for s in ev.get("segment_fields") or () if isinstance(s, str)}
+    return frozenset(found)
+
+
 def reference_columns(
     columns: Sequence[str],
     features: Sequence[str] | None,
@@ -425,21 +483,19 @@ def reference_columns(
 
     Flags win; otherwise the config's ``features.include`` / ``features.categorical``;
     otherwise every column but the time columns and the config's event fields (time,
-    prediction, label, segments).
+    prediction, label, segments, id): an event field is a feature only when listed.
 
-    >>> reference_columns(["ts", "a", "b", "score"], None, ["b"], {"events": {"prediction_field": "score"}})
+    >>> reference_columns(["ts", "a", "b", "score", "id"], None, ["b"], {"events": {"prediction_field": "score",
+    ...     "id_field": "id"}})
     (['a', 'b'], ['b'])
     """
-    skip = set(TIME_COLUMNS)
+    skip = set(TIME_COLUMNS) | event_fields(config)
     chosen = list(features) if features else None
     cats = list(categorical)
     if config:
         feats = config.get("features") or {}
         chosen = chosen or (list(feats["include"]) if feats.get("include") else None)
         cats = cats or list(feats.get("categorical") or [])
-        ev = config.get("events") or {}
-        skip |= {v for k, v in ev.items() if k.endswith("_field") and isinstance(v, str)}
-        skip |= set(ev.get("segment_fields") or [])
     if chosen is None:
         chosen = [c for c in columns if c not in skip]
     return chosen, cats

@@ -360,6 +360,64 @@ def decode_events(
     )
 
 
+def decode_reference_rows(
+    rows: Sequence[Any],
+    features: Sequence[str],
+    categorical: Sequence[str],
+    features_field: str | None,
+) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+    """A baseline's rows as the columns of a reference build, by the feature rules of
+    :func:`decode_events` (times, segments, prediction and label are not read): a row with a value of
+    the wrong type is rejected with its index and reason, every other row is used.
+
+    Numeric columns come back as float64 arrays (missing: NaN), categorical ones as lists of labels.
+
+    >>> cols, errors = decode_reference_rows(
+    ...     [{"x": 1.5, "c": "a"}, {"x": "abc", "c": "b"}, {"x": None, "c": 3}], ["x", "c"], ["c"], None)
+    >>> cols["x"].tolist(), cols["c"], errors
+    ([1.5, nan], ['a', '3'], [(1, "feature 'x': expected a number, got str")])
+    """
+    cats = set(categorical)
+    numeric = [f for f in features if f not in cats]
+    labels = [f for f in features if f in cats]
+    num_cols: dict[str, list[float]] = {f: [] for f in numeric}
+    cat_cols: dict[str, list[str | None]] = {f: [] for f in labels}
+    errors: list[tuple[int, str]] = []
+    nan = math.nan
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            errors.append((i, f"event is not a JSON object (got {type(row).__name__})"))
+            continue
+        fobj = row if features_field is None else row.get(features_field)
+        if not isinstance(fobj, Mapping):
+            errors.append((i, f"missing or non-object features field {features_field!r}"))
+            continue
+        try:
+            nums = []
+            for f in numeric:
+                try:
+                    x = _num(fobj.get(f))
+                except TypeError as exc:
+                    raise InputError(f"feature {f!r}: expected a number, got {exc}") from None
+                nums.append(nan if x is None else x)
+            cs = []
+            for f in labels:
+                try:
+                    cs.append(_cat(fobj.get(f)))
+                except TypeError as exc:
+                    raise InputError(f"feature {f!r}: expected a string, got {exc}") from None
+        except InputError as exc:
+            errors.append((i, str(exc)))
+            continue
+        for f, x in zip(numeric, nums, strict=True):
+            num_cols[f].append(x)
+        for f, c in zip(labels, cs, strict=True):
+            cat_cols[f].append(c)
+    cols: dict[str, Any] = {f: np.asarray(v, dtype=np.float64) for f, v in num_cols.items()}
+    cols.update(cat_cols)
+    return {f: cols[f] for f in features}, errors
+
+
 def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.float64]:
     """The per-event value a concept detector consumes (NaN where it cannot be computed).
 

@@ -11,7 +11,6 @@ import argparse
 import logging
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,11 +19,22 @@ from detectors.calibration import REPLICATES
 from detectors.config import MonitorConfig, is_model_uri, reference_columns
 from detectors.engine import run_local
 from detectors.evaluate import flag_rates
-from detectors.events import decode_events
+from detectors.events import EventColumns, decode_events, decode_reference_rows
 from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
 from detectors.reference import DISCRETE_VALUES, ReferenceProfile
-from stream.files import read_columns, read_rows, write_records
+from stream.exceptions import InputFileError
+from stream.files import EventRows, numbers_from_text, read_columns, read_event_rows, write_records
+from stream.inputs import (
+    DEFAULT_MAX_REJECTED,
+    check_rejections,
+    detect_features_field,
+    parse_share,
+    percent,
+    present_columns,
+    read_events,
+    rejection_summary,
+)
 from stream.settings import load_monitor, load_yaml
 
 log = logging.getLogger("streamdrift")
@@ -81,6 +91,7 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--engine", choices=["local", "spark"], default="local", help="spark: for data larger than memory")
     p.add_argument("--master", default="local[2]", help="Spark master for --engine spark")
+    _max_rejected_arg(p)
     p.add_argument(
         "--mlflow-model",
         metavar="NAME",
@@ -128,6 +139,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
     if not args.input:
         raise ConfigError("reference build: --input (the baseline data) is required")
     if args.engine == "spark":
+        if args.max_rejected is not None:
+            raise ConfigError("--max-rejected applies to --engine local (the Spark build does not reject single rows)")
         if args.keep_values:
             raise ConfigError("--keep-values: the Spark reference build does not keep raw values")
         job_args = ["--input", args.input, "--out", args.out, "--fine-bins", str(args.fine_bins)]
@@ -142,10 +155,11 @@ def cmd_reference(args: argparse.Namespace) -> int:
         if rc == 0:
             _log_to_mlflow(target, args.out, ReferenceProfile.load(args.out))
         return rc
-    cols = read_columns(args.input)
-    features, categorical = reference_columns(
-        list(cols), _split(args.features), _split(args.categorical), load_yaml(args.config) if args.config else None
-    )
+    raw = load_yaml(args.config) if args.config else None
+    data, features, categorical, field, notes = _baseline(args, raw)
+    cols, errors = decode_reference_rows(data.rows, features, categorical, field)
+    _say_rejections(notes, errors, len(data.rows), data.rows, None, "rows")
+    check_rejections(errors, len(data.rows), max_rejected(args), "--max-rejected")
     t0 = time.perf_counter()
     ref = ReferenceProfile.build(
         cols,
@@ -167,6 +181,66 @@ def cmd_reference(args: argparse.Namespace) -> int:
     _print_profile(ref)
     _log_to_mlflow(target, args.out, ref)
     return 0
+
+
+def _baseline(
+    args: argparse.Namespace, raw: Mapping[str, Any] | None
+) -> tuple[EventRows, list[str], list[str], str | None, list[str]]:
+    """The baseline's rows, its features and categorical features, the features field of its shape, notes.
+
+    Categorical: the flags, else the config's ``features.categorical``, plus Parquet dictionary
+    columns. A CSV's categorical columns are read as text, its numeric ones keep their numbers
+    when a cell elsewhere in the column is text (only that row is rejected)."""
+    declared = _split(args.categorical) or list(((raw or {}).get("features") or {}).get("categorical") or [])
+    data = read_event_rows(args.input, text=declared)
+    if not data.rows:
+        raise InputFileError(f"--input {args.input} has no rows")
+    events = dict((raw or {}).get("events") or {})
+    configured = events.get("features_field", "features")
+    asked = _split(args.features) or list(((raw or {}).get("features") or {}).get("include") or [])
+    field, note = detect_features_field(data.rows, configured, asked)
+    notes = [note] if note and (raw is not None and "features_field" in events) else []
+    columns = present_columns(data, field)
+    features, categorical = reference_columns(columns, _split(args.features), _split(args.categorical), raw)
+    dictionary = [f for f in features if f in data.dictionary_columns and f not in categorical]
+    if dictionary:
+        notes.append(f"categorical because Parquet stores them as dictionaries (pandas' category): {dictionary}")
+        categorical = [*categorical, *dictionary]
+    numbers_from_text(data, [f for f in features if f not in categorical])
+    absent = [f for f in dict.fromkeys([*features, *categorical]) if f not in columns]
+    if absent:
+        where = "columns" if field is None else f"fields in the {field!r} objects"
+        raise InputFileError(f"--input {args.input}: no row has the column(s) {absent}; its {where} are {columns[:30]}")
+    return data, features, categorical, field, notes
+
+
+def max_rejected(args: argparse.Namespace) -> float:
+    return DEFAULT_MAX_REJECTED if args.max_rejected is None else parse_share(args.max_rejected)
+
+
+def _say_rejections(
+    notes: Sequence[str],
+    errors: Sequence[tuple[int, str]],
+    total: int,
+    rows: Sequence[Any],
+    config: MonitorConfig | None,
+    what: str,
+) -> None:
+    """Notes about the input and the rejection summary, on stderr (``--quiet`` does not hide them)."""
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    for line in rejection_summary(errors, total, rows, config, what):
+        print(line, file=sys.stderr)
+
+
+def _max_rejected_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-rejected",
+        metavar="SHARE",
+        help="fail (exit 2, nothing written) when more than this share of the rows is rejected, as 5%% or 0.05 "
+        f"(default {percent(DEFAULT_MAX_REJECTED).replace('%', '%%')}); the reasons and fixes are printed on "
+        "stderr either way",
+    )
 
 
 #: a feature whose baseline windows vary like 1/N as many independent rows, N above this, is warned about
@@ -239,6 +313,7 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
         help="with --reference-check: cut the baseline into windows of N rows (for a baseline without event "
         "times, whose rows then get times 1 ms apart from 2000-01-01T00:00:00Z)",
     )
+    _max_rejected_arg(p)
     run = p.add_mutually_exclusive_group()
     run.add_argument(
         "--mlflow-run",
@@ -251,6 +326,8 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
 
 @command("backfill", "compute window statistics over a file of events", _backfill_args)
 def cmd_backfill(args: argparse.Namespace) -> int:
+    if args.engine == "spark" and args.max_rejected is not None:
+        raise ConfigError("--max-rejected applies to --engine local (the Spark job counts its rejections only)")
     if args.engine == "spark":
         if args.reference_check:
             raise ConfigError("--reference-check runs with --engine local")
@@ -274,26 +351,23 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         reference, model = registry.load(config.reference)
     else:
         reference = ReferenceProfile.load(config.reference)
+    config.check_event_fields(list(reference.features))
     layout = Layout(reference, config.features.include)
     started_ms = int(time.time() * 1000)  # event times beyond it + events.max_future_skew are rejected
-    rows = read_rows(args.input)
+    events = read_events(args.input, config, reference, layout.features)
+    config, rows = events.config, events.rows
     row_times = None
     if args.reference_check:
         config = reference_check_config(config, rows, args.window_events)
         if config.events.time_field is None:  # a baseline without event times: its rows 1 ms apart
             row_times = [ROW_TIME_BASE_MS + i for i in range(len(rows))]
     cols, errors = decode_events(rows, config, reference, layout.features, row_times, now_ms=started_ms)
+    _say_rejections(events.notes, errors, len(rows), rows, config, "events")
+    check_rejections(errors, len(rows), max_rejected(args), "--max-rejected")
+    _say_empty_features(cols, layout.features)
     name, version = (model.name, model.version) if model is not None else (None, None)
     records = run_local(cols, config, reference, layout, name, version)
     write_records(args.output, records)
-    if errors:
-        from stream.decode import reason_code
-
-        codes = Counter(reason_code(reason) for _i, reason in errors)
-        by_code = ", ".join(f"{code} {n}" for code, n in sorted(codes.items()))
-        print(
-            f"{len(errors)} of {len(rows)} events rejected ({by_code}); first: row {errors[0][0] + 1}: {errors[0][1]}"
-        )
     if args.reference_check:
         print_reference_check(records, config, sys.stdout)
     elif not args.quiet:
@@ -306,27 +380,38 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_empty_features(cols: EventColumns, features: Sequence[str]) -> None:
+    """Warn about a feature that no accepted event has a value of: none of its windows gets a verdict."""
+    import numpy as np
+
+    for f in features:
+        col = cols.features[f]
+        empty = bool(np.isnan(col).all()) if isinstance(col, np.ndarray) else all(v is None for v in col)
+        if len(cols) and empty:
+            print(
+                f"warning: feature {f!r} has no value in any of the {len(cols):,} events: none of its windows can "
+                "have a verdict (a null column? leave it out with features.include)",
+                file=sys.stderr,
+            )
+
+
 #: a baseline without event times gets times 1 ms apart from 2000-01-01T00:00:00Z (reference check)
 ROW_TIME_BASE_MS = 946_684_800_000
 
 
 def reference_check_config(config: MonitorConfig, rows: Sequence[Any], window_events: int | None) -> MonitorConfig:
-    """The monitor as the reference check runs it: the baseline's shape (flat rows are common for a
-    baseline), and count windows of ``window_events`` rows when asked (or when it has no event time)."""
+    """The monitor as the reference check runs it: count windows of ``window_events`` rows when asked
+    (or when the baseline has no event time). (The baseline's shape is the rows', see :func:`read_events`.)"""
     first = next((r for r in rows if isinstance(r, Mapping)), None)
     if first is None:
         raise ConfigError("--reference-check: the baseline has no rows")
     events = config.events
-    update: dict[str, Any] = {}
-    if events.features_field is not None and not isinstance(first.get(events.features_field), Mapping):
-        update["features_field"] = None  # a flat baseline: features are columns
     if window_events is None and events.time_field is not None and events.time_field not in first:
         raise ConfigError(
             f"--reference-check: the baseline has no event time field {events.time_field!r}; "
             "pass --window-events N to cut it into windows of N rows"
         )
     data = config.model_dump()
-    data["events"].update(update)
     if window_events is not None:
         if window_events < 1:
             raise ConfigError("--window-events must be at least 1")

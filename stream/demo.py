@@ -1,4 +1,4 @@
-"""``streamdrift demo``: everything on one machine, in one command.
+"""``streamdrift demo``: everything on one machine, in one command (and ``streamdrift example-data``).
 
 1. starts the embedded Kafka-compatible broker (tansu) on a free loopback port;
 2. builds a reference profile from synthetic baseline data;
@@ -7,7 +7,17 @@
    malformed messages, which go to the dead-letter topic);
 5. prints each closed window's verdicts and every alert as they arrive on their topics;
 6. stops the consumer with SIGTERM and prints a summary: events, windows, alerts, and where
-   the drift was found against where it was injected.
+   the drift was found against where it was injected;
+7. writes an HTML report of the records serve wrote (``records.jsonl``), and prints where
+   everything is and the next commands: the report again, a backfill on your own file, and
+   the ``monitor.yaml`` to start from.
+
+Everything stays in the work directory (``--workdir``, default a new directory under the
+system's temporary directory, kept).
+
+``streamdrift example-data`` writes the demo's baseline and stream as files (flat CSV or
+Parquet, nested JSON lines) with the columns of ``deploy/examples/monitor.yaml``, for the
+README's quick tour.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +45,12 @@ from stream.broker import EmbeddedBroker, free_port
 from stream.cli import command
 from stream.exceptions import StreamError
 
+CONFIG_HEADER = """\
+# A monitor written by `streamdrift demo`: a starting point for your own. Set `reference` (built by
+# `streamdrift reference build`), the events.* fields to your events' names (features_field: null when
+# the features are top-level columns), kafka.* to your cluster; remove state.dir and metrics.port to
+# take the defaults. Every setting, commented: deploy/examples/monitor.yaml in the repository.
+"""
 TOPIC, STATS, ALERTS, DLQ = "predictions", "streamdrift.statistics", "streamdrift.alerts", "streamdrift.dead-letters"
 MALFORMED = (b"not json at all", b'{"timestamp": "yesterday", "features": {}}', b'{"features": {"income": "high"}}')
 
@@ -43,7 +60,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-at", type=float, default=0.5, help="fraction of the stream where the drift starts")
     p.add_argument("--window", default="10m", help="tumbling window size (event time; events are 100 ms apart)")
     p.add_argument("--metrics-port", type=int, default=0, help="port of /metrics (0 = a free one)")
-    p.add_argument("--workdir", help="where to keep the reference, config and state (default: a temp dir)")
+    p.add_argument(
+        "--workdir",
+        help="where to write the reference, config, events, records, report and state (default: a new "
+        "directory under the temporary directory, kept)",
+    )
     p.add_argument("--seed", type=int, default=7)
 
 
@@ -53,10 +74,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise StreamError(f"--drift-at must be between 0 and 1 (got {args.drift_at})")
     if args.events < 1000:
         raise StreamError(f"--events must be at least 1000 (got {args.events}) for windows with verdicts")
-    with tempfile.TemporaryDirectory(prefix="streamdrift-demo-") as tmp:
-        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+    if args.workdir:
+        workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        return Demo(args, workdir).run()
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="streamdrift-demo-"))
+    return Demo(args, workdir.resolve()).run()
+
+
+def _example_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=".", help="directory to write baseline.FORMAT and events.FORMAT to")
+    p.add_argument(
+        "--format",
+        choices=synthetic.EXAMPLE_FORMATS,
+        default="csv",
+        help="csv and parquet: flat (a column per feature); jsonl: nested, as a producer sends events",
+    )
+    p.add_argument("--events", type=int, default=20_000, help="rows in each file (events are 100 ms apart)")
+    p.add_argument("--seed", type=int, default=7)
+
+
+@command(
+    "example-data",
+    "write an example baseline and events file (a credit model's predictions, drift half-way) to try the commands",
+    _example_args,
+)
+def cmd_example_data(args: argparse.Namespace) -> int:
+    if args.events < 1000:
+        raise StreamError(f"--events must be at least 1000 (got {args.events}) for windows with verdicts")
+    base, events = synthetic.write_example(Path(args.out), args.format, args.events, args.seed)
+    spec = synthetic.StreamSpec(n_events=args.events, seed=args.seed)
+    _say(f"{base}: {args.events:,} events of the model before (the baseline)")
+    _say(
+        f"{events}: {args.events:,} events from {iso_ms(spec.start_ms)}, 100 ms apart; from "
+        f"{iso_ms(spec.drift_start_ms)} on, {' and '.join(synthetic.DRIFTED_FEATURES)} drift"
+    )
+    shape = "nested (a features object)" if args.format == "jsonl" else "flat (a column per feature)"
+    _say(
+        f"columns: timestamp, country, score, label, {', '.join([*synthetic.NUMERIC, *synthetic.CATEGORICAL])}; "
+        f"{shape}, as deploy/examples/monitor.yaml expects"
+    )
+    return 0
 
 
 def _say(msg: str) -> None:
@@ -73,11 +131,17 @@ class Demo:
         self.alerts: list[dict[str, Any]] = []
         self.concept: list[dict[str, Any]] = []
         self.counts: dict[str, float] = {}
+        self.records = workdir / "records.jsonl"
+        self.events = workdir / "events.jsonl"
 
     # -- steps ----------------------------------------------------------------------------
     def run(self) -> int:
         t0 = time.monotonic()
-        _say("streamdrift demo")
+        _say(f"streamdrift demo (files in {self.workdir})")
+        # what an earlier demo left here would mix with this run: its records, its checkpoints
+        self.records.unlink(missing_ok=True)
+        if (self.workdir / "state").is_dir():
+            shutil.rmtree(self.workdir / "state")
         with EmbeddedBroker() as broker:
             _say(f"[1/6] embedded broker (tansu) listening on {broker.bootstrap}")
             self._create_topics(broker.bootstrap)
@@ -90,6 +154,8 @@ class Demo:
             finally:
                 self._stop_consumer(proc)
             self._summary(n_bad, time.monotonic() - t0)
+        report = self._report(config_path)
+        self._next_steps(config_path, report)
         return 0
 
     def _create_topics(self, bootstrap: str) -> None:
@@ -131,12 +197,17 @@ class Demo:
             "statistics": {"min_events": 200},
             "concept": {"detector": "adwin", "stream": "model_error", "error": "absolute"},
             "kafka": {"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "streamdrift-demo"},
-            "outputs": {"statistics_topic": STATS, "alerts_topic": ALERTS, "dead_letter_topic": DLQ},
+            "outputs": {
+                "statistics_topic": STATS,
+                "alerts_topic": ALERTS,
+                "dead_letter_topic": DLQ,
+                "statistics_file": str(self.records),
+            },
             "metrics": {"address": "127.0.0.1", "port": self.metrics_port},
             "state": {"dir": str(self.workdir / "state")},
         }
         path = self.workdir / "monitor.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        path.write_text(CONFIG_HEADER + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
 
     def _start_consumer(self, config_path: Path) -> subprocess.Popen[bytes]:
@@ -189,15 +260,18 @@ class Demo:
         )
         bad_at = {n // 4 + k * 7 for k in range(len(MALFORMED))}
         n_bad = 0
-        for i, ev in enumerate(synthetic.events(self.spec)):
-            if i in bad_at:
-                p.produce(TOPIC, MALFORMED[n_bad])
-                n_bad += 1
-            p.produce(TOPIC, json.dumps(ev, separators=(",", ":")).encode())
-            if i % 5000 == 0:
-                p.poll(0)
-            if (i + 1) % (n // 4) == 0:
-                _say(f"      produced {i + 1:,}/{n:,}")
+        with self.events.open("wb") as copy:  # (the valid events, for `report --events` and a backfill)
+            for i, ev in enumerate(synthetic.events(self.spec)):
+                if i in bad_at:
+                    p.produce(TOPIC, MALFORMED[n_bad])
+                    n_bad += 1
+                value = json.dumps(ev, separators=(",", ":")).encode()
+                p.produce(TOPIC, value)
+                copy.write(value + b"\n")
+                if i % 5000 == 0:
+                    p.poll(0)
+                if (i + 1) % (n // 4) == 0:
+                    _say(f"      produced {i + 1:,}/{n:,}")
         p.flush(30)
         return n_bad
 
@@ -206,6 +280,10 @@ class Demo:
 
         _say("[5/6] closed windows (overall segment; '.' ok, 'W' warning, 'C' critical, '?' too few events):")
         features = [*synthetic.NUMERIC, *synthetic.CATEGORICAL]
+        _say(
+            "      alerts: the alert messages of the window on 'streamdrift.alerts': one per drifted statistic (PSI, "
+            "KS, chi-square, unseen share) of each segment (all events, and each country)"
+        )
         _say("      window start              " + " ".join(f"{f[:11]:>11}" for f in features) + "   alerts")
         c = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "streamdrift-demo-viewer", "enable.auto.commit": False}
@@ -301,3 +379,39 @@ class Demo:
         if self.concept:
             _say(f"    model error  ADWIN first detection at {self.concept[0]['window_end']}")
         _say(f"  wall time              {seconds:.1f} s")
+
+    def _report(self, config_path: Path) -> Path:
+        """The HTML report of the records serve wrote, with the window histograms from the events."""
+        from stream.report import report_command
+
+        out = self.workdir / "report.html"
+        report_command(
+            ["--records", str(self.records), "--config", str(config_path), "--events", str(self.events)],
+            out,
+        )
+        return out
+
+    def _next_steps(self, config_path: Path, report: Path) -> None:
+        w = self.workdir
+        report_cmd = (
+            f"streamdrift report --records {self.records} --config {config_path} --events {self.events} "
+            f"--segment country=de --out {w / 'report-de.html'}"
+        )
+        _say("")
+        _say(f"files in {w}")
+        _say(f"  {report.name:<15} the drift report: open it in a browser")
+        _say(f"  {self.records.name:<15} the window statistic records serve wrote (also on '{STATS}')")
+        _say(f"  {self.events.name:<15} the events the demo sent (nested JSON lines)")
+        _say(f"  {'reference.json':<15} the reference profile the windows were compared with")
+        _say(f"  {config_path.name:<15} the monitor's configuration")
+        _say("next")
+        _say("  the report of one segment (or --window START for another window's histograms):")
+        _say(f"    {report_cmd}")
+        _say("  the same statistics from the events file, without Kafka:")
+        _say(f"    streamdrift backfill --config {config_path} --input {self.events} --output {w / 'backfill.jsonl'}")
+        _say("  your own data (a file of past events for the reference, and the events to check):")
+        _say(f"    cp {config_path} monitor.yaml   # then set reference, events.* (your columns) and kafka.*")
+        _say("    streamdrift reference build --input baseline.csv --config monitor.yaml --out reference.json")
+        _say("    streamdrift backfill --config monitor.yaml --input events.csv --output stats.jsonl")
+        _say("    streamdrift report --records stats.jsonl --config monitor.yaml --events events.csv --out report.html")
+        _say("  every setting, commented: deploy/examples/monitor.yaml in the repository")

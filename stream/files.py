@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,29 @@ def file_kind(path: Path) -> str:
     raise InputFileError(f"{path}: unknown file type {suffix!r}; use .parquet, .csv or .jsonl")
 
 
+@dataclass
+class EventRows:
+    """The rows of an events file, with what the file says about its columns' types."""
+
+    rows: list[Any]
+    kind: str  # parquet | csv | jsonl
+    #: CSV columns held as text (pyarrow found a cell that is not a number, or they were asked for as text)
+    text_columns: frozenset[str] = frozenset()
+    #: Parquet dictionary-encoded columns of strings or integers (pandas' ``category``): categorical
+    dictionary_columns: frozenset[str] = frozenset()
+
+
 def read_rows(path: str | Path) -> list[Any]:
+    """Every row of an events file as a Python object (normally a dict); see :func:`read_event_rows`."""
+    return read_event_rows(path).rows
+
+
+def read_event_rows(path: str | Path, text: Iterable[str] = ()) -> EventRows:
     """Every row of an events file as a Python object (normally a dict).
 
     A JSON-lines line that is not valid JSON is kept as its text, so validation can reject
-    it with a reason instead of the whole file failing.
+    it with a reason instead of the whole file failing. CSV columns named in ``text``
+    (categorical features, segment fields) are read as text, so that ``01234`` stays a label.
     """
     p = Path(path)
     kind = file_kind(p)
@@ -57,12 +77,75 @@ def read_rows(path: str | Path) -> list[Any]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     rows.append(line.rstrip("\n"))
-        return rows
+        return EventRows(rows, kind)
     try:
-        table = pq.read_table(p) if kind == "parquet" else pa_csv.read_csv(p)
+        if kind == "parquet":
+            table = pq.read_table(p)
+        else:
+            as_text = pa_csv.ConvertOptions(column_types={c: pa.string() for c in text})
+            table = pa_csv.read_csv(p, convert_options=as_text)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputFileError(f"cannot read {p}: {exc}") from exc
-    return table_rows(table)
+    texts = frozenset(f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+    return EventRows(table_rows(table), kind, texts if kind == "csv" else frozenset(), dictionary_columns(table.schema))
+
+
+def dictionary_columns(schema: pa.Schema) -> frozenset[str]:
+    """Categorical columns by their type: dictionary encoded with string or integer values (and fields of
+    struct columns, such as a nested ``features`` object), or pandas ``category`` columns by pandas'
+    metadata (an integer category is read back as plain integers)."""
+
+    def categorical(t: pa.DataType) -> bool:
+        if not pa.types.is_dictionary(t):
+            return False
+        v = t.value_type
+        return bool(pa.types.is_string(v) or pa.types.is_large_string(v) or pa.types.is_integer(v))
+
+    out = set()
+    for f in schema:
+        if categorical(f.type):
+            out.add(f.name)
+        elif pa.types.is_struct(f.type):
+            out.update(f.type.field(i).name for i in range(f.type.num_fields) if categorical(f.type.field(i).type))
+    try:
+        pandas = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pandas = {}  # (not pandas' metadata: the types say it all)
+    for col in pandas.get("columns", []) if isinstance(pandas, dict) else []:
+        if isinstance(col, dict) and col.get("pandas_type") == "categorical" and isinstance(col.get("name"), str):
+            out.add(col["name"])
+    return frozenset(out)
+
+
+#: the CSV cells pyarrow reads as null in a numeric column (its defaults), for numeric columns held as text
+CSV_NULLS = frozenset(pa_csv.ConvertOptions().null_values)
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def numbers_from_text(data: EventRows, columns: Iterable[str]) -> None:
+    """CSV only: in the numeric ``columns`` that pyarrow held as text (a cell somewhere is not a
+    number), turn every cell that is a number into one, in place, and pyarrow's null markers
+    (``""``, ``NA``, ``null``...) into None. The other cells stay text, so only their rows are rejected,
+    each with its own row number, as in a JSON-lines file.
+
+    >>> d = EventRows([{"x": "1.5"}, {"x": "abc"}, {"x": "NA"}, {"x": "7"}], "csv", frozenset({"x"}))
+    >>> numbers_from_text(d, ["x"]); [r["x"] for r in d.rows]
+    [1.5, 'abc', None, 7]
+    """
+    cols = [c for c in columns if c in data.text_columns]
+    if data.kind != "csv" or not cols:
+        return
+    for row in data.rows:
+        for c in cols:
+            v = row.get(c)
+            if not isinstance(v, str):
+                continue
+            t = v.strip()
+            if t in CSV_NULLS:
+                row[c] = None
+            elif _NUMBER.match(t):
+                row[c] = int(t) if _INT.match(t) else float(t)
 
 
 def table_rows(table: pa.Table) -> list[dict[str, Any]]:
@@ -118,8 +201,7 @@ def write_records(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Non
     kind = file_kind(p)
     if kind == "csv":
         raise InputFileError(f"{p}: records are written as .jsonl or .parquet, not CSV")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    fd, tmp = temp_beside(p)
     try:
         with os.fdopen(fd, "wb") as fh:
             if kind == "jsonl":
@@ -129,7 +211,33 @@ def write_records(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Non
                 pq.write_table(records_table(records), fh)
         os.replace(tmp, p)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def temp_beside(path: Path) -> tuple[int, Path]:
+    """A new temporary file next to ``path`` (for an atomic rename onto it), open for writing, created
+    with mode 0666 less the umask, as any file a user's program writes (``tempfile.mkstemp`` makes 0600,
+    which a team's shared directory or a web server cannot read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temp file + rename), honouring the umask."""
+    p = Path(path)
+    fd, tmp = temp_beside(p)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

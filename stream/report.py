@@ -10,16 +10,18 @@ Sources
 
 What the page shows (plotly, with plotly.js inlined once, so it opens without a network)
     * a summary: per feature the worst severity, the first drifted window, the number of
-      drifted windows, the largest statistics and the smallest adjusted p-value; then every
-      drifted window with the features and statistics that drifted;
+      drifted windows, the largest statistics and the smallest adjusted p-value; then a map of
+      features by windows coloured by the worst verdict, and the runs of consecutive drifted
+      windows with the largest effect of each statistic that drifted;
     * per feature the effect sizes over windows (PSI; KS D; Cramér's V for chi-square; the
       share of never-seen categories) with each window's threshold (calibrated at its size,
       see :mod:`detectors.evaluate`) and the critical levels drawn, the adjusted p-values on a
-      log axis with ``statistics.false_alarm_rate``, and drifted windows shaded by severity.
+      log axis with ``statistics.false_alarm_rate`` (the axis reaches the smallest p-value; one
+      below 1e-300, 0 included, is a marker "< 1e-300"), and drifted windows shaded by severity.
       Windows without a verdict (too few events) are gaps, not zeros;
-    * for one window (``--window``, default the most drifted) the reference vs window
-      proportions on the coarse PSI bins, side by side; categorical features as grouped
-      bars. Reference proportions come from the profile (``--reference``, or the monitor
+    * for one window (``--window``, default the most drifted) the reference vs window shares
+      of events on one pair of labelled axes: overlaid bars over a numeric feature's coarse PSI
+      bins, grouped bars over a categorical's buckets. Reference proportions come from the profile (``--reference``, or the monitor
       config's ``reference``); the window's histogram is recomputed with :mod:`detectors`
       from the events file (``--events`` with ``--config``). Without them the section says
       what is missing instead of drawing anything.
@@ -52,14 +54,17 @@ from detectors.histogram import Layout, coarse_counts
 from detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from stream.cli import command
 from stream.exceptions import ConfigError, InputFileError, StreamError
-from stream.files import read_records, read_rows
+from stream.files import read_records, write_text
+from stream.inputs import read_events
 from stream.modelref import load_reference
 from stream.settings import load_monitor, load_yaml
 
 REQUIRED_FIELDS = ("monitor", "segment", "feature", "statistic", "severity", "window_start", "window_end")
 SEVERITY_COLOR = {"ok": "#2e7d32", "warning": "#f09000", "critical": "#c62828", "insufficient_data": "#9e9e9e"}
 STAT_TITLE = {"psi": "PSI", "ks": "KS D", "chi2": "Cramér's V", "unseen": "unseen share"}
-P_FLOOR = 1e-12  # p-values below this are drawn at it (a log axis cannot show 0)
+#: p-values below this (0 included: a p-value can underflow) are drawn at it as a "< 1e-300" marker; every
+#: other p-value is drawn where it is, the log axis reaching down to the smallest
+P_MARK = 1e-300
 
 
 # -- loading --------------------------------------------------------------------------
@@ -345,6 +350,99 @@ def all_windows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda w: (_ms(w[0]), _ms(w[1])))
 
 
+@dataclass
+class DriftRun:
+    """Consecutive drifted windows: the first one's start, the last one's end, and per drifted feature
+    the largest effect of each statistic that drifted."""
+
+    start: str
+    end: str
+    n_windows: int
+    worst: str
+    features: dict[str, dict[str, float | None]]
+    starts: list[str] = field(default_factory=list)  # every window's start
+
+
+def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[tuple[str, str]]) -> list[DriftRun]:
+    """Runs of drifted windows that follow each other in ``windows`` (time order)."""
+    drifted = {(w.start, w.end): w for w in drift_windows(records)}
+    runs: list[DriftRun] = []
+    previous = False
+    for key in windows:
+        w = drifted.get(key)
+        if w is None:
+            previous = False
+            continue
+        if not previous:
+            runs.append(DriftRun(w.start, w.end, 0, w.worst, {}))
+        run = runs[-1]
+        run.end, run.n_windows = w.end, run.n_windows + 1
+        run.starts.append(w.start)
+        if SEVERITY_LEVEL[w.worst] > SEVERITY_LEVEL[run.worst]:
+            run.worst = w.worst
+        for h in w.hits:
+            stats = run.features.setdefault(h["feature"], {})
+            e = effect(h)
+            old = stats.get(h["statistic"])
+            if h["statistic"] not in stats or (e is not None and (old is None or e > old)):
+                stats[h["statistic"]] = e
+        previous = True
+    return runs
+
+
+#: severity as a level of the drift map (None: no record)
+MAP_LEVEL = {"insufficient_data": 0, "ok": 1, "warning": 2, "critical": 3}
+MAP_COLORS = ("#bdbdbd", "#c8e6c9", SEVERITY_COLOR["warning"], SEVERITY_COLOR["critical"])
+
+
+def drift_map_figure(
+    records: Sequence[dict[str, Any]], features: Sequence[str], windows: Sequence[tuple[str, str]]
+) -> Any:
+    """A feature x window grid coloured by the worst verdict of the feature's statistics in the window."""
+    import plotly.graph_objects as go
+
+    col = {w: j for j, w in enumerate(windows)}
+    row = {f: i for i, f in enumerate(features)}
+    z: list[list[int | None]] = [[None] * len(windows) for _ in features]
+    text: list[list[str]] = [[""] * len(windows) for _ in features]
+    for r in window_records_of(records):
+        i, j = row.get(r["feature"]), col.get((r["window_start"], r["window_end"]))
+        if i is None or j is None:
+            continue
+        level = MAP_LEVEL.get(r["severity"], 0)
+        if z[i][j] is None or level > (z[i][j] or 0):
+            z[i][j] = level
+        e = effect(r)
+        text[i][j] += f"<br>{STAT_TITLE[r['statistic']]} {_num(e)} ({r['severity']})"
+    n = len(MAP_COLORS)
+    scale = []
+    for k, c in enumerate(MAP_COLORS):
+        scale += [[k / n, c], [(k + 1) / n, c]]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_display_time(ws) for ws, _we in windows],
+            y=list(features),
+            text=text,
+            hovertemplate="%{y} · %{x}%{text}<extra></extra>",
+            colorscale=scale,
+            zmin=-0.5,
+            zmax=n - 0.5,
+            showscale=False,
+            xgap=1,
+            ygap=1,
+        )
+    )
+    fig.update_xaxes(title_text="window start (UTC)", type="category", nticks=12)
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_layout(
+        height=110 + 26 * len(features),
+        margin={"l": 110, "r": 20, "t": 10, "b": 60},
+        template="plotly_white",
+    )
+    return fig
+
+
 def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> tuple[str, str]:
     """The window given by its ISO start, or the most drifted one (most severity, then largest PSI)."""
     windows = all_windows(records)
@@ -435,8 +533,9 @@ def window_histogram(
     from detectors.engine import SegmentRouter, WindowSpec
 
     layout = Layout(reference, feats)
-    rows = read_rows(events_path)
-    cols, _errors = decode_events(rows, config, reference, layout.features)
+    events = read_events(events_path, config, reference, layout.features, "--events")
+    config = events.config  # (with the shape of the rows: flat or nested)
+    cols, _errors = decode_events(events.rows, config, reference, layout.features)
     router = SegmentRouter(config.events.segment_fields, config.segments.max_segments, config.segments.overall)
     seg_ids = router.route(cols.segments)
     seg_id = next((i for i in range(len(router.keys)) if segment_label(router.segment(i)) == segment), None)
@@ -472,13 +571,13 @@ def window_histogram(
 
 
 # -- rendering -------------------------------------------------------------------------------
-def _figure_html(fig: Any, div_id: str) -> str:
+def _figure_html(fig: Any, div_id: str, modebar: bool = True) -> str:
     out: str = fig.to_html(
         full_html=False,
         include_plotlyjs=False,
         include_mathjax=False,
         div_id=div_id,
-        config={"displaylogo": False, "responsive": True},
+        config={"displaylogo": False, "responsive": True, "displayModeBar": modebar},
     )
     return out
 
@@ -513,7 +612,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     )
     stats = [s for s in WINDOW_STATISTICS if any(r["statistic"] == s for r in recs)]
     titles = [STAT_TITLE[s] for s in stats] + [
-        f"p-values (calibrated, adjusted for the window's tests; below {P_FLOOR:g} drawn at {P_FLOOR:g})"
+        f"p-values (calibrated, adjusted for the window's tests; ▼ = below {P_MARK:g})"
     ]
     fig = make_subplots(rows=len(stats) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     windows = sorted({(r["window_start"], r["window_end"]) for r in recs}, key=lambda w: _ms(w[0]))
@@ -562,15 +661,20 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     prow = len(stats) + 1
     for stat in stats:
         rs = [r for r in recs if r["statistic"] == stat]
-        ys = [None if r.get("p_value_adjusted") is None else max(float(r["p_value_adjusted"]), P_FLOOR) for r in rs]
+        ps = [None if r.get("p_value_adjusted") is None else float(r["p_value_adjusted"]) for r in rs]
         fig.add_trace(
             go.Scatter(
                 x=[_plot_time(r["window_start"]) for r in rs],
-                y=ys,
+                y=[None if p is None else max(p, P_MARK) for p in ps],
                 mode="lines+markers",
                 name=f"p {STAT_TITLE[stat]}",
                 line={"width": 1},
-                marker={"size": 5},
+                marker={
+                    "size": [9 if p is not None and p < P_MARK else 5 for p in ps],
+                    "symbol": ["triangle-down" if p is not None and p < P_MARK else "circle" for p in ps],
+                },
+                text=[_p_text(p) for p in ps],
+                hovertemplate="%{x}<br>p %{text}<extra>" + STAT_TITLE[stat] + "</extra>",
                 connectgaps=False,
             ),
             row=prow,
@@ -596,7 +700,9 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
             line_width=0,
             layer="below",
         )
-    fig.update_yaxes(type="log", exponentformat="power", row=prow, col=1)
+    for row, stat in enumerate(stats, start=1):
+        fig.update_yaxes(title_text=STAT_TITLE[stat], rangemode="tozero", row=row, col=1)
+    fig.update_yaxes(type="log", exponentformat="power", title_text="adjusted p (log)", row=prow, col=1)
     fig.update_xaxes(title_text="window start (UTC)", row=prow, col=1)
     fig.update_layout(
         height=230 * (len(stats) + 1) + 60,
@@ -609,9 +715,9 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
 
 
 def histogram_figure(feature: str, profile: NumericProfile | CategoricalProfile, hist: WindowHistogram) -> Any:
-    """Reference vs window proportions: side by side panels (numeric) or grouped bars (categorical)."""
+    """Reference vs window shares of events on one pair of axes: overlaid bars over a numeric feature's
+    coarse PSI bins (the window drawn over the reference), grouped bars over a categorical's buckets."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     labels = hist.labels[feature]
     ref = np.asarray(hist.reference[feature], dtype=np.float64)
@@ -620,25 +726,49 @@ def histogram_figure(feature: str, profile: NumericProfile | CategoricalProfile,
     if hist.window is not None:
         w = np.asarray(hist.window[feature], dtype=np.float64)
         win_p = (w / w.sum()).tolist() if w.sum() > 0 else [None] * len(w)
-    ref_trace = go.Bar(x=labels, y=ref_p, name="reference", marker_color="#7f8c8d")
-    if isinstance(profile, CategoricalProfile):
-        fig = go.Figure([ref_trace])
-        if win_p is not None:
-            fig.add_trace(go.Bar(x=labels, y=win_p, name="window", marker_color="#1f77b4"))
-        fig.update_layout(barmode="group")
-    else:
-        fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["reference", "window"])
-        fig.add_trace(ref_trace, row=1, col=1)
-        if win_p is not None:
-            fig.add_trace(go.Bar(x=labels, y=win_p, name="window", marker_color="#1f77b4"), row=1, col=2)
-        fig.update_xaxes(tickangle=-45)
-    fig.update_yaxes(title_text="proportion", rangemode="tozero")
+    categorical = isinstance(profile, CategoricalProfile)
+    hover = "%{x}<br>%{y:.2%}<extra>%{fullData.name}</extra>"
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=labels,
+                y=ref_p,
+                name="reference",
+                marker={"color": "#9e9e9e"},
+                opacity=0.9 if categorical else 0.6,
+                hovertemplate=hover,
+            )
+        ]
+    )
+    if win_p is not None:
+        # numeric: the window as outlined bars over the reference's filled ones, so both stay readable
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=win_p,
+                name="window",
+                marker={
+                    "color": "#1f77b4" if categorical else "rgba(31, 119, 180, 0.18)",
+                    "line": {"color": "#1f77b4", "width": 0 if categorical else 2},
+                },
+                opacity=0.9 if categorical else 1.0,
+                hovertemplate=hover,
+            )
+        )
+    fig.update_xaxes(
+        title_text="category" if categorical else f"{feature}: coarse PSI bin (from the reference's quantiles)",
+        tickangle=0 if categorical else -35,
+        type="category",
+    )
+    fig.update_yaxes(title_text="share of events", tickformat=".0%", rangemode="tozero")
     fig.update_layout(
-        title=f"{feature}: {'categories' if isinstance(profile, CategoricalProfile) else 'coarse PSI bins'}",
-        height=340,
-        margin={"l": 60, "r": 20, "t": 50, "b": 80},
+        title=f"{feature}: {'categories' if categorical else 'coarse PSI bins'}",
+        barmode="group" if categorical else "overlay",
+        bargap=0.05 if not categorical else 0.2,
+        height=360,
+        margin={"l": 70, "r": 20, "t": 50, "b": 90},
         template="plotly_white",
-        showlegend=isinstance(profile, CategoricalProfile),
+        legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
     )
     return fig
 
@@ -651,6 +781,7 @@ th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top} 
 .sev{display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;font-size:12px;font-weight:600}
 .sev-ok{background:#2e7d32}.sev-warning{background:#f09000}.sev-critical{background:#c62828}
 .sev-insufficient_data{background:#9e9e9e}
+.sevtext-warning{color:#b36b00;font-weight:600}.sevtext-critical{color:#c62828;font-weight:600}
 .note{background:#fff8e1;border-left:4px solid #f09000;padding:8px 12px;margin:8px 0}
 """
 
@@ -664,9 +795,11 @@ def _num(v: float | None, fmt: str = ".4g") -> str:
     return "–" if v is None else format(v, fmt)
 
 
-def _hit_text(h: Mapping[str, Any]) -> str:
-    e = effect(h)
-    return f"{STAT_TITLE[h['statistic']]} {_num(e)}"
+def _p_text(p: float | None) -> str:
+    """A p-value for a table or a hover label: ``< 1e-300`` below :data:`P_MARK` (0 included)."""
+    if p is None:
+        return "–"
+    return f"< {P_MARK:g}" if p < P_MARK else format(p, ".3g")
 
 
 def _reference_check_html(records: Sequence[Mapping[str, Any]], thresholds: Thresholds) -> list[str]:
@@ -755,7 +888,7 @@ def render_html(
             f'<tr data-feature="{e(s.feature)}"><td><a href="#feature-{e(s.feature)}">{e(s.feature)}</a></td>'
             f"<td>{_sev(s.worst)}</td><td>{first}</td><td>{s.drifted_windows} / {s.windows}</td>"
             f"<td>{_num(s.max_value.get('psi'))}</td><td>{_num(s.max_value.get('ks'))}</td>"
-            f"<td>{_num(s.max_value.get('chi2'))}</td><td>{_num(s.min_p_adjusted, '.3g')}</td>"
+            f"<td>{_num(s.max_value.get('chi2'))}</td><td>{_p_text(s.min_p_adjusted)}</td>"
             f"<td>{s.windows_no_verdict}</td></tr>"
         )
     parts.append("</tbody></table>")
@@ -765,20 +898,24 @@ def render_html(
     parts.append('<h3 id="drifted-windows">Drifted windows</h3>')
     if drifted:
         parts.append(
-            '<table id="drift-windows"><thead><tr><th>window start (UTC)</th><th>window end</th>'
-            "<th>severity</th><th>what drifted</th></tr></thead><tbody>"
+            '<p class="meta">Each cell is a feature in a window, coloured by its worst verdict (grey: too few '
+            "events for one; blank: no record). Below, runs of consecutive drifted windows with what drifted.</p>"
         )
-        for w in drifted:
-            by_feat: dict[str, list[dict[str, Any]]] = {}
-            for h in w.hits:
-                by_feat.setdefault(h["feature"], []).append(h)
+        parts.append(_figure_html(drift_map_figure(records, features, windows), "drift-map", modebar=False))
+        parts.append(
+            '<table id="drift-runs"><thead><tr><th>from (UTC)</th><th>to</th><th>windows</th>'
+            "<th>worst</th><th>what drifted (largest effect in the run)</th></tr></thead><tbody>"
+        )
+        for run in drift_runs(records, windows):
             what = "; ".join(
-                f"<b>{e(f)}</b>: " + ", ".join(f"{e(_hit_text(h))} {_sev(h['severity'])}" for h in hs)
-                for f, hs in by_feat.items()
+                f"{e(f)} ({', '.join(f'{STAT_TITLE[st]} {_num(v)}' for st, v in stats.items())})"
+                for f, stats in run.features.items()
             )
             parts.append(
-                f'<tr data-window-start="{e(w.start)}"><td>{e(_display_time(w.start))}</td>'
-                f"<td>{e(_display_time(w.end))}</td><td>{_sev(w.worst)}</td><td>{what}</td></tr>"
+                f'<tr data-window-start="{e(run.start)}" data-windows="{run.n_windows}" '
+                f'data-starts="{e(" ".join(run.starts))}">'
+                f"<td>{e(_display_time(run.start))}</td><td>{e(_display_time(run.end))}</td><td>{run.n_windows}</td>"
+                f'<td><span class="sevtext-{e(run.worst)}">{e(run.worst)}</span></td><td>{what}</td></tr>'
             )
         parts.append("</tbody></table>")
     else:
@@ -936,10 +1073,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         reference_check=load_records(args.reference_check) if args.reference_check else None,
     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    write_text(out, page)
     n_drift = len(drift_windows(recs))
     print(
         f"report: {len(recs)} records, segment {segment}, {n_drift} drifted windows -> {out} ({len(page) // 1024} KiB)"
     )
     return 0
+
+
+def report_command(argv: Sequence[str], out: Path) -> None:
+    """``streamdrift report ARGV --out OUT`` in process (the demo's report)."""
+    parser = argparse.ArgumentParser(prog="streamdrift report")
+    _report_args(parser)
+    cmd_report(parser.parse_args([*argv, "--out", str(out)]))

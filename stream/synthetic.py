@@ -14,8 +14,10 @@ score (a concept drift: the model's error grows). ``age``, ``amount``, ``utiliza
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,53 @@ def events(spec: StreamSpec, chunk: int = 10_000) -> Iterator[dict[str, Any]]:
                 },
             }
         i += n
+
+
+def flat(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event with its features as top-level columns (a flat file's row)."""
+    return {**{k: v for k, v in event.items() if k != "features"}, **event["features"]}
+
+
+def baseline(n: int, seed: int, end_ms: int) -> Iterator[dict[str, Any]]:
+    """``n`` events without drift (the model's past predictions), 100 ms apart, ending before ``end_ms``."""
+    spec = StreamSpec(n_events=n, start_ms=end_ms - n * StreamSpec.step_ms, drift_at=1.0, seed=seed)
+    return events(spec)
+
+
+#: the files :func:`write_example` writes, by format: flat CSV and Parquet, nested JSON lines
+EXAMPLE_FORMATS = ("csv", "parquet", "jsonl")
+
+
+def write_example(out: Path, fmt: str = "csv", n_events: int = 20_000, seed: int = 7) -> tuple[Path, Path]:
+    """``baseline.<fmt>`` (``n_events`` past events without drift) and ``events.<fmt>`` (``n_events``
+    events with the drift injected half-way), with the columns of ``deploy/examples/monitor.yaml``.
+
+    CSV and Parquet are flat (one column per feature; CSV times as ISO-8601, Parquet as a timestamp
+    column); JSON lines are nested, as a producer writes them (``features`` object, epoch ms).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    if fmt not in EXAMPLE_FORMATS:
+        raise ValueError(f"format {fmt!r}: one of {', '.join(EXAMPLE_FORMATS)}")
+    spec = StreamSpec(n_events=n_events, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / f"baseline.{fmt}", out / f"events.{fmt}")
+    for path, rows in zip(paths, (baseline(n_events, seed + 1, spec.start_ms), events(spec)), strict=True):
+        if fmt == "jsonl":
+            with path.open("w", encoding="utf-8") as fh:
+                for ev in rows:
+                    fh.write(json.dumps(ev, separators=(",", ":")) + "\n")
+            continue
+        table = pa.Table.from_pylist([flat(ev) for ev in rows])
+        ts = pa.array(table.column("timestamp").to_numpy(), type=pa.timestamp("ms", tz="UTC"))
+        table = table.set_column(0, "timestamp", ts)
+        if fmt == "csv":
+            pa_csv.write_csv(table, path)
+        else:
+            pq.write_table(table, path)
+    return paths
 
 
 def iso_ms_window_start(t_ms: int, size_ms: int) -> str:

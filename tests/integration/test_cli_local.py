@@ -177,7 +177,11 @@ def test_reference_build_and_backfill_match_run_local(tmp_path: Path, suffix: st
 
     # the summary: one line per window x segment, drift shown where it was injected
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("1 of 2400 events rejected (missing_field 1); first: row 6:")
+    # the rejected row on stderr, with its reason, row number and a fix
+    err = res.stderr.splitlines()
+    assert err[0].startswith("1 of 2,400 events rejected (missing_field 1)"), res.stderr
+    assert err[1] == "  missing_field x1, first row 6: missing event time field 'timestamp'", res.stderr
+    assert err[2].startswith("    fix: set events.time_field")
     header = next(i for i, line in enumerate(lines) if line.startswith("window start"))
     table = lines[header + 1 : lines.index(next(line for line in lines if line.startswith("legend:")))]
     window_segments = {(r["window_start"], json.dumps(r["segment"], sort_keys=True)) for r in got}
@@ -272,9 +276,10 @@ def test_backfill_and_reference_build_on_micro_and_nanosecond_times(tmp_path: Pa
     out = tmp_path / "records.jsonl"
     res = run("backfill", "--config", str(config), "--input", str(path), "--output", str(out), cwd=tmp_path)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
-    first = res.stdout.splitlines()[0]
-    assert first.startswith("2 of 1200 events rejected (future_time 1, implausible_time 1); first: row 101:"), first
-    assert "implausible event time" in first and "events.time_unit" in first
+    err = res.stderr
+    assert "2 of 1,200 events rejected (future_time 1, implausible_time 1)" in err, err
+    assert "  implausible_time x1, first row 101: implausible event time" in err
+    assert "  future_time x1, first row 201: future event time" in err and "events.time_unit" in err
     cfg = MonitorConfig.from_mapping(yaml.safe_load(config.read_text()), base_dir=tmp_path)
     ref = ReferenceProfile.load(tmp_path / "reference.json")
     kept = [e for i, e in enumerate(events) if i not in (100, 200)]
@@ -344,6 +349,7 @@ BAD_BACKFILL = [
     ({}, ["--input", "events.txt"], "unknown file type '.txt'"),
     ({}, ["--output", "o.csv"], "not CSV"),
     ({"concept": {"params": {"deltta": 1}}}, [], "['deltta']"),
+    ({"window": {"kind": "tumbling", "size": 5}}, [], "window.size: 5 is a number without a unit: write '5s' or '5m'"),
 ]
 
 

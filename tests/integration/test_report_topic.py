@@ -61,8 +61,8 @@ class DriftRows(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        if tag == "tr" and a.get("data-window-start"):
-            self.starts.append(str(a["data-window-start"]))
+        if tag == "tr" and a.get("data-starts"):  # a run of drifted windows: every window's start
+            self.starts.extend(str(a["data-starts"]).split())
         self._note = a.get("class") == "note"
 
     def handle_data(self, data: str) -> None:

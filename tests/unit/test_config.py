@@ -102,13 +102,55 @@ def test_sliding_and_count_windows() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "ms"), [("250ms", 250), ("90s", 90_000), ("5m", 300_000), ("2h", 7_200_000), ("1d", 86_400_000), (3, 3000)]
+    ("text", "ms"),
+    [("250ms", 250), ("90s", 90_000), ("5m", 300_000), ("2h", 7_200_000), ("1d", 86_400_000), (0, 0), ("0", 0)],
 )
 def test_parse_duration(text: Any, ms: int) -> None:
     assert parse_duration_ms(text) == ms
 
 
-@pytest.mark.parametrize("bad", [True, "x", "5 weeks", None, "0.0001ms"])
+@pytest.mark.parametrize("bad", [True, "x", "5 weeks", None, "0.0001ms", 3, 2.5, "5"])
 def test_parse_duration_rejects(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"window\.size"):
         parse_duration_ms(bad, "window.size")
+
+
+@pytest.mark.parametrize("size", [5, "5", 300])
+def test_a_bare_number_is_not_a_time_window_size(size: Any) -> None:
+    """``size: 5`` on a time window once meant 5 seconds (2,000 one-event windows): now an error that
+    names the setting and suggests the units."""
+    with pytest.raises(ConfigError) as err:
+        _cfg(window={"kind": "tumbling", "size": size})
+    text = str(err.value)
+    assert "window.size" in text and f"'{size}s'" in text and f"'{size}m'" in text
+    for setting in ("allowed_lateness", "idle_timeout"):
+        with pytest.raises(ConfigError, match=rf"window\.{setting}.*'30s'"):
+            _cfg(window={setting: 30})
+    with pytest.raises(ConfigError, match=r"events\.max_future_skew"):
+        _cfg(events={"max_future_skew": 3600})
+    # count windows still count events; 0 needs no unit
+    assert _cfg(window={"kind": "count", "size": size}).window.count == int(size)
+    assert _cfg(window={"allowed_lateness": 0}).window.allowed_lateness_ms == 0
+
+
+def test_event_fields_are_never_features_unless_listed() -> None:
+    from detectors.config import reference_columns
+
+    raw = {
+        "events": {
+            "time_field": "sold_at",
+            "segment_fields": ["region"],
+            "prediction_field": "pred",
+            "label_field": "price",
+            "id_field": "listing_id",
+        }
+    }
+    columns = ["listing_id", "sold_at", "region", "pred", "price", "area", "rooms"]
+    assert reference_columns(columns, None, [], raw) == (["area", "rooms"], [])
+    assert _cfg(**raw).events.fields == {"sold_at", "features", "region", "pred", "price", "listing_id"}
+    # listed, an event field is a feature
+    assert reference_columns(columns, None, [], {**raw, "features": {"include": ["area", "price"]}})[0] == [
+        "area",
+        "price",
+    ]
+    assert reference_columns(columns, ["pred"], [], raw)[0] == ["pred"]

@@ -177,6 +177,20 @@ def _display(iso: str) -> str:
     return iso.replace("T", " ")[:19]
 
 
+def _expected_runs(recs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Consecutive drifted windows, recomputed from the records: (first start, the windows' starts)."""
+    runs: list[tuple[str, list[str]]] = []
+    prev = False
+    for w in sorted({r["window_start"] for r in recs}):
+        hit = any(r["drift"] for r in recs if r["window_start"] == w)
+        if hit and not prev:
+            runs.append((w, []))
+        if hit:
+            runs[-1][1].append(w)
+        prev = hit
+    return runs
+
+
 @pytest.fixture(scope="module")
 def full(data: dict[str, Any]) -> tuple[Page, str]:
     d = data["dir"]
@@ -216,15 +230,29 @@ def test_every_feature_and_drifted_window_in_the_summary(data: dict[str, Any], f
         assert cells[8] == str(no_verdict)
     # the injected drift is found, and only there
     assert summary["x"][1] in ("warning", "critical") and summary["c"][1] in ("warning", "critical")
-    # every drifted window is listed with what drifted
-    expected = sorted({r["window_start"] for r in recs if r["drift"]})
+    # the drifted windows: runs of consecutive ones, each with what drifted in it (plain text, no badges)
+    expected = _expected_runs(recs)
     assert expected, "the injected drift must produce drifted windows"
-    listed = {row["attrs"]["data-window-start"]: row["cells"] for row in page.rows["drift-windows"]}
-    assert sorted(listed) == expected
-    for start, cells in listed.items():
-        feats_hit = {r["feature"] for r in recs if r["window_start"] == start and r["drift"]}
+    runs = page.rows["drift-runs"]
+    assert [(r["attrs"]["data-window-start"], int(r["attrs"]["data-windows"])) for r in runs] == [
+        (start, len(ws)) for start, ws in expected
+    ]
+    for row, (_start, ws) in zip(runs, expected, strict=True):
+        assert row["attrs"]["data-starts"].split() == ws
+        feats_hit = {r["feature"] for r in recs if r["window_start"] in ws and r["drift"]}
         for f in features:
-            assert (f"{f}:" in cells[3]) == (f in feats_hit)
+            assert (f"{f} (" in row["cells"][4]) == (f in feats_hit), row
+        assert row["cells"][2] == str(len(ws))
+    assert "sev sev-" not in str(runs)
+    # and the map: one cell per feature and window, its worst verdict's level
+    grid = page.figures()["drift-map"]["data"][0]
+    starts = sorted({r["window_start"] for r in recs})
+    assert grid["type"] == "heatmap" and grid["x"] == [_display(w) for w in starts]
+    level = {"insufficient_data": 0, "ok": 1, "warning": 2, "critical": 3}
+    for i, f in enumerate(grid["y"]):
+        for j, w in enumerate(starts):
+            sev = [r["severity"] for r in recs if r["feature"] == f and r["window_start"] == w]
+            assert grid["z"][i][j] == max(level[x] for x in sev)
     # every feature has its chart
     ids = {a.get("id") for _t, a in page.tags}
     assert {f"feature-{f}" for f in features} <= ids
@@ -341,9 +369,15 @@ def test_histograms_of_the_most_drifted_window(data: dict[str, Any], full: tuple
     traces = {t["name"]: t for t in x_fig["data"]}
     assert traces["window"]["y"] == pytest.approx((wx / wx.sum()).tolist())
     assert traces["reference"]["y"] == pytest.approx((rx / rx.sum()).tolist())
-    assert traces["window"]["type"] == "bar" and traces["window"]["xaxis"] != traces["reference"].get("xaxis", "x")
+    # overlaid on one pair of labelled axes, not side by side
+    assert traces["window"]["type"] == "bar" and x_fig["layout"]["barmode"] == "overlay"
+    assert traces["window"].get("xaxis", "x") == traces["reference"].get("xaxis", "x") == "x"
+    assert 0 < traces["reference"]["opacity"] < 1 and traces["window"]["marker"]["line"]["width"] > 0
+    assert x_fig["layout"]["yaxis"]["title"]["text"] == "share of events"
+    assert "coarse PSI bin" in x_fig["layout"]["xaxis"]["title"]["text"]
     c_fig = next(f for f in hist if f["layout"]["title"]["text"].startswith("c"))
     assert c_fig["layout"]["barmode"] == "group"
+    assert c_fig["layout"]["yaxis"]["title"]["text"] == "share of events"
     counts = Counter(e["features"]["c"] for e in evs)
     ctr = {t["name"]: t for t in c_fig["data"]}
     buckets = list(ref.features["c"].buckets)
@@ -359,7 +393,7 @@ def test_records_only_draws_what_it_knows(data: dict[str, Any]) -> None:
     assert note is not None
     assert not [k for k in page.figures() if k.startswith("hist-")]
     # each window's threshold comes from the records; critical levels and the rate are unknown, so not drawn
-    names = {t["name"] for f in page.figures().values() for t in f["data"]}
+    names = {t.get("name", "") for f in page.figures().values() for t in f["data"]}
     assert "threshold" in names
     assert not any("critical" in n or "false-alarm" in n for n in names)
     assert "pass --config to draw the critical levels" in text
@@ -397,8 +431,8 @@ def test_segment_window_and_parquet(data: dict[str, Any]) -> None:
         out="south.html",
     )
     assert code == 0
-    listed = sorted(row["attrs"]["data-window-start"] for row in page.rows.get("drift-windows", []))
-    assert listed == sorted({r["window_start"] for r in recs if r["drift"]})
+    listed = [row["attrs"]["data-window-start"] for row in page.rows.get("drift-runs", [])]
+    assert listed == [start for start, _ws in _expected_runs(recs)]
     h2 = next(a for t, a in page.tags if t == "h2" and a.get("id") == "histograms")
     assert h2["data-window-start"] == start
     # the recomputed window holds exactly the segment's events the records counted
@@ -441,3 +475,33 @@ def test_reference_mismatch_is_refused(data: dict[str, Any], capsys: pytest.Capt
     code, _, _ = _render(d, "--records", str(d / "records.jsonl"), "--reference", str(d / "other.json"), out="mm.html")
     assert code == 2
     assert "fingerprint" in capsys.readouterr().err
+
+
+def test_p_values_are_drawn_where_they_are(data: dict[str, Any]) -> None:
+    """Strong drift has tiny p-values: they are drawn as they are on the log axis (once floored at
+    1e-12, a flat line), and one that underflowed to 0 is a marker "< 1e-300", never 0 or a floor."""
+    d = data["dir"]
+    recs = [dict(r) for r in data["records"]]
+    psi_x = sorted(
+        (r for r in recs if r["feature"] == "x" and r["statistic"] == "psi" and r["segment"] == {}),
+        key=lambda r: r["window_start"],
+    )
+    tiny = {7: 0.0, 8: 1e-20, 9: 3e-250}
+    for w, p in tiny.items():
+        psi_x[w]["p_value_adjusted"] = p
+    write_records(d / "tiny.jsonl", recs)
+    code, page, _ = _render(d, "--records", str(d / "tiny.jsonl"), out="tiny.html")
+    assert code == 0
+    summary = {row["attrs"]["data-feature"]: row["cells"] for row in page.rows["feature-summary"]}
+    assert summary["x"][7] == "< 1e-300"
+    fig = next(
+        f
+        for k, f in page.figures().items()
+        if k.startswith("stat-") and next(t for t in f["data"] if t.get("name") == "PSI")["y"][7] == psi_x[7]["value"]
+    )
+    p = next(t for t in fig["data"] if t.get("name") == "p PSI")
+    assert p["y"][7] == 1e-300 and p["text"][7] == "< 1e-300" and p["marker"]["symbol"][7] == "triangle-down"
+    assert p["y"][8] == 1e-20 and p["y"][9] == 3e-250 and p["marker"]["symbol"][8] == "circle"
+    prow = [k for k in fig["layout"] if k.startswith("yaxis")]
+    p_axis = fig["layout"][max(prow, key=lambda k: int(k[5:] or 1))]
+    assert p_axis["type"] == "log" and "range" not in p_axis  # (autorange: down to the smallest)
