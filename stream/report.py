@@ -21,10 +21,10 @@ What the page shows (plotly, with plotly.js inlined once, so it opens without a 
       Windows without a verdict (too few events) are gaps, not zeros;
     * for one window (``--window``, default the most drifted) the reference vs window shares
       of events on one pair of labelled axes: overlaid bars over a numeric feature's coarse PSI
-      bins, grouped bars over a categorical's buckets. Reference proportions come from the profile (``--reference``, or the monitor
-      config's ``reference``); the window's histogram is recomputed with :mod:`detectors`
-      from the events file (``--events`` with ``--config``). Without them the section says
-      what is missing instead of drawing anything.
+      bins, grouped bars over a categorical's buckets. Reference proportions come from the
+      profile (``--reference``, or the monitor config's ``reference``); the window's histogram
+      is recomputed with :mod:`detectors` from the events file (``--events`` with ``--config``).
+      Without them the section says what is missing instead of drawing anything.
 
 Every record carries its window's threshold; the critical levels and the false-alarm rate come
 from the monitor config (``--config``) when given, and are left out otherwise (the records do
