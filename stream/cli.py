@@ -24,6 +24,7 @@ from detectors.events import decode_events
 from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
 from detectors.reference import DISCRETE_VALUES, ReferenceProfile
+from stream import labels_cli
 from stream.files import read_columns, read_rows, write_records
 from stream.settings import load_monitor, load_yaml
 
@@ -88,6 +89,7 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
         "the version with the fingerprint; the server is MLFLOW_TRACKING_URI; monitors then say "
         "reference: models:/NAME/VERSION or models:/NAME@ALIAS",
     )
+    labels_cli.add_reference_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mlflow-version", metavar="V", help="with --mlflow-model: the version number")
     which.add_argument("--mlflow-alias", metavar="ALIAS", help="with --mlflow-model: the version this alias names")
@@ -142,9 +144,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
             _log_to_mlflow(target, args.out, ReferenceProfile.load(args.out))
         return rc
     cols = read_columns(args.input)
-    features, categorical = reference_columns(
-        list(cols), _split(args.features), _split(args.categorical), load_yaml(args.config) if args.config else None
-    )
+    raw_config = load_yaml(args.config) if args.config else None
+    features, categorical = reference_columns(list(cols), _split(args.features), _split(args.categorical), raw_config)
     t0 = time.perf_counter()
     ref = ReferenceProfile.build(
         cols,
@@ -159,6 +160,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
         chunks=not args.no_chunks,
         metadata={"source": Path(args.input).name},
     )
+    ref = labels_cli.with_performance(ref, cols, args, raw_config)
     ref.save(args.out)
     took = time.perf_counter() - t0
     print(f"reference: {len(ref.features)} features from {ref.n_rows} rows -> {args.out} ({took:.1f} s)")
@@ -245,6 +247,7 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
         "<statistic>) and the HTML report as an artifact (the server: MLFLOW_TRACKING_URI)",
     )
     run.add_argument("--mlflow-experiment", metavar="NAME", help="as --mlflow-run, in a new run of this experiment")
+    labels_cli.add_backfill_args(p)
 
 
 @command("backfill", "compute window statistics over a file of events", _backfill_args)
@@ -283,6 +286,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     cols, errors = decode_events(rows, config, reference, layout.features, row_times, now_ms=started_ms)
     name, version = (model.name, model.version) if model is not None else (None, None)
     records = run_local(cols, config, reference, layout, name, version)
+    records += labels_cli.backfill_labels(args, config, reference, cols, started_ms, name, version)
     write_records(args.output, records)
     if errors:
         from stream.decode import reason_code
