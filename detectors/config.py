@@ -370,7 +370,7 @@ class LabelsConfig(_Model):
     threshold: float = Field(0.5, gt=0, lt=1, description="classification: score >= threshold predicts positive")
     max_delay: int | str = Field(description="how long a prediction waits for its label, in the labels' event time")
     clock_skew: int | str = Field("1m", description="a label may be stamped up to this much before its prediction")
-    budget: int = Field(10_000_000, ge=1, description="waiting predictions and held labels together, at most")
+    budget: int = Field(10_000_000, ge=1, description="waiting predictions at most (and held labels at most as many)")
     min_coverage: float = Field(
         0.95, gt=0, le=1, description="a window's performance is emitted once this share of its predictions has labels"
     )

@@ -47,10 +47,11 @@ Ticks
     labels in chunks that end at those crossings, so what the caller sees at a tick does not depend
     on how the labels were batched.
 
-The budget (``labels.budget``: entries, waiting predictions and held labels together)
+The budget (``labels.budget``: entries; waiting predictions at most, and held labels at most as many)
     A prediction that finds the budget full (after the expired ones are swept out) does not wait:
-    it counts as a ``label_timeout`` at once; a label that finds it full is a ``label_orphan`` at
-    once. Both also count as ``overflow``. Nothing is dropped without a count; but which entries
+    it counts as a ``label_timeout`` at once; a label that finds the held labels' budget full is a
+    ``label_orphan`` at once. Both also count as ``overflow``. (Two budgets, not one shared: a table
+    full of waiting predictions must never keep out the labels whose progress lets them expire.) Nothing is dropped without a count; but which entries
     overflow depends on how the two streams interleave, so replays are exactly equal only while the
     budget holds.
 
@@ -334,10 +335,10 @@ class LabelJoin:
         new = distinct & (self._table.lookup(h) < 0)
         self.counts["duplicate_prediction"] += int(n - new.sum())
         idx = np.flatnonzero(new)
-        room = self.budget - self._table.live - self._queued
+        room = self.budget - self._table.live
         if len(idx) > room:
             self._sweep()
-            room = self.budget - self._table.live - self._queued
+            room = self.budget - self._table.live
         if len(idx) > room:
             over = len(idx) - max(room, 0)
             idx = idx[: max(room, 0)]
@@ -359,11 +360,7 @@ class LabelJoin:
         n = len(h)
         if n == 0:
             return
-        room = self.budget - self._table.live - self._queued
-        if n > room:
-            self._sweep()
-            room = self.budget - self._table.live - self._queued
-        keep = max(min(n, room), 0)
+        keep = max(min(n, self.budget - self._queued), 0)
         if keep < n:
             self.counts["label_orphan"] += n - keep
             self.counts["overflow"] += n - keep

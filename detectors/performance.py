@@ -652,7 +652,7 @@ class PerformanceProfile:
                 what = "a probability in [0, 1]" if name == "prediction" else "0 or 1"
                 if task == REGRESSION:
                     what = "a finite number"
-                value = (s if name == "prediction" else y)[bad[0]]
+                value = float((s if name == "prediction" else y)[bad[0]])
                 raise InputError(f"{name} at row {bad[0] + 1} is {value!r}, not {what} (labels.task: {task})")
         s, y = s[present], y[present]
         if len(s) == 0:
