@@ -51,9 +51,9 @@ The budget (``labels.budget``: entries; waiting predictions at most, and held la
     A prediction that finds the budget full (after the expired ones are swept out) does not wait:
     it counts as a ``label_timeout`` at once; a label that finds the held labels' budget full is a
     ``label_orphan`` at once. Both also count as ``overflow``. (Two budgets, not one shared: a table
-    full of waiting predictions must never keep out the labels whose progress lets them expire.) Nothing is dropped without a count; but which entries
-    overflow depends on how the two streams interleave, so replays are exactly equal only while the
-    budget holds.
+    full of waiting predictions must never keep out the labels whose progress lets them expire.)
+    Nothing is dropped without a count; but which entries overflow depends on how the two streams
+    interleave, so replays are exactly equal only while the budget holds.
 
 Memory
     The waiting predictions are an open-addressing hash table (linear probing, tombstones) of

@@ -236,7 +236,7 @@ def test_concept_detector_runs_on_joined_errors_in_label_order(reference: Refere
     score = d.preds.prediction.copy()
     score[flip] = 1.0 - score[flip]
     d.preds.prediction[:] = score
-    records, tracker = run_local_labels(d.preds, d.labels, cfg, reference)
+    records, _tracker = run_local_labels(d.preds, d.labels, cfg, reference)
     hits = [r for r in records if r["statistic"] == "adwin"]
     assert hits
     # the same detector fed directly with the pairs' errors in label arrival order (the join rule)

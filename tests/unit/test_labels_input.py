@@ -103,8 +103,14 @@ def test_decode_labels() -> None:
     assert reasons[5] == "missing label time field 'at'"
     assert "expected a number, got str" in reasons[6]
     codes = [reason_code(r) for _i, r in errors]
-    assert codes == ["bad_type", "missing_field", "missing_field", "missing_field", "bad_type", "not_object"] + [
-        "implausible_time"
+    assert codes == [
+        "bad_type",
+        "missing_field",
+        "missing_field",
+        "missing_field",
+        "bad_type",
+        "not_object",
+        "implausible_time",
     ]
     reg, errors = decode_labels([{"id": "a", "label": -3.5, "timestamp": NOW}], cfg(task="regression"), now_ms=NOW)
     assert reg.label.tolist() == [-3.5] and not errors
