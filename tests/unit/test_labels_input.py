@@ -130,3 +130,22 @@ def test_prediction_ids_are_decoded_with_a_labels_section() -> None:
     assert not errors and cols.ids == ["a", "12", None, None]  # a missing or unusable id is no rejection
     plain, _ = decode_events(rows, MonitorConfig.from_mapping(BASE), ref, ["x"], now_ms=NOW)
     assert plain.ids is None
+
+
+def test_the_example_config_documents_every_labels_setting() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from detectors.config import LabelsConfig
+
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "examples" / "monitor.yaml").read_text()
+    block = [line[1:] for line in text.splitlines() if line.startswith("#labels:") or line.startswith("#  ")]
+    doc = yaml.safe_load("\n".join(block))
+    assert set(doc["labels"]) == set(LabelsConfig.model_fields)
+    example = yaml.safe_load(text)
+    del example["events"]["label_field"]
+    example.update(doc)
+    config = MonitorConfig.from_mapping({k: v for k, v in example.items()})
+    defaults = LabelsConfig(max_delay="1d")
+    assert config.labels == defaults.model_copy(update={"topic": "labels"})  # every value shown is the default
