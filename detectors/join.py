@@ -215,27 +215,27 @@ class HashTable:
         if n == 0:
             return
         keys = self.keys
-        pos = (q & np.uint64(self.capacity - 1)).astype(np.int64)
+        mask = self.capacity - 1
+        pos = (q & np.uint64(mask)).astype(np.int64)
         active = np.arange(n)
         reused = 0
         while active.size:
-            s = pos[active]
-            k = keys[s]
-            free = k <= TOMB
-            cand, cs = active[free], s[free]
-            if cand.size:
-                slots, first = np.unique(cs, return_index=True)
-                win = cand[first]
-                reused += int((keys[slots] == TOMB).sum())
-                keys[slots] = q[win]
-                self.t[slots] = t[win]
-                self.score[slots] = score[win]
-                self.seg[slots] = seg[win]
-                placed = np.zeros(n, dtype=bool)
-                placed[win] = True
-                keep = ~placed[active]
-                active, s = active[keep], s[keep]
-            pos[active] = (s + 1) & (self.capacity - 1)
+            k = keys[pos]
+            free = np.flatnonzero(k <= TOMB)
+            if free.size:
+                fpos, fq = pos[free], q[active[free]]
+                keys[fpos] = fq  # several keys may aim at one free slot: one of them stays there
+                won = keys[fpos] == fq
+                win, slots = free[won], fpos[won]
+                reused += int(np.count_nonzero(k[win] == TOMB))
+                who = active[win]
+                self.t[slots] = t[who]
+                self.score[slots] = score[who]
+                self.seg[slots] = seg[who]
+                keep = np.ones(active.size, dtype=bool)
+                keep[win] = False
+                active, pos = active[keep], pos[keep]
+            pos = (pos + 1) & mask
         self.live += n
         self.tombs -= reused
 
