@@ -149,3 +149,14 @@ def test_the_example_config_documents_every_labels_setting() -> None:
     config = MonitorConfig.from_mapping({k: v for k, v in example.items()})
     defaults = LabelsConfig(max_delay="1d")
     assert config.labels == defaults.model_copy(update={"topic": "labels"})  # every value shown is the default
+
+
+def test_serve_refuses_a_labels_section_until_it_joins_labels(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from stream.cli import main
+
+    doc = {**BASE, "labels": {"max_delay": "1h"}, "kafka": {"bootstrap_servers": "127.0.0.1:1", "topic": "t"}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["serve", "--config", str(tmp_path / "m.yaml"), "--check"]) == 2
+    assert "labels: serve does not join late labels yet" in capsys.readouterr().err
