@@ -62,6 +62,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_labels_waiting",
 )
 
+#: the series of late labels: exported only by a monitor with a labels section
+LABEL_METRIC_NAMES = tuple(n for n in METRIC_NAMES if n.startswith(("streamdrift_performance", "streamdrift_label")))
+
 #: the reason label of dead letters: every code a rejection can have (children exist from the start)
 DEAD_LETTER_REASONS = REASON_CODES
 _STAT = ("monitor", "segment", "feature", "statistic")
