@@ -365,6 +365,89 @@ class ConceptConfig(_Model):
         return self
 
 
+class MinDrop(_Model):
+    """The effect floor of a performance verdict, per kind of metric (see :mod:`detectors.performance`)."""
+
+    rate: float = Field(0.02, ge=0, le=1, description="accuracy, precision, recall, F1, ROC AUC: absolute drop")
+    loss: float = Field(0.1, ge=0, description="log loss, Brier, MAE, RMSE, MAPE: increase relative to the reference")
+    bias: float = Field(0.1, ge=0, description="bias: shift either way, relative to the reference's MAE")
+
+
+class CriticalDrop(_Model):
+    """The drop at or above which a performance verdict is critical, per kind of metric."""
+
+    rate: float = Field(0.05, ge=0, le=1)
+    loss: float = Field(0.25, ge=0)
+    bias: float = Field(0.25, ge=0)
+
+
+class LabelsConfig(_Model):
+    """Labels that arrive later, joined to the predictions by id (see :mod:`detectors.join`)."""
+
+    topic: str | None = Field(None, description="serve: the topic of label events")
+    id_field: str = Field("id", min_length=1, description="the id, at the top level of predictions and labels")
+    label_field: str = Field("label", min_length=1, description="the label, at the top level of label events")
+    time_field: str | None = Field(
+        "timestamp", description="event time of a label (units as events.time_unit); None = Kafka timestamp"
+    )
+    task: Literal["classification", "regression"] = "classification"
+    threshold: float = Field(0.5, gt=0, lt=1, description="classification: score >= threshold predicts positive")
+    max_delay: int | str = Field(description="how long a prediction waits for its label, in the labels' event time")
+    clock_skew: int | str = Field("1m", description="a label may be stamped up to this much before its prediction")
+    budget: int = Field(10_000_000, ge=1, description="waiting predictions at most (and held labels at most as many)")
+    min_coverage: float = Field(
+        0.95, gt=0, le=1, description="a window's performance is emitted once this share of its predictions has labels"
+    )
+    min_labels: int = Field(100, ge=1, description="fewer labelled events in a window give no verdict")
+    metrics: tuple[str, ...] | None = Field(None, description="the metrics with verdicts (default: all of the task)")
+    min_drop: MinDrop = MinDrop()
+    critical_drop: CriticalDrop = CriticalDrop()
+
+    @field_validator("max_delay", "clock_skew")
+    @classmethod
+    def _duration(cls, v: int | str, info: Any) -> int | str:
+        ms = parse_duration_ms(v, "")
+        if info.field_name == "max_delay" and ms <= 0:
+            raise ValueError(f"{v!r} is not positive: no label could ever arrive in time")
+        if ms < 0:
+            raise ValueError(f"{v!r} is negative")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: tuple[str, ...] | None, info: Any) -> tuple[str, ...] | None:
+        from detectors.performance import METRICS
+
+        task = info.data.get("task", "classification")
+        if v is not None:
+            bad = [m for m in v if m not in METRICS[task]]
+            if bad:
+                raise ValueError(f"{bad} are not metrics of task {task} (choose from {list(METRICS[task])})")
+        return v
+
+    @model_validator(mode="after")
+    def _drops(self) -> LabelsConfig:
+        for kind in ("rate", "loss", "bias"):
+            low, high = getattr(self.min_drop, kind), getattr(self.critical_drop, kind)
+            if high < low:
+                raise ValueError(f"labels.critical_drop.{kind} ({high}) must be >= labels.min_drop.{kind} ({low})")
+        return self
+
+    @property
+    def max_delay_ms(self) -> int:
+        return parse_duration_ms(self.max_delay, "labels.max_delay")
+
+    @property
+    def clock_skew_ms(self) -> int:
+        return parse_duration_ms(self.clock_skew, "labels.clock_skew")
+
+    @property
+    def chosen_metrics(self) -> tuple[str, ...]:
+        from detectors.performance import METRICS
+
+        return self.metrics if self.metrics is not None else METRICS[self.task]
+
+
 class MonitorConfig(_Model):
     monitor: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     reference: str = Field(
@@ -376,6 +459,7 @@ class MonitorConfig(_Model):
     statistics: StatisticsConfig = StatisticsConfig()
     segments: SegmentsConfig = SegmentsConfig()
     concept: ConceptConfig = ConceptConfig()
+    labels: LabelsConfig | None = None
 
     @field_validator("reference")
     @classmethod
@@ -393,18 +477,38 @@ class MonitorConfig(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _labels(self) -> MonitorConfig:
+        if self.labels is None:
+            return self
+        if not self.events.prediction_field:
+            raise ValueError("labels: needs events.prediction_field (the score the labels are compared with)")
+        if self.events.label_field:
+            raise ValueError(
+                "labels: events.label_field (labels inside the prediction events) and a labels section (labels that "
+                "arrive later) exclude each other; remove one"
+            )
+        if self.window.kind == "count":
+            raise ValueError(
+                "labels: performance windows are by prediction event time; use tumbling or sliding windows"
+            )
+        if self.labels.id_field in (self.events.prediction_field, self.events.time_field):
+            raise ValueError(f"labels.id_field {self.labels.id_field!r} is another event field")
+        return self
+
     @property
     def concept_active(self) -> bool:
         """The concept detector runs when configured and its stream exists in the events.
 
-        With ``stream: model_error`` it needs ``events.prediction_field`` and ``label_field``;
-        without them concept detection is off (the CLI says so at start).
+        With ``stream: model_error`` it needs ``events.prediction_field`` and labels: ``events.label_field``
+        (in the events) or a ``labels`` section (joined later, see :attr:`concept_on_labels`); without
+        them concept detection is off (the CLI says so at start).
         """
         c = self.concept
         if c.detector == "none":
             return False
         if c.stream == "model_error":
-            return bool(self.events.prediction_field and self.events.label_field)
+            return bool(self.events.prediction_field and (self.events.label_field or self.labels is not None))
         return True
 
     def check_event_fields(self, features: Sequence[str]) -> None:
@@ -422,6 +526,11 @@ class MonitorConfig(_Model):
                 "Rebuild the reference with `reference build --config` (which leaves them out), or list the "
                 "features to monitor in features.include"
             )
+
+    @property
+    def concept_on_labels(self) -> bool:
+        """The concept detector runs on the error stream of joined labels (in label-arrival order)."""
+        return self.concept_active and self.concept.stream == "model_error" and self.labels is not None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> MonitorConfig:
@@ -496,6 +605,9 @@ def reference_columns(
         feats = config.get("features") or {}
         chosen = chosen or (list(feats["include"]) if feats.get("include") else None)
         cats = cats or list(feats.get("categorical") or [])
+        if isinstance(config.get("labels"), Mapping):  # the id and label columns of a labelled baseline
+            lab = config["labels"]
+            skip |= {str(lab.get("id_field", "id")), str(lab.get("label_field", "label"))}
     if chosen is None:
         chosen = [c for c in columns if c not in skip]
     return chosen, cats

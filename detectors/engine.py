@@ -262,8 +262,8 @@ def concept_records(
 ) -> list[dict[str, Any]]:
     """Run the concept detector over the whole stream in event-time order; one record per detection."""
     c = config.concept
-    if not config.concept_active or len(cols) == 0:
-        return []
+    if not config.concept_active or config.concept_on_labels or len(cols) == 0:
+        return []  # (with a labels section the detector runs on the joined labels: run_local_labels)
     values = concept_values(cols, config)
     order = np.argsort(cols.time_ms, kind="stable")
     det = make_detector(c.detector, c.params)
@@ -331,3 +331,92 @@ class ConceptTracker:
     def restore(self, snap: Mapping[str, Any]) -> None:
         self.since_ms = snap["since_ms"]
         self.n_since = int(snap["n_since"])
+
+
+#: the prediction watermark once every prediction has been read
+END_OF_PREDICTIONS = 2**62
+
+
+def run_local_labels(
+    cols: EventColumns,
+    labels: Any,
+    config: MonitorConfig,
+    reference: ReferenceProfile,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    chunk: int = 50_000,
+) -> tuple[list[dict[str, Any]], Any]:
+    """The performance records (and concept-drift records on the joined labels) of a history of
+    predictions ``cols`` and label events ``labels`` (:class:`detectors.events.LabelColumns`, in
+    arrival order), through the same :class:`detectors.labelled.PerformanceTracker` as ``serve``;
+    also the tracker (its counts: what waits, what timed out).
+
+    The predictions are read in event-time order, a chunk at a time; each label is handed over in
+    arrival order as soon as the predictions have passed its time (as a live stream would bring it),
+    so the join holds what a live one would. Nothing is late in a backfill. At the end of the input
+    every label has been processed and the windows are checked once more at the last label's time
+    (:meth:`~detectors.labelled.PerformanceTracker.finish`); a window whose labels are still not
+    complete enough (coverage) and whose ``max_delay`` has not passed in the labels' time is left
+    waiting, as in ``serve``, and not emitted (the tracker's ``waiting_windows``).
+    """
+    from detectors.labelled import PerformanceTracker
+
+    router = SegmentRouter(config.events.segment_fields, config.segments.max_segments, config.segments.overall)
+    seg_ids = router.route(cols.segments)
+    tracker = PerformanceTracker(config, reference, router, model_name, model_version)
+    skew = tracker.labels.clock_skew_ms
+    order = np.argsort(cols.time_ms, kind="stable")
+    t_sorted = cols.time_ms[order]
+    records: list[dict[str, Any]] = []
+    next_label = 0
+
+    due = labels.time_ms + skew  # a label is handed over once the predictions have passed this
+
+    def feed_labels(watermark: int) -> None:
+        nonlocal next_label
+        stop = next_label
+        while stop < len(labels):  # the first label not due yet (in blocks: no scan of the whole rest)
+            block = due[stop : stop + 65_536] >= watermark
+            if block.any():
+                stop += int(np.argmax(block))
+                break
+            stop += len(block)
+        if stop > next_label:
+            tracker.add_labels(_label_slice(labels, next_label, stop))
+            next_label = stop
+
+    i = 0
+    while i < len(order):
+        j = min(i + chunk, len(order))
+        j = int(np.searchsorted(t_sorted, t_sorted[j - 1], side="right"))  # end at a time boundary
+        rows = order[i:j]
+        tracker.add_predictions(_take_events(cols, rows), seg_ids[rows])
+        watermark = int(t_sorted[j - 1]) + 1
+        feed_labels(watermark)
+        records.extend(tracker.advance(watermark))
+        i = j
+    feed_labels(END_OF_PREDICTIONS)
+    records.extend(tracker.advance(END_OF_PREDICTIONS))
+    records.extend(tracker.finish())
+    return records, tracker
+
+
+def _label_slice(labels: Any, start: int, stop: int) -> Any:
+    from detectors.events import LabelColumns
+
+    return LabelColumns(
+        labels.ids[start:stop], labels.time_ms[start:stop], labels.label[start:stop], labels.rows[start:stop]
+    )
+
+
+def _take_events(cols: EventColumns, rows: npt.NDArray[np.int64]) -> EventColumns:
+    """The events ``rows`` of ``cols`` (the columns the performance tracker reads)."""
+    ids = cols.ids
+    return EventColumns(
+        time_ms=cols.time_ms[rows],
+        features={},
+        segments=[cols.segments[i] for i in rows.tolist()],
+        prediction=cols.prediction[rows],
+        label=cols.label[rows],
+        ids=None if ids is None else [ids[i] for i in rows.tolist()],
+    )

@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from detectors.config import MonitorConfig
 from detectors.exceptions import InputError
+from detectors.join import id_text
 from detectors.reference import MISSING, NumericProfile, ReferenceProfile, int_label
 
 #: ``time_unit: auto`` reads a number by its magnitude ``|v|``: below AUTO_MIN it is rejected (a
@@ -198,6 +199,8 @@ class EventColumns:
     #: with one segment field, its values when all are plain strings (``segments[i] ==
     #: (segment_values[i],)``): the router looks them up without the tuples
     segment_values: list[str] | None = None
+    #: with a ``labels`` section: each event's id (:func:`detectors.join.id_text`; None: none usable)
+    ids: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.time_ms)
@@ -259,6 +262,8 @@ def decode_events(
     segs: list[tuple[str, ...]] = []
     preds: list[float] = []
     labels: list[float] = []
+    id_field = config.labels.id_field if config.labels is not None else None
+    ids: list[str | None] = []
     kept: list[int] = []
     errors: list[tuple[int, str]] = []
     nan = math.nan
@@ -344,6 +349,8 @@ def decode_events(
         segs.append(tuple(seg))
         preds.append(pl[0])
         labels.append(pl[1])
+        if id_field is not None:
+            ids.append(id_text(row.get(id_field)))
         kept.append(i)
     cols: dict[str, Any] = {f: np.asarray(v, dtype=np.float64) for f, v in num_cols.items()}
     cols.update(cat_cols)
@@ -355,6 +362,7 @@ def decode_events(
             prediction=np.asarray(preds, dtype=np.float64),
             label=np.asarray(labels, dtype=np.float64),
             rows=kept,
+            ids=ids if id_field is not None else None,
         ),
         errors,
     )
@@ -416,6 +424,99 @@ def decode_reference_rows(
     cols: dict[str, Any] = {f: np.asarray(v, dtype=np.float64) for f, v in num_cols.items()}
     cols.update(cat_cols)
     return {f: cols[f] for f in features}, errors
+
+
+@dataclass
+class LabelColumns:
+    """Decoded, valid label events as columns, in arrival order."""
+
+    ids: list[str]  # :func:`detectors.join.id_text` of each label's id
+    time_ms: npt.NDArray[np.int64]
+    label: npt.NDArray[np.float64]
+    rows: list[int] = field(default_factory=list)  # index of each valid label event in the input
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+
+def decode_labels(
+    rows: Sequence[Any],
+    config: MonitorConfig,
+    kafka_timestamps_ms: Sequence[int | None] | None = None,
+    now_ms: int | None = None,
+) -> tuple[LabelColumns, list[tuple[int, str]]]:
+    """Validate label events (``labels.id_field``, ``labels.label_field``, ``labels.time_field`` at their
+    top level); return the columns and ``(row, reason)`` rejections.
+
+    The id is a non-empty string or an integer; the label of a classification is 0/1 or a boolean,
+    of a regression a finite number; the time follows the rules of :func:`decode_events`
+    (``events.time_unit``, ``min_time``, ``max_future_skew``; absent: the Kafka timestamp when
+    ``events.time_missing`` says so, or ``labels.time_field`` is null).
+    """
+    lab = config.labels
+    if lab is None:
+        raise InputError("labels: the monitor config has no labels section")
+    ev = config.events
+    min_ms, skew_ms = ev.min_time_ms, ev.max_future_skew_ms
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    classification = lab.task == "classification"
+    ids: list[str] = []
+    times: list[int] = []
+    values: list[float] = []
+    kept: list[int] = []
+    errors: list[tuple[int, str]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            errors.append((i, f"event is not a JSON object (got {type(row).__name__}): a label event must be"))
+            continue
+        kts = kafka_timestamps_ms[i] if kafka_timestamps_ms is not None else None
+        try:
+            ident = id_text(row.get(lab.id_field))
+            if ident is None:
+                raise InputError(f"label event without a usable id field {lab.id_field!r} (a string or integer)")
+            raw_y = row.get(lab.label_field)
+            if raw_y is None:
+                raise InputError(f"label event without its label field {lab.label_field!r}")
+            if isinstance(raw_y, bool):
+                y = 1.0 if raw_y else 0.0
+            elif isinstance(raw_y, (int, float)) and not isinstance(raw_y, bool):
+                y = float(raw_y)
+            else:
+                raise InputError(f"label field {lab.label_field!r}: expected a number, got {type(raw_y).__name__}")
+            if classification and y not in (0.0, 1.0):
+                raise InputError(
+                    f"label field {lab.label_field!r}: {raw_y!r} is not 0 or 1 (labels.task: classification)"
+                )
+            if not math.isfinite(y):
+                raise InputError(f"label field {lab.label_field!r}: {raw_y!r} is not finite")
+            raw_t = None if lab.time_field is None else row.get(lab.time_field)
+            if raw_t is not None:
+                t = parse_time_ms(raw_t, ev.time_unit)
+                if kts is None:
+                    check_time(t, raw_t, min_ms, now_ms + skew_ms, "the clock")
+                else:
+                    check_time(t, raw_t, min_ms, int(kts) + skew_ms, "its Kafka timestamp")
+            elif (lab.time_field is None or ev.time_missing == "kafka_timestamp") and kts is not None:
+                t = int(kts)
+                check_time(t, t, min_ms, None, "")
+            else:
+                raise InputError(
+                    "no Kafka timestamp and no labels.time_field"
+                    if lab.time_field is None
+                    else f"missing label time field {lab.time_field!r}"
+                )
+        except InputError as exc:
+            errors.append((i, str(exc)))
+            continue
+        ids.append(ident)
+        times.append(t)
+        values.append(y)
+        kept.append(i)
+    return (
+        LabelColumns(ids, np.asarray(times, dtype=np.int64), np.asarray(values, dtype=np.float64), kept),
+        errors,
+    )
 
 
 def concept_values(cols: EventColumns, config: MonitorConfig) -> npt.NDArray[np.float64]:

@@ -48,6 +48,7 @@ import numpy.typing as npt
 
 from detectors.calibration import REPLICATES, Calibration, calibrate, categorical_null, numeric_null
 from detectors.exceptions import ConfigError, InputError, ReferenceFormatError
+from detectors.performance import PerformanceProfile
 
 SCHEMA_VERSION = 2  # 2: calibration, n_singletons, discrete_values
 KIND = "streamdrift.reference"
@@ -464,6 +465,8 @@ class ReferenceProfile:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     calibration: Calibration | None = None
     discrete_values: int = DISCRETE_VALUES
+    #: the reference period's model performance and its calibration (a baseline with labels), or None
+    performance: PerformanceProfile | None = None
 
     @classmethod
     def build(
@@ -572,8 +575,9 @@ class ReferenceProfile:
 
     # -- serialisation -------------------------------------------------------------------
     def content(self) -> dict[str, Any]:
-        """The hashed part: settings and every feature's bins and counts."""
-        return {
+        """The hashed part: settings and every feature's bins and counts (and the performance, when the
+        baseline had labels: the key is absent otherwise, so profiles without it keep their fingerprint)."""
+        doc = {
             "kind": KIND,
             "schema_version": SCHEMA_VERSION,
             "settings": {
@@ -586,6 +590,9 @@ class ReferenceProfile:
             "features": {name: p.to_dict() for name, p in self.features.items()},
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
+        if self.performance is not None:
+            doc["performance"] = self.performance.to_dict()
+        return doc
 
     @property
     def fingerprint(self) -> str:
@@ -690,6 +697,9 @@ class ReferenceProfile:
                 metadata=dict(doc.get("metadata") or {}),
                 calibration=None if doc["calibration"] is None else Calibration.from_dict(doc["calibration"]),
                 discrete_values=int(settings["discrete_values"]),
+                performance=None
+                if doc.get("performance") is None
+                else PerformanceProfile.from_dict(doc["performance"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReferenceFormatError):
@@ -725,4 +735,5 @@ class ReferenceProfile:
             metadata=self.metadata,
             calibration=None if cal is None else cal.subset([n for n in names if n in cal.features]),
             discrete_values=self.discrete_values,
+            performance=self.performance,
         )

@@ -23,6 +23,7 @@ from detectors.events import EventColumns, decode_events, decode_reference_rows
 from detectors.exceptions import ConfigError, StreamdriftError
 from detectors.histogram import Layout
 from detectors.reference import DISCRETE_VALUES, ReferenceProfile
+from stream import labels_cli
 from stream.exceptions import InputFileError
 from stream.files import EventRows, numbers_from_text, read_columns, read_event_rows, write_records
 from stream.inputs import (
@@ -100,6 +101,7 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
         "reference: models:/NAME/VERSION or models:/NAME@ALIAS",
     )
     p.add_argument("--spark-verbose", action="store_true", help="--engine spark: show Spark's own INFO log")
+    labels_cli.add_reference_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--mlflow-version", metavar="V", help="with --mlflow-model: the version number")
     which.add_argument("--mlflow-alias", metavar="ALIAS", help="with --mlflow-model: the version this alias names")
@@ -174,6 +176,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
         chunks=not args.no_chunks,
         metadata={"source": Path(args.input).name},
     )
+    rejected = {i for i, _reason in errors}
+    ref = labels_cli.with_performance(ref, _top_level_columns(data.rows, rejected), args, raw)
     ref.save(args.out)
     took = time.perf_counter() - t0
     print(f"reference: {len(ref.features)} features from {ref.n_rows} rows -> {args.out} ({took:.1f} s)")
@@ -181,6 +185,13 @@ def cmd_reference(args: argparse.Namespace) -> int:
     _print_profile(ref)
     _log_to_mlflow(target, args.out, ref)
     return 0
+
+
+def _top_level_columns(rows: Sequence[Any], rejected: set[int]) -> dict[str, list[Any]]:
+    """The top-level fields of the accepted rows as columns (a labelled baseline's prediction and label)."""
+    kept = [r for i, r in enumerate(rows) if i not in rejected and isinstance(r, Mapping)]
+    names = dict.fromkeys(k for r in kept[:1000] for k, v in r.items() if not isinstance(v, Mapping))
+    return {k: [r.get(k) for r in kept] for k in names}
 
 
 def _baseline(
@@ -322,6 +333,7 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
         "<statistic>) and the HTML report as an artifact (the server: MLFLOW_TRACKING_URI)",
     )
     run.add_argument("--mlflow-experiment", metavar="NAME", help="as --mlflow-run, in a new run of this experiment")
+    labels_cli.add_backfill_args(p)
 
 
 @command("backfill", "compute window statistics over a file of events", _backfill_args)
@@ -367,6 +379,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _say_empty_features(cols, layout.features)
     name, version = (model.name, model.version) if model is not None else (None, None)
     records = run_local(cols, config, reference, layout, name, version)
+    records += labels_cli.backfill_labels(args, config, reference, cols, started_ms, name, version)
     write_records(args.output, records)
     if args.reference_check:
         print_reference_check(records, config, sys.stdout)

@@ -103,7 +103,9 @@ def reason_code(reason: str) -> str:
         return "implausible_time"
     if reason.startswith(FUTURE_PREFIX):
         return "future_time"
-    if reason.startswith(("missing event time field", "missing or non-object features field")):
+    if reason.startswith(
+        ("missing event time field", "missing or non-object features field", "label event without", "missing label")
+    ):
         return "missing_field"
     if reason.startswith(("event time", "no Kafka timestamp")):
         return "bad_time"

@@ -54,7 +54,16 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_assigned_partitions",
     "streamdrift_build_info",
     "streamdrift_reference_info",
+    "streamdrift_performance",
+    "streamdrift_performance_drop",
+    "streamdrift_performance_threshold",
+    "streamdrift_performance_severity",
+    "streamdrift_label_joins_total",
+    "streamdrift_labels_waiting",
 )
+
+#: the series of late labels: exported only by a monitor with a labels section
+LABEL_METRIC_NAMES = tuple(n for n in METRIC_NAMES if n.startswith(("streamdrift_performance", "streamdrift_label")))
 
 #: the reason label of dead letters: every code a rejection can have (children exist from the start)
 DEAD_LETTER_REASONS = REASON_CODES
@@ -160,6 +169,7 @@ class Metrics:
         self.assigned = Gauge("streamdrift_assigned_partitions", "partitions assigned", ("monitor",), registry=r)
         self.build_info = Gauge("streamdrift_build_info", "build information", ("version",), registry=r)
         self.build_info.labels(version).set(1)
+        self._label_metrics(r)
         # which reference (and model version) the statistics are computed against: one series per
         # monitor, replaced on a switch; join it onto any series with
         #   ... * on (monitor) group_left (model_name, model_version) streamdrift_reference_info
@@ -259,6 +269,91 @@ class Metrics:
         """Remove the verdict series of these segments (by label, e.g. ``country=de``; ``__all__``)."""
         gone = set(segments)
         self._remove_verdicts([k for k in self._verdict_series if k[0] in gone])
+
+    # -- late labels (detectors.labelled) -------------------------------------------------------------
+    def _label_metrics(self, r: CollectorRegistry) -> None:
+        perf = ("monitor", "segment", "metric")
+        self.performance = Gauge(
+            "streamdrift_performance",
+            "model performance of the last window emitted (accuracy, ..., label_coverage, positive_rate; NaN: "
+            "undefined or too few labels)",
+            perf,
+            registry=r,
+        )
+        self.performance_drop = Gauge(
+            "streamdrift_performance_drop",
+            "how much worse than the reference the last window emitted is (NaN: no verdict)",
+            perf,
+            registry=r,
+        )
+        self.performance_threshold = Gauge(
+            "streamdrift_performance_threshold",
+            "the drop from which the last window emitted would have been flagged (NaN: no verdict)",
+            perf,
+            registry=r,
+        )
+        self.performance_severity = Gauge(
+            "streamdrift_performance_severity", "0 ok, 1 warning, 2 critical (NaN: no verdict)", perf, registry=r
+        )
+        self.label_joins = Counter(
+            "streamdrift_label_joins",
+            "what became of predictions and labels: joined, label_timeout, label_orphan, duplicate_prediction, "
+            "unjoinable (no id or no valid score); overflow (over labels.budget) is also counted as a timeout "
+            "or an orphan",
+            ("monitor", "outcome"),
+            registry=r,
+        )
+        self.labels_waiting = Gauge(
+            "streamdrift_labels_waiting",
+            "predictions waiting for their label (kind=prediction) and labels held for the predictions (kind=label)",
+            ("monitor", "kind"),
+            registry=r,
+        )
+        self._joins_seen: dict[str, int] = {}
+
+    def performance_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Set the performance gauges from a window's performance records (other records are skipped)."""
+        from detectors.performance import FEATURE
+
+        m = self.monitor
+        for rec in records:
+            if rec["feature"] != FEATURE:
+                continue
+            key = (segment_label(rec["segment"]), FEATURE, rec["statistic"])
+            children = self._stat_children.get(key)
+            if children is None:
+                labels = (m, key[0], key[2])
+                children = self._stat_children[key] = tuple(
+                    self._verdict_child(key, g, labels)
+                    for g in (
+                        self.performance,
+                        self.performance_drop,
+                        self.performance_threshold,
+                        self.performance_severity,
+                    )
+                )
+            value_g, drop_g, threshold_g, severity_g = children
+            level = SEVERITY_LEVEL.get(rec["severity"], -1)
+            for gauge, v in (
+                (value_g, rec["value"]),
+                (drop_g, rec["effect"]),
+                (threshold_g, rec["threshold"]),
+                (severity_g, None if rec["drift"] is None or level < 0 else level),
+            ):
+                gauge.set(_NAN if v is None else float(v))
+
+    def set_label_counts(self, counts: Mapping[str, int]) -> None:
+        """The join's counts (:attr:`detectors.labelled.PerformanceTracker.counts`): cumulative counters
+        advance by what is new since the last call; the waiting gauges are set."""
+        m = self.monitor
+        for outcome in ("joined", "label_timeout", "label_orphan", "duplicate_prediction", "unjoinable", "overflow"):
+            now = int(counts.get(outcome, 0))
+            before = self._joins_seen.get(outcome)
+            if before is None or now >= before:
+                self.label_joins.labels(m, outcome).inc(now - (before or 0))
+            self._joins_seen[outcome] = now  # (a restored, smaller count: counted on from there)
+        self.labels_waiting.labels(m, "prediction").set(int(counts.get("pending", 0)))
+        self.labels_waiting.labels(m, "label").set(int(counts.get("held", 0)))
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         child = self._lag_children.get((topic, partition))

@@ -57,6 +57,7 @@ from stream.exceptions import ConfigError, InputFileError, StreamError
 from stream.files import read_records, write_text
 from stream.inputs import read_events
 from stream.modelref import load_reference
+from stream.report_performance import performance_html, split_performance
 from stream.settings import load_monitor, load_yaml
 
 REQUIRED_FIELDS = ("monitor", "segment", "feature", "statistic", "severity", "window_start", "window_end")
@@ -842,6 +843,7 @@ def render_html(
     from plotly.offline import get_plotlyjs
 
     e = html.escape
+    records, performance = split_performance(records)  # (late labels: stream/report_performance.py)
     summaries = summarize(records)
     drifted = drift_windows(records)
     windows = all_windows(records)
@@ -931,6 +933,7 @@ def render_html(
                 f"<td>{e(str(r['feature']))}</td><td>{_num(r.get('value'))}</td><td>{r.get('n_window')}</td></tr>"
             )
         parts.append("</tbody></table>")
+    parts.extend(performance_html(performance, segment))
     # per feature
     parts.append('<h2 id="features">Statistics over windows</h2>')
     parts.append(

@@ -14,6 +14,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from detectors.exceptions import ConfigError
 from stream.cli import command
 from stream.settings import ServeConfig
 
@@ -33,6 +34,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 @command("serve", "consume a Kafka topic and publish window drift statistics, alerts and metrics", _serve_args)
 def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig.load(args.config)
+    if config.monitor.labels is not None:  # (until the consumer joins the labels topic)
+        raise ConfigError("labels: serve does not join late labels yet; `streamdrift backfill --labels FILE` does")
     if args.check:
         print(f"config ok: {config!r}")
         return 0

@@ -19,6 +19,9 @@ Sections (``--sections``, default all):
   verdicts  not a timing: false-alarm (page) rates on null streams and detection rates on drifted
          ones, for streamdrift, textbook KS/chi-square at the same false-alarm rate, Evidently and
          NannyML (``bench_verdicts.py``); ``--quick`` makes it a smoke run of about a minute
+  labels  late labels (``bench_labels.py``): memory per waiting prediction at 1M and 10M, the join's
+         throughput, and detection of an accuracy drop (0.90 -> 0.85) from labels 1 min to 1 h late
+         through the backfill path; ``--quick``: 1M only, smaller streams
 
 Prints Markdown tables and writes every figure to ``--json``.
 """
@@ -41,7 +44,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from tests.benchmarks import bench_batch, bench_serve, bench_spark, bench_verdicts  # noqa: E402
+from tests.benchmarks import bench_batch, bench_labels, bench_serve, bench_spark, bench_verdicts  # noqa: E402
 from tests.benchmarks.bench_common import (  # noqa: E402
     MIXED,
     NUMERIC,
@@ -60,7 +63,7 @@ from tests.benchmarks.bench_common import (  # noqa: E402
     wait_quiet,
 )
 
-SECTIONS = ("kafka", "batch", "spark", "spark_streaming", "verdicts")
+SECTIONS = ("kafka", "batch", "spark", "spark_streaming", "verdicts", "labels")
 TARGETS = {
     "consumer_vs_floor": 0.75,
     "avro_vs_json": 0.7,  # serve on Avro / serve on JSON, msgs/s
@@ -367,6 +370,11 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         verdict_lines, verdict_targets = bench_verdicts.report(v)
         lines += verdict_lines
         targets.update(verdict_targets)
+    lab = res.get("labels")
+    if lab:
+        label_lines, label_targets = bench_labels.report(lab)
+        lines += label_lines
+        targets.update(label_targets)
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     for name, (val, ok) in targets.items():
         lines.append(f"| {name} | {val} | {'PASS' if ok else ('FAIL' if ok is False else 'not measured')} |")
@@ -492,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         if "verdicts" in sections:
             log("verdicts (page rates on null streams, detection rates)")
             res["verdicts"] = bench_verdicts.run(a.quick, log, peers=not a.no_peers)
+        if "labels" in sections:
+            log("late labels (memory per waiting prediction, join throughput, detection)")
+            res["labels"] = bench_labels.run(a.quick, log)
     text, targets = report(res)
     res["targets"] = {k: {"measured": v, "pass": ok} for k, (v, ok) in targets.items()}
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -22,7 +22,7 @@ def amtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_amtool_check_config(deploy_paths):
     res = amtool("check-config", str(deploy_paths["alertmanager"]))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "3 inhibit rules" in res.stdout
+    assert "4 inhibit rules" in res.stdout
 
 
 @pytest.mark.unit
@@ -130,6 +130,15 @@ def test_inhibitions_in_a_real_alertmanager(services, tmp_path: Path):
             statistic="psi",
         ),
         "b-concept": _alert("StreamdriftConceptDrift", severity="warning", monitor="b", detector="adwin"),
+        "d-perf-crit": _alert(
+            "StreamdriftPerformanceDropCritical", severity="critical", monitor="d", metric="accuracy", segment="__all__"
+        ),
+        "d-perf-warn": _alert(
+            "StreamdriftPerformanceDropWarning", severity="warning", monitor="d", metric="accuracy", segment="__all__"
+        ),
+        "d-perf-warn-recall": _alert(
+            "StreamdriftPerformanceDropWarning", severity="warning", monitor="d", metric="recall", segment="__all__"
+        ),
     }
     services.http_json(f"{am.url}/api/v2/alerts", list(alerts.values()))
 
@@ -144,4 +153,4 @@ def test_inhibitions_in_a_real_alertmanager(services, tmp_path: Path):
 
     inhibited = services.wait_until(status, 20, "the posted alerts in Alertmanager")
     muted = {k for k, by in inhibited.items() if by}
-    assert muted == {"a-warn", "a-crit", "c-warn", "b-warn-x"}
+    assert muted == {"a-warn", "a-crit", "c-warn", "b-warn-x", "d-perf-warn"}

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from detectors.evaluate import WINDOW_STATISTICS
 from stream.metrics import METRIC_NAMES, Metrics
+from tests.unit.test_metrics_labels import performance_records
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +42,12 @@ CONTRACT = {
     "streamdrift_assigned_partitions": "gauge",
     "streamdrift_build_info": "gauge",
     "streamdrift_reference_info": "gauge",
+    "streamdrift_performance": "gauge",
+    "streamdrift_performance_drop": "gauge",
+    "streamdrift_performance_threshold": "gauge",
+    "streamdrift_performance_severity": "gauge",
+    "streamdrift_label_joins": "counter",
+    "streamdrift_labels_waiting": "gauge",
 }
 
 
@@ -88,6 +95,8 @@ def exported_labels() -> dict[str, set[str]]:
     metrics.alerts.labels("m", "warning").inc()
     metrics.batch_seconds.labels("m").observe(0.01)
     metrics.set_reference("sha256:0")
+    metrics.performance_records(performance_records())
+    metrics.set_label_counts({"joined": 1, "pending": 1})
     labels: dict[str, set[str]] = {}
     for fam in registry.collect():
         for sample in fam.samples:

@@ -14,6 +14,7 @@ from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.decode import REASON_CODES
 from stream.metrics import METRIC_NAMES, Metrics
+from tests.unit.test_metrics_labels import performance_records
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +51,8 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
     m.concept.labels("mon", "adwin", "model_error").inc()
     m.alerts.labels("mon", "critical").inc()
     m.set_reference(ref.fingerprint)
+    m.performance_records(performance_records())  # (late labels: tests/unit/test_metrics_labels.py)
+    m.set_label_counts({"joined": 3, "pending": 2})
     exported = {s.name for fam in reg.collect() for s in fam.samples}
     for name in METRIC_NAMES:
         assert any(e == name or e.startswith(name + "_") for e in exported), name
