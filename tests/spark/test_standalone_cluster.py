@@ -100,7 +100,9 @@ class Cluster:
                 alive = [w for w in self.status()["workers"] if w["state"] == "ALIVE"]
                 if len(alive) == workers:
                     return
-            except OSError:
+            except (OSError, ValueError):
+                # The master's UI answers before its JSON page is ready: connection refused,
+                # or an empty body (ValueError from json). Both mean "not yet".
                 pass
             assert time.monotonic() < deadline, f"{workers} workers did not register within {timeout}s"
             time.sleep(0.5)
