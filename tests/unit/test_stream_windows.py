@@ -381,10 +381,14 @@ def _mixed(streams: dict[int, EventColumns], batch: list[tuple[int, int, int]]) 
     both = EventColumns(
         time_ms=np.concatenate([c.time_ms for c in cols]),
         features={
-            f: (np.concatenate([c.features[f] for c in cols]) if f == "x" else sum((c.features[f] for c in cols), []))
+            f: (
+                np.concatenate([c.features[f] for c in cols])
+                if f == "x"
+                else list(itertools.chain.from_iterable(c.features[f] for c in cols))
+            )
             for f in cols[0].features
         },
-        segments=sum((list(c.segments) for c in cols), []),
+        segments=list(itertools.chain.from_iterable(c.segments for c in cols)),
         prediction=np.concatenate([c.prediction for c in cols]),
         label=np.concatenate([c.label for c in cols]),
         rows=list(range(len(parts))),
