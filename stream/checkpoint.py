@@ -352,6 +352,7 @@ class StateStore:
             or slots != self._slots
             or layout_fingerprint != self._log_fingerprint
             or self._length > COMPACT_FACTOR * live + COMPACT_MIN_BYTES
+            or not (self.dir / self._log).exists()  # (removed by hand: start a new one rather than fail forever)
         )
         if fresh:
             name, length = self._new_log(panes, slots)
@@ -372,7 +373,12 @@ class StateStore:
         }
         body = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
         path = self.dir / f"manifest-{self.seq:012d}"
-        self._write_atomic(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+        try:
+            self._write_atomic(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+        except CheckpointError:
+            if fresh:  # (the new log is part of no checkpoint: do not leave it taking space)
+                (self.dir / name).unlink(missing_ok=True)
+            raise
         self.last_bytes = length - (0 if fresh else self._length)
         self.last_compacted = fresh
         previous = self._good

@@ -267,3 +267,34 @@ def test_one_process_holds_the_state_lock(tmp_path: Path) -> None:
     assert b.try_acquire()
     assert not a.try_acquire()
     b.release()
+
+
+def test_a_pane_log_removed_by_hand_is_written_anew(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, "m", "fp1")
+    p = Panes(9)
+    p.step()
+    p.save(store)
+    for log in names(tmp_path, "panes-"):
+        (tmp_path / log).unlink()
+    p.step()
+    p.save(store)
+    assert store.last_compacted
+    got = StateStore(tmp_path, "m", "fp1").load()
+    assert got is not None and plain(got.panes) == p.plain()
+
+
+def test_a_new_log_whose_manifest_failed_is_removed(tmp_path: Path, monkeypatch: Any) -> None:
+    store = StateStore(tmp_path, "m", "fp1")
+    p = Panes(10)
+    p.step()
+    p.save(store)
+    before = names(tmp_path, "panes-")
+
+    def fail(path: Path, data: bytes) -> None:
+        raise CheckpointError(f"cannot write checkpoint {path}: No space left on device")
+
+    monkeypatch.setattr(store, "_write_atomic", fail)
+    p.step()
+    with pytest.raises(CheckpointError):
+        store.save({}, p.panes, p.changed, p.dropped, SLOTS, "another layout")  # (a new log)
+    assert names(tmp_path, "panes-") == before
