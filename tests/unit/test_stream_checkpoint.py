@@ -60,6 +60,16 @@ class Panes:
         return {k: (st.n_events, st.counts.tolist()) for k, st in self.panes.items()}
 
 
+def saved(directory: Path, seed: int, steps: int) -> tuple[StateStore, Panes]:
+    """A store with ``steps`` checkpoints of a changing pane store."""
+    store = StateStore(directory, "m", "fp1")
+    p = Panes(seed)
+    for _ in range(steps):
+        p.step()
+        p.save(store)
+    return store, p
+
+
 def plain(panes: dict[tuple[int, int], tuple[int, Any]]) -> dict[tuple[int, int], tuple[int, list[int]]]:
     return {k: (int(n), np.asarray(c).tolist()) for k, (n, c) in panes.items()}
 
@@ -114,10 +124,7 @@ def test_the_log_starts_afresh_when_it_outgrows_the_live_panes(tmp_path: Path, m
 
 
 def test_another_layout_starts_a_new_log(tmp_path: Path) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(3)
-    p.step()
-    p.save(store)
+    store, p = saved(tmp_path, 3, 1)
     p.step()
     p.save(store)
     assert not store.last_compacted
@@ -138,11 +145,7 @@ def _corrupt_byte(path: Path, at: int) -> None:
 def test_a_corrupt_checkpoint_is_never_loaded_the_previous_one_is(
     tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(4)
-    for _ in range(5):
-        p.step()
-        p.save(store)
+    store, p = saved(tmp_path, 4, 5)
     before = p.plain()
     p.step()
     newest = p.save(store, {"n": "newest"})
@@ -177,11 +180,7 @@ def test_a_corrupt_checkpoint_is_never_loaded_the_previous_one_is(
 
 
 def test_every_checkpoint_corrupt_loads_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(5)
-    for _ in range(3):
-        p.step()
-        p.save(store)
+    _store, _p = saved(tmp_path, 5, 3)
     for m in names(tmp_path, "manifest-"):
         _corrupt_byte(tmp_path / m, 70)
     with caplog.at_level(logging.ERROR, logger="streamdrift.checkpoint"):
@@ -193,11 +192,7 @@ def test_every_checkpoint_corrupt_loads_none(tmp_path: Path, caplog: pytest.LogC
 def test_a_chunk_written_after_the_last_manifest_is_cut_off(tmp_path: Path) -> None:
     """A crash after the log append, before the manifest: that chunk is not part of any checkpoint; the
     next checkpoint truncates it and appends its own."""
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(6)
-    for _ in range(3):
-        p.step()
-        p.save(store)
+    _store, p = saved(tmp_path, 6, 3)
     log = tmp_path / names(tmp_path, "panes-")[-1]
     valid = os.path.getsize(log)
     with open(log, "ab") as f:
@@ -214,10 +209,7 @@ def test_a_chunk_written_after_the_last_manifest_is_cut_off(tmp_path: Path) -> N
 
 
 def test_a_failed_write_is_no_checkpoint_and_the_next_one_writes_it(tmp_path: Path, monkeypatch: Any) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(7)
-    p.step()
-    p.save(store)
+    store, p = saved(tmp_path, 7, 1)
     p.step()
     real = os.fsync
     calls = {"n": 0}
@@ -240,10 +232,7 @@ def test_a_failed_write_is_no_checkpoint_and_the_next_one_writes_it(tmp_path: Pa
 
 
 def test_a_checkpoint_of_another_reference_or_monitor_is_refused(tmp_path: Path) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(8)
-    p.step()
-    p.save(store)
+    _store, _p = saved(tmp_path, 8, 1)
     with pytest.raises(ReferenceMismatchError, match="refusing to resume"):
         StateStore(tmp_path, "m", "fp2").load()
     with pytest.raises(ConfigError, match="belongs to monitor 'm'"):
@@ -270,10 +259,7 @@ def test_one_process_holds_the_state_lock(tmp_path: Path) -> None:
 
 
 def test_a_pane_log_removed_by_hand_is_written_anew(tmp_path: Path) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(9)
-    p.step()
-    p.save(store)
+    store, p = saved(tmp_path, 9, 1)
     for log in names(tmp_path, "panes-"):
         (tmp_path / log).unlink()
     p.step()
@@ -284,10 +270,7 @@ def test_a_pane_log_removed_by_hand_is_written_anew(tmp_path: Path) -> None:
 
 
 def test_a_new_log_whose_manifest_failed_is_removed(tmp_path: Path, monkeypatch: Any) -> None:
-    store = StateStore(tmp_path, "m", "fp1")
-    p = Panes(10)
-    p.step()
-    p.save(store)
+    store, p = saved(tmp_path, 10, 1)
     before = names(tmp_path, "panes-")
 
     def fail(path: Path, data: bytes) -> None:
