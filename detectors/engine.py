@@ -16,7 +16,11 @@ Segments
     ``__other__``. With ``segments.overall`` every event also counts in segment ``{}``.
 
 The backfill (:func:`run_local`) sees all of history at once, so nothing is late and every
-window with data is reported. On in-order data it matches the consumer exactly.
+window with data is reported. On in-order data its windows match the consumer exactly. Its
+concept detector runs once over the whole history in event-time order (records of segment
+``{}``); the consumer and the streaming job run one per Kafka partition in offset order
+(segment ``{"kafka_partition": "<p>"}``), which on a one-partition topic in time order gives the
+same detections.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from detectors.reference import ReferenceProfile
 from detectors.sequential import make_detector
 
 OTHER_SEGMENT = "__other__"
+#: the segment key of a concept-drift record of a detector that runs per Kafka partition (the
+#: consumer's and the streaming job's: one detector per partition, in offset order); its value is
+#: the partition. The backfill runs one detector over the whole history in event-time order, segment {}
+PARTITION_SEGMENT = "kafka_partition"
 
 
 class SegmentRouter:
@@ -260,7 +268,10 @@ def concept_records(
     model_name: str | None = None,
     model_version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the concept detector over the whole stream in event-time order; one record per detection."""
+    """Run the concept detector over the whole stream in event-time order; one record per detection
+    (segment ``{}``). The consumer runs one detector per Kafka partition in offset order instead
+    (segment ``{PARTITION_SEGMENT: "<p>"}``): on a one-partition topic in time order, the same
+    detections."""
     c = config.concept
     if not config.concept_active or config.concept_on_labels or len(cols) == 0:
         return []  # (with a labels section the detector runs on the joined labels: run_local_labels)
@@ -280,15 +291,22 @@ def concept_records(
 
 
 class ConceptTracker:
-    """Turns a concept detector's detections into records; its state is two integers."""
+    """Turns a concept detector's detections into records (of ``segment``: {} for a detector over the whole
+    stream, ``{PARTITION_SEGMENT: "<p>"}`` for one of a Kafka partition's); its state is two integers."""
 
     def __init__(
-        self, config: MonitorConfig, fingerprint: str, model_name: str | None = None, model_version: str | None = None
+        self,
+        config: MonitorConfig,
+        fingerprint: str,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        segment: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.fingerprint = fingerprint
         self.model_name = model_name
         self.model_version = model_version
+        self.segment = dict(segment or {})
         self.since_ms: int | None = None  # time of the first update after the last detection
         self.n_since = 0
 
@@ -301,7 +319,7 @@ class ConceptTracker:
         c = self.config.concept
         rec = {
             "monitor": self.config.monitor,
-            "segment": {},
+            "segment": dict(self.segment),
             "feature": c.stream.removeprefix("feature:"),
             "statistic": c.detector,
             "method": f"river_{c.detector}",

@@ -1,52 +1,56 @@
-"""Atomic, checksummed checkpoints of the consumer's state, one store per partition, two generations kept.
+"""The consumer's state on disk: one store per monitor in ``state.dir``, written only by the active process.
 
 Layout of ``state.dir``::
 
-    partitions/<p>/checkpoint-<seq>.json     the state of partition p (written only by its owner)
-    partitions/<p>/.lock                     flock'ed by the process that owns p
+    .lock                  flock'ed by the active ``serve`` process (:class:`StateLock`)
+    manifest-<seq>         a checkpoint: the small state, and how much of the pane log belongs to it
+    panes-<gen>.log        the window panes: an append-only binary log
 
-A checkpoint file::
+A **manifest** is text: its first line is the sha256 (hex) of the rest, the rest is JSON::
 
-    {"format": "streamdrift-checkpoint", "version": 2, "seq": 7, "monitor": ..,
-     "fingerprint": <reference fingerprint>, "written_at_ms": .., "state": {..},
-     "sha256": <sha256 of the canonical JSON of everything else>}
+    {"format": "streamdrift-checkpoint", "version": 3, "seq": 7, "monitor": .., "fingerprint": ..,
+     "written_at_ms": .., "panes": {"log": "panes-000000000002.log", "length": 81920,
+     "slots": 412, "fingerprint": ..}, "state": {..}}
 
-where ``state`` holds the topic, the partition's next offset, its watermark, its window panes,
-whether it is idle and ``pruned_to`` (the close frontier up to which its panes were dropped);
-partition 0's also holds the ``shared`` state of the closer (the close frontier, the segment
-router, the concept detector and tracker).
+``state`` is what is small: the topic and next offset of every partition, the windows' watermarks,
+close frontier, segment router and count windows, the concept detectors, the reference (and
+model version) it belongs to. ``panes`` names the pane log and its valid length: the log's
+bytes up to ``length`` hold exactly the panes of this checkpoint.
 
-A file is written to a temporary file, fsync'ed, renamed into place and the directory fsync'ed,
-so a crash leaves either the old or the new file, never half of one. The previous generation
-is kept; older ones are deleted. :meth:`CheckpointStore.load` returns the newest file whose
-checksum, format and reference fingerprint are right; a corrupt one is logged and skipped
-(never loaded). A checkpoint of another reference is refused with an error, unless the store
-was made with ``any_reference`` (a ``models:/`` reference, whose version may change under a
-running monitor): then the state's ``reference`` entry (fingerprint, model name and version)
-says which version it belongs to, and the consumer closes that version's windows before it
-goes on with another (:mod:`stream.consumer`).
+The **pane log** starts with a header (magic, number of count slots per pane); then chunks, one
+per checkpoint, each holding only what changed since the previous checkpoint::
 
-One checkpoint of a process = flush the outputs, write partition 0's file (if owned), then its
-other partitions' files, then commit the offsets. Why a crash between two files is safe:
+    chunk header: b"CHNK", n_deleted (u32), n_updated (u32), body length (u64),
+                  sha256 of (these four fields + body)
+    body:         n_deleted records (segment i4, pane i8): panes dropped (their windows closed)
+                  n_updated records (segment i4, pane i8, n_events i8, counts i8[slots]):
+                  the whole current state of each pane written since (the last one wins)
 
-* every file is self-consistent: a partition's panes, watermark and next offset are saved
-  together, so resuming a partition from any of its generations replays exactly the events
-  after that offset into exactly the state before them;
-* the only cross-file fact is the close frontier F (windows with end <= F were emitted). It is
-  written to partition 0's file only after the outputs were flushed, and a partition's panes
-  are pruned (``pruned_to``) only up to a frontier already in partition 0's file. On load the
-  frontier is max(partition 0's frontier, every partition's ``pruned_to``): a window is never
-  closed again once any file has dropped a pane of it (so a fall-back to an older generation of
-  partition 0 cannot re-close a window with panes missing), and a partition resumed from an
-  older file replays events of closed windows as late (their windows were already reported,
-  with those events). A window whose closing was not yet in partition 0's file is closed again
-  from the same panes: identical records with identical keys.
-* offsets are committed only after every file is written; the checkpoint's offsets win over
-  the committed ones on assignment anyway.
+Segments are the router's ids of the same checkpoint. The checksum is computed once, while the
+chunk is written; records are numpy structured arrays written in one go. Replaying the chunks up
+to the manifest's length, in order, gives the panes.
 
-The owner of a partition holds an exclusive ``flock`` on its ``.lock`` (:meth:`CheckpointStore.lock`),
-so a previous owner that has not let go yet (frozen, or its session just expired) cannot
-overwrite what the new owner resumes from: the new owner waits for it, then reads the newest file.
+Writing a checkpoint (:meth:`StateStore.save`): truncate the log to the valid length of the last
+manifest (a crash or a failed write may have left a chunk after it), append one chunk, fsync; then
+write the manifest to a temporary file, fsync, rename into place, fsync the directory. A crash at
+any point leaves the previous manifest and the prefix of the log it names intact, so a checkpoint
+is whole or absent. When the log grows well beyond the live panes (:data:`COMPACT_FACTOR`), or
+the layout of the panes changes (another reference), the checkpoint starts a new log holding every
+live pane instead. Two manifests are kept (the new one and the previous good one); logs neither
+names are deleted.
+
+Loading (:meth:`StateStore.load`): the newest manifest whose checksum, format and chunks are all
+right; a corrupt manifest or log chunk is logged and never loaded: the previous manifest is tried,
+and without one the consumer starts from the committed offsets. A manifest of another monitor, or
+of another reference, is refused with an error (unless the store takes ``any_reference``: a
+``models:/`` reference, whose version may change; then the consumer closes that version's windows
+itself, :mod:`stream.consumer`).
+
+One process writes the store: the active ``serve`` holds an exclusive ``flock`` on ``.lock``
+(released when it exits, ``kill -9`` included); other processes of the monitor are standbys that
+wait for it (:class:`StateLock`). The checkpoint's order against Kafka: outputs flushed, then the
+checkpoint, then the offsets committed, so a crash anywhere replays the events after the
+checkpoint's offsets into exactly the state before them.
 """
 
 from __future__ import annotations
@@ -57,221 +61,439 @@ import json
 import logging
 import os
 import re
+import socket
+import struct
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
 
 from detectors.exceptions import ConfigError, ReferenceMismatchError
+from detectors.histogram import WindowState
 from stream.exceptions import CheckpointError
 
 log = logging.getLogger("streamdrift.checkpoint")
 
 FORMAT = "streamdrift-checkpoint"
-VERSION = 2  # 2: one store per partition
+VERSION = 3  # 3: one store per monitor, a manifest and a binary pane log
 KEEP = 2
 LOCK_NAME = ".lock"
-_NAME = re.compile(r"^checkpoint-(\d{12})\.json$")
-PARTITIONS = "partitions"
+_MANIFEST = re.compile(r"^manifest-(\d{12})$")
+_LOG = re.compile(r"^panes-(\d{12})\.log$")
+#: the layouts of earlier versions, refused with an error naming what to do
+_LEGACY = (re.compile(r"^checkpoint-\d{12}\.json$"), re.compile(r"^partitions$"))
+
+_FILE_MAGIC = b"SDPANES1"
+_FILE_HEADER = struct.Struct("<8sI")  # magic, slots per pane
+_CHUNK_MAGIC = b"CHNK"
+_CHUNK_FIELDS = struct.Struct("<4sIIQ")  # magic, n_deleted, n_updated, body length
+_CHUNK_HEADER_SIZE = _CHUNK_FIELDS.size + 32  # + sha256
+_DELETED = np.dtype([("segment", "<i4"), ("pane", "<i8")])
+#: a chunk holds at most this many bytes of pane records (a large checkpoint is several chunks)
+CHUNK_BYTES = 8 << 20
+#: a new log is started when the log is longer than this many times the live panes' bytes ...
+COMPACT_FACTOR = 2.0
+#: ... plus this much (so that a small state is not rewritten at every checkpoint)
+COMPACT_MIN_BYTES = 64 << 10
+
+#: (segment id, pane) -> (n_events, counts)
+Panes = dict[tuple[int, int], tuple[int, npt.NDArray[np.int64]]]
 
 
-def partition_dir(root: str | Path, partition: int) -> Path:
-    """Where partition ``partition``'s checkpoints live under ``state.dir``."""
-    return Path(root) / PARTITIONS / str(int(partition))
+def updated_dtype(slots: int) -> np.dtype[Any]:
+    """One pane record of a log whose panes have ``slots`` counts."""
+    return np.dtype([("segment", "<i4"), ("pane", "<i8"), ("n_events", "<i8"), ("counts", "<i8", (slots,))])
 
 
 def prepare_state_dir(root: str | Path) -> Path:
-    """Create ``state.dir`` (and its ``partitions/``); refuse checkpoints of the single-file layout."""
+    """Create ``state.dir``; refuse the layouts of earlier versions (they cannot be read by this one)."""
     base = Path(root)
     try:
-        (base / PARTITIONS).mkdir(parents=True, exist_ok=True)
+        base.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in base.iterdir())
     except OSError as exc:
         raise CheckpointError(f"state.dir {base}: cannot create it: {exc.strerror}") from exc
-    legacy = sorted(p.name for p in base.iterdir() if _NAME.match(p.name))
+    legacy = [n for n in names if any(rx.match(n) for rx in _LEGACY)]
     if legacy:
         raise CheckpointError(
-            f"state.dir {base} holds checkpoints of the single-file layout ({', '.join(legacy)}): this version keeps "
-            f"one per partition under {PARTITIONS}/<p>/ and cannot split the old one; move those files away to start "
-            "from the committed offsets (open windows start empty)"
+            f"state.dir {base} holds checkpoints of an earlier streamdrift ({', '.join(legacy)}): this version keeps "
+            "one store per monitor (manifest-* and panes-*.log) and cannot read them; move them away to start from "
+            "the committed offsets (open windows start empty)"
         )
     return base
 
 
-def _digest(doc: dict[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k != "sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+class StateLock:
+    """The exclusive ``flock`` on ``state.dir/.lock`` that makes one process the active one.
+
+    The holder writes ``pid <pid> host <host> since <time>`` into the file (for the logs of the
+    standbys). The kernel releases the lock when the holder exits, ``kill -9`` included. On a
+    network filesystem the lock needs working ``flock`` (NFSv4, CephFS).
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (never waits); True if this process holds it now."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"state.dir {self.path.parent}: cannot open {LOCK_NAME}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError as exc:
+            os.close(fd)
+            raise CheckpointError(f"state.dir {self.path.parent}: cannot lock {LOCK_NAME}: {exc.strerror}") from exc
+        self._fd = fd
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} host {socket.gethostname()} since {since}\n".encode(), 0)
+        except OSError as exc:  # (only informational: the lock is held)
+            log.warning("state.dir %s: cannot write the holder into %s: %s", self.path.parent, LOCK_NAME, exc.strerror)
+        return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it (``unknown`` if it wrote nothing yet)."""
+        try:
+            text = self.path.read_text(errors="replace").strip()
+        except OSError:
+            return "unknown"
+        return text or "unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-class CheckpointStore:
-    """Checkpoints of one monitor in one directory (one partition's)."""
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its manifest's ``state``, the panes, and where they came from."""
+
+    seq: int
+    path: Path
+    fingerprint: str
+    state: dict[str, Any]
+    panes: Panes
+    slots: int
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StateStore:
+    """The checkpoints of one monitor in ``state.dir`` (written only while holding :class:`StateLock`)."""
 
     def __init__(self, directory: str | Path, monitor: str, fingerprint: str, *, any_reference: bool = False) -> None:
-        self.dir = Path(directory)
+        self.dir = prepare_state_dir(directory)
         self.monitor = monitor
         self.fingerprint = fingerprint
         self.any_reference = any_reference
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CheckpointError(f"state.dir {self.dir}: cannot create it: {exc.strerror}") from exc
-        self.seq = max((s for s, _ in self._files()), default=0)
-        self._lock_fd: int | None = None
+        self.seq = max((s for s, _ in self._manifests()), default=0)
+        self._good: str | None = None  # the manifest the state goes on from (kept with the next one)
+        # the pane log the next checkpoint appends to: its name, valid length, slots and layout fingerprint
+        self._log: str | None = None
+        self._length = 0
+        self._slots = 0
+        self._log_fingerprint: str | None = None
+        #: what the last checkpoint wrote: bytes of pane log, whether it started a new log, seconds
+        self.last_bytes = 0
+        self.last_compacted = False
+        self.last_seconds = 0.0
 
-    def lock(self, wait_s: float = 0.0) -> None:
-        """Take the directory for this process: an exclusive ``flock`` on ``.lock`` (released by
-        :meth:`unlock` or when the process dies, kill -9 included), waiting up to ``wait_s``.
-
-        Two processes writing one partition's checkpoints would overwrite each other's; if the
-        lock is still held after ``wait_s`` the error names the holder's pid.
-        """
-        if self._lock_fd is not None:
-            return
-        path = self.dir / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CheckpointError(f"state.dir {self.dir}: cannot create {LOCK_NAME}: {exc.strerror}") from exc
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise CheckpointError(
-                    f"{self.dir} is in use by another streamdrift serve (pid {holder}) after {wait_s:.0f} s: only "
-                    "the owner of a partition writes its checkpoints (is a previous owner frozen, or does another "
-                    "consumer group use this state dir?)"
-                ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as exc:  # the pid is only informational; the lock is held
-            log.warning("state.dir %s: cannot record the pid in %s: %s", self.dir, LOCK_NAME, exc.strerror)
-        self._lock_fd = fd
-        self.seq = max(self.seq, max((s for s, _ in self._files()), default=0))
-
-    @property
-    def locked(self) -> bool:
-        return self._lock_fd is not None
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def _files(self) -> list[tuple[int, Path]]:
-        out = []
+    # -- files ------------------------------------------------------------------------------
+    def _manifests(self) -> list[tuple[int, Path]]:
+        """(seq, path) of every manifest, newest first."""
         try:
             entries = list(self.dir.iterdir())
         except FileNotFoundError:
             return []
-        for p in entries:
-            m = _NAME.match(p.name)
-            if m:
-                out.append((int(m.group(1)), p))
-        return sorted(out, reverse=True)
+        return sorted(((int(m.group(1)), p) for p in entries if (m := _MANIFEST.match(p.name))), reverse=True)
 
-    def save(self, state: dict[str, Any]) -> Path:
-        """Write a new generation atomically; return its path."""
+    def _log_gens(self) -> list[int]:
+        return [int(m.group(1)) for p in self.dir.iterdir() if (m := _LOG.match(p.name))]
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self) -> Checkpoint | None:
+        """The newest good checkpoint, or None (none at all, or every one corrupt: logged)."""
+        files = self._manifests()
+        self.seq = max(self.seq, max((s for s, _ in files), default=0))
+        for seq, path in files:
+            try:
+                cp = self.read(seq, path)
+            except CheckpointError as exc:
+                log.error("skipping corrupt checkpoint %s: %s (trying the previous one)", path, exc)
+                continue
+            log.info("resuming from checkpoint %s", path)
+            return cp
+        if files:
+            log.error("no readable checkpoint in %s: starting from the committed offsets", self.dir)
+        return None
+
+    def read(self, seq: int, path: Path) -> Checkpoint:
+        """One checkpoint, verified (its manifest and every chunk of the log it names), and made the one the
+        next checkpoint goes on from; raises :class:`CheckpointError` if it is corrupt."""
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"unreadable: {exc.strerror}") from None
+        line, sep, body = raw.partition(b"\n")
+        if not sep or line.decode(errors="replace") != hashlib.sha256(body).hexdigest():
+            raise CheckpointError("checksum mismatch")
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise CheckpointError(f"unreadable: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise CheckpointError("not a streamdrift checkpoint")
+        if doc.get("version") != VERSION:
+            raise CheckpointError(f"checkpoint version {doc.get('version')!r} is not {VERSION}")
+        if doc.get("monitor") != self.monitor:
+            raise ConfigError(
+                f"checkpoint {path} belongs to monitor {doc.get('monitor')!r}, not {self.monitor!r}; "
+                "use another state.dir"
+            )
+        if doc.get("fingerprint") != self.fingerprint and not self.any_reference:
+            raise ReferenceMismatchError(
+                f"checkpoint {path} was written against reference {doc.get('fingerprint')}, not the configured "
+                f"{self.fingerprint}; refusing to resume (use a new state.dir for a new reference)"
+            )
+        try:
+            info = doc["panes"]
+            name, length, slots = str(info["log"]), int(info["length"]), int(info["slots"])
+            state = doc["state"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"incomplete manifest: {exc!r}") from None
+        if not _LOG.match(name):
+            raise CheckpointError(f"names no pane log: {name!r}")
+        panes = self._replay(self.dir / name, length, slots)
+        self._good, self._log, self._length, self._slots = path.name, name, length, slots
+        self._log_fingerprint = info.get("fingerprint")
+        return Checkpoint(seq, path, str(doc["fingerprint"]), state, panes, slots)
+
+    def _replay(self, path: Path, length: int, slots: int) -> Panes:
+        """The panes of the first ``length`` bytes of a log, every chunk verified."""
+        panes: Panes = {}
+        rec = updated_dtype(slots)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_FILE_HEADER.size)
+                if len(head) < _FILE_HEADER.size or head[:8] != _FILE_MAGIC:
+                    raise CheckpointError(f"{path.name}: not a pane log")
+                if _FILE_HEADER.unpack(head)[1] != slots:
+                    raise CheckpointError(f"{path.name}: panes of {_FILE_HEADER.unpack(head)[1]} slots, not {slots}")
+                pos = _FILE_HEADER.size
+                while pos < length:
+                    header = f.read(_CHUNK_HEADER_SIZE)
+                    if len(header) < _CHUNK_HEADER_SIZE:
+                        raise CheckpointError(f"{path.name}: ends at {pos + len(header)} bytes, before {length}")
+                    magic, n_del, n_upd, size = _CHUNK_FIELDS.unpack(header[: _CHUNK_FIELDS.size])
+                    if magic != _CHUNK_MAGIC or size != n_del * _DELETED.itemsize + n_upd * rec.itemsize:
+                        raise CheckpointError(f"{path.name}: no chunk at byte {pos}")
+                    body = f.read(size)
+                    digest = hashlib.sha256(header[: _CHUNK_FIELDS.size])
+                    digest.update(body)
+                    if len(body) < size or digest.digest() != header[_CHUNK_FIELDS.size :]:
+                        raise CheckpointError(f"{path.name}: chunk at byte {pos} is corrupt (checksum mismatch)")
+                    deleted = np.frombuffer(body, dtype=_DELETED, count=n_del)
+                    for s, p in zip(deleted["segment"].tolist(), deleted["pane"].tolist(), strict=True):
+                        panes.pop((s, p), None)
+                    updated = np.frombuffer(body, dtype=rec, count=n_upd, offset=n_del * _DELETED.itemsize)
+                    keys = zip(updated["segment"].tolist(), updated["pane"].tolist(), strict=True)
+                    for key, n, counts in zip(keys, updated["n_events"].tolist(), updated["counts"], strict=True):
+                        panes[key] = (n, counts.copy())
+                    pos += _CHUNK_HEADER_SIZE + size
+                if pos != length:
+                    raise CheckpointError(f"{path.name}: chunks end at byte {pos}, not {length}")
+        except OSError as exc:
+            raise CheckpointError(f"{path.name}: unreadable: {exc.strerror}") from None
+        return panes
+
+    # -- writing ----------------------------------------------------------------------------
+    def save(
+        self,
+        state: dict[str, Any],
+        panes: Mapping[tuple[int, int], WindowState],
+        changed: set[tuple[int, int]],
+        deleted: set[tuple[int, int]],
+        slots: int,
+        layout_fingerprint: str,
+    ) -> Path:
+        """Write a checkpoint: ``state`` (JSON), and the panes (``panes``: every live one; ``changed``:
+        the keys written since the last checkpoint, ``deleted``: those dropped since). Returns the
+        manifest's path; raises :class:`CheckpointError` if something could not be written (nothing
+        of it is then part of any checkpoint)."""
+        t0 = time.perf_counter()
+        record = updated_dtype(slots).itemsize
+        live = len(panes) * record
+        fresh = (
+            self._log is None
+            or slots != self._slots
+            or layout_fingerprint != self._log_fingerprint
+            or self._length > COMPACT_FACTOR * live + COMPACT_MIN_BYTES
+            or not (self.dir / self._log).exists()  # (removed by hand: start a new one rather than fail forever)
+        )
+        if fresh:
+            name, length = self._new_log(panes, slots)
+        else:
+            assert self._log is not None
+            name = self._log
+            length = self._append(name, panes, changed, deleted, slots)
         self.seq += 1
-        doc: dict[str, Any] = {
+        doc = {
             "format": FORMAT,
             "version": VERSION,
             "seq": self.seq,
             "monitor": self.monitor,
             "fingerprint": self.fingerprint,
             "written_at_ms": int(time.time() * 1000),
+            "panes": {"log": name, "length": length, "slots": slots, "fingerprint": layout_fingerprint},
             "state": state,
         }
-        doc["sha256"] = _digest(doc)
-        path = self.dir / f"checkpoint-{self.seq:012d}.json"
+        body = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
+        path = self.dir / f"manifest-{self.seq:012d}"
+        try:
+            self._write_atomic(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+        except CheckpointError:
+            if fresh:  # (the new log is part of no checkpoint: do not leave it taking space)
+                (self.dir / name).unlink(missing_ok=True)
+            raise
+        self.last_bytes = length - (0 if fresh else self._length)
+        self.last_compacted = fresh
+        previous = self._good
+        self._good, self._log, self._length, self._slots = path.name, name, length, slots
+        self._log_fingerprint = layout_fingerprint
+        self._prune(previous)
+        self.last_seconds = time.perf_counter() - t0
+        return path
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
         tmp = self.dir / f".{path.name}.tmp"
-        data = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_dir(self.dir)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)  # never leave half a file behind (a full disk, say)
             except OSError as cleanup:
                 log.error("cannot remove %s: %s", tmp, cleanup.strerror)
             raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror}") from exc
-        for _seq, old in self._files()[KEEP:]:
-            old.unlink(missing_ok=True)
-        return path
 
-    def load(self) -> dict[str, Any] | None:
-        """The state of the newest good checkpoint, or None if there is none."""
-        files = self._files()
-        self.seq = max(self.seq, max((s for s, _ in files), default=0))
-        for _seq, path in files:
-            try:
-                doc = self.read(path)
-            except CheckpointError as exc:
-                log.error("skipping corrupt checkpoint %s: %s (trying the previous generation)", path, exc)
-                continue
-            log.info("resuming from checkpoint %s", path)
-            return _with_reference(doc)
-        return None
-
-    def newest_seq(self) -> int | None:
-        files = self._files()
-        return files[0][0] if files else None
-
-    def peek(self) -> tuple[int, dict[str, Any]] | None:
-        """(seq, state) of the newest good checkpoint, read without the lock (another process's
-        partition): a file removed meanwhile is skipped quietly, a corrupt one at debug level."""
-        for seq, path in self._files():
-            try:
-                doc = self.read(path)
-            except CheckpointError as exc:
-                if path.exists():
-                    log.debug("skipping unreadable checkpoint %s: %s", path, exc)
-                continue
-            return seq, _with_reference(doc)
-        return None
-
-    def read(self, path: Path) -> dict[str, Any]:
-        """One checkpoint file, verified; raises :class:`CheckpointError` if corrupt."""
+    def _new_log(self, panes: Mapping[tuple[int, int], WindowState], slots: int) -> tuple[str, int]:
+        """A new log holding every live pane; (its name, its length)."""
+        gen = max([0, *self._log_gens()]) + 1
+        name = f"panes-{gen:012d}.log"
+        path = self.dir / name
         try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"unreadable: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise CheckpointError("not a streamdrift checkpoint")
-        if doc.get("sha256") != _digest(doc):
-            raise CheckpointError("checksum mismatch")
-        if doc.get("version") != VERSION:
-            raise CheckpointError(f"checkpoint version {doc.get('version')!r} is not {VERSION}")
-        if doc.get("fingerprint") != self.fingerprint and not self.any_reference:
-            raise ReferenceMismatchError(
-                f"checkpoint {path} was written against reference {doc.get('fingerprint')}, not the configured "
-                f"{self.fingerprint}; refusing to resume (use a new state.dir for a new reference)"
-            )
-        if doc.get("monitor") != self.monitor:
-            raise ConfigError(
-                f"checkpoint {path} belongs to monitor {doc.get('monitor')!r}, not {self.monitor!r}; "
-                "use another state.dir"
-            )
-        return doc
+            with open(path, "wb") as f:
+                f.write(_FILE_HEADER.pack(_FILE_MAGIC, slots))
+                length = _FILE_HEADER.size + self._chunks(f, panes, sorted(panes), [], slots)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as cleanup:
+                log.error("cannot remove %s: %s", path, cleanup.strerror)
+            raise CheckpointError(f"cannot write the pane log {path}: {exc.strerror}") from exc
+        return name, length
 
+    def _append(
+        self,
+        name: str,
+        panes: Mapping[tuple[int, int], WindowState],
+        changed: set[tuple[int, int]],
+        deleted: set[tuple[int, int]],
+        slots: int,
+    ) -> int:
+        """Append the changes to the current log (cut back to its valid length first); its new length."""
+        path = self.dir / name
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(self._length)  # (a chunk a failed or crashed checkpoint left after the valid end)
+                f.seek(self._length)
+                gone = sorted(deleted - changed)
+                length = self._length + self._chunks(f, panes, sorted(k for k in changed if k in panes), gone, slots)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise CheckpointError(f"cannot write the pane log {path}: {exc.strerror}") from exc
+        return length
 
-def _with_reference(doc: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's state, with the ``reference`` it belongs to (files written before model versions
-    were tracked: the file's fingerprint, no model)."""
-    state: dict[str, Any] = doc["state"]
-    state.setdefault("reference", {"fingerprint": doc.get("fingerprint"), "model_name": None, "model_version": None})
-    return state
+    @staticmethod
+    def _chunks(
+        f: BinaryIO,
+        panes: Mapping[tuple[int, int], WindowState],
+        keys: list[tuple[int, int]],
+        deleted: list[tuple[int, int]],
+        slots: int,
+    ) -> int:
+        """Write ``deleted`` and the panes of ``keys`` as chunks of at most :data:`CHUNK_BYTES`; bytes written.
+        (Nothing to write: no chunk.)"""
+        rec = updated_dtype(slots)
+        per_chunk = max(1, CHUNK_BYTES // rec.itemsize)
+        written = 0
+        first = True
+        for lo in range(0, max(len(keys), 1 if deleted else 0), per_chunk):
+            part = keys[lo : lo + per_chunk]
+            upd = np.empty(len(part), dtype=rec)
+            for i, key in enumerate(part):
+                st = panes[key]
+                upd[i] = (key[0], key[1], st.n_events, st.counts)
+            dele = np.array(deleted if first else [], dtype=_DELETED)
+            first = False
+            fields = _CHUNK_FIELDS.pack(_CHUNK_MAGIC, len(dele), len(upd), dele.nbytes + upd.nbytes)
+            digest = hashlib.sha256(fields)
+            dele_bytes, upd_bytes = dele.view(np.uint8).data, upd.view(np.uint8).data
+            digest.update(dele_bytes)
+            digest.update(upd_bytes)
+            f.write(fields)
+            f.write(digest.digest())
+            f.write(dele_bytes)
+            f.write(upd_bytes)
+            written += _CHUNK_HEADER_SIZE + dele.nbytes + upd.nbytes
+        return written
+
+    def _prune(self, previous: str | None) -> None:
+        """Keep the new manifest and the previous good one; delete other manifests, the logs neither names,
+        and temporary files left by a crash."""
+        keep = {n for n in (self._good, previous) if n is not None}
+        logs: set[str] = set()
+        for _seq, path in self._manifests():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                raw = path.read_bytes()
+                logs.add(str(json.loads(raw.partition(b"\n")[2])["panes"]["log"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        for p in self.dir.iterdir():
+            if (_LOG.match(p.name) and p.name not in logs) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                p.unlink(missing_ok=True)

@@ -1,44 +1,51 @@
-"""The consumer loop of ``streamdrift serve``.
+"""The consumer loop of ``streamdrift serve``: one active process per monitor, standbys that take over.
 
-consume a batch -> decode to columns (bad records to the dead-letter topic, counted) ->
-route by segment and update histograms (vectorised) and the concept detector -> close the
-windows the watermark passed -> evaluate -> publish records/alerts and set metrics ->
-every ``state.checkpoint_interval``: flush outputs, write the checkpoints, commit offsets.
+**Active and standby.** :meth:`DriftConsumer.run` first serves /metrics, then takes the state
+lock (an exclusive ``flock`` on ``state.dir/.lock``, :class:`stream.checkpoint.StateLock`). If
+another process holds it, this one is a *standby*: it exports ``streamdrift_active 0`` and nothing
+else of the monitor (no verdict, lag or staleness series), logs who holds the lock, and tries again
+every :data:`STANDBY_POLL_S` seconds for as long as it takes, until the lock is free or it is
+stopped. It never gives up on a slow or frozen owner (so it cannot crash-loop): the kernel releases
+the lock when the owner exits, ``kill -9`` included. Once it holds the lock it is *active*: it
+loads the newest good checkpoint and consumes **every** partition of the topic with ``assign()``
+(no consumer-group rebalancing), each from the checkpoint's offset, else the group's committed
+offset, else the earliest; it reads the topic's metadata again every :data:`METADATA_REFRESH_S`
+seconds and consumes partitions added meanwhile. Scale-out beyond one process is the Spark
+Structured Streaming job's.
 
-Exactly-the-same-statistics after a crash: each partition's checkpoint holds its window
-panes and watermark together with its next offset (partition 0's also the close frontier and
-the detector states), outputs are flushed before they are written, and Kafka offsets are
-committed only after them (why a crash between two files is safe: :mod:`stream.checkpoint`).
-On assignment each partition is sought to its checkpoint's offset (else the committed one),
-so whatever was processed after the last checkpoint is processed again from the same state.
-Re-sent records of a re-closed window are identical and keyed identically.
+**The loop.** consume a batch -> decode to columns (bad records to the dead-letter topic,
+counted) -> route by segment and update histograms (vectorised) and the concept detectors -> close
+the windows the watermark passed -> evaluate -> publish records/alerts and set metrics -> every
+``state.checkpoint_interval``: flush outputs, write a checkpoint, commit the offsets under
+``kafka.group_id`` (what Kafka's tools show as the group's position; on start the checkpoint's
+offsets win).
 
-Scaling: N processes of one monitor in one consumer group share one ``state.dir``. State
-follows the partitions: on revoke a process checkpoints, then lets go of the partitions
-(their locks); on assignment it locks each new partition and loads its newest checkpoint.
-The owner of partition 0 is the *closer*: the only one that closes time windows and emits
-their records and alerts, summing its own panes with the other partitions' panes read from
-their owners' newest checkpoints (see :mod:`stream.windows`), and the only one that runs the
-concept detector (over the events of its partitions: with one consumer, the whole stream).
-The others learn the close frontier from partition 0's checkpoint and prune their panes.
-Count windows are per partition and closed by the partition's owner.
+**Exactly the same statistics after a crash.** A checkpoint (:mod:`stream.checkpoint`) holds the
+window panes, watermarks, close frontier, segment router, count windows and concept detectors
+together with the next offset of every partition, as one atomic unit; outputs are flushed before
+it is written and offsets committed only after it. On start the consumer seeks every partition
+to the checkpoint's offset, so whatever was processed after the last checkpoint is processed
+again from the same state; re-sent records of a re-closed window are identical and keyed
+identically. What a window contains does not depend on how the partitions interleave
+(:mod:`stream.windows`).
 
-A reference that names an MLflow model version (``reference: models:/NAME/VERSION`` or
-``models:/NAME@ALIAS``, :mod:`stream.modelref`): every record, alert and checkpoint says which
-version it belongs to, and ``streamdrift_reference_info`` carries the version as labels. With
-an alias, a background thread polls it every ``mlflow.poll_interval``; when it moves, the loop
-switches between two batches (:meth:`DriftConsumer.switch_reference`): checkpoint the old
-version's state, close every open window of the old version (published with its version, even
-if it is not complete), start empty windows on the new profile with the same watermarks and close
-frontier, checkpoint again. Nothing is mixed: a window's events are all counted against one
-version (a window cut by the switch is reported once per version, each with its own events).
-A checkpoint of another version found when a partition is assigned (the alias moved while serve
-was down, or it crashed in the middle of a switch) is closed the same way, from that version's
-profile, before its events go on under the current one. With several processes sharing the
-topic, each switches its own partitions when it polls; the closer treats a foreign partition
-still on another version as not yet known (windows wait for it) and its open panes are not part
-of the old version's last windows: run one active process per monitor (standbys are fine) when
-following an alias.
+**Concept drift.** One detector per Kafka partition, fed that partition's events in offset order
+(deterministic under replay); its records have segment ``{"kafka_partition": "<p>"}``. The file
+backfill (:func:`detectors.engine.run_local`) runs one detector over the whole history in
+event-time order (segment ``{}``): on a one-partition topic in time order, the same detections.
+
+**Model versions.** A reference that names an MLflow model version (``reference:
+models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, :mod:`stream.modelref`): every record, alert and
+checkpoint says which version it belongs to, and ``streamdrift_reference_info`` carries the version
+as labels. With an alias, a background thread polls it every ``mlflow.poll_interval``; when it
+moves, the loop switches between two batches (:meth:`DriftConsumer.switch_reference`): checkpoint
+the old version's state, close every open window of the old version (published with its version,
+even if it is not complete), start empty windows on the new profile with the same watermarks and
+close frontier, checkpoint again. Nothing is mixed: a window's events are all counted against one
+version (a window cut by the switch is reported once per version, each with its own events). A
+checkpoint of another version found at take-over (the alias moved while serve was down, or it
+crashed in the middle of a switch) is closed the same way, from that version's profile, before its
+events go on under the current one.
 
 In-process use (the demo, tests)::
 
@@ -53,24 +60,32 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+import numpy.typing as npt
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry
 
 from detectors.config import MonitorConfig, is_model_uri
-from detectors.engine import ConceptTracker
+from detectors.engine import PARTITION_SEGMENT, ConceptTracker
 from detectors.evaluate import evaluate_window, make_alert, require_calibration, segment_label, window_records
 from detectors.events import EventColumns, concept_values
-from detectors.exceptions import ReferenceMismatchError, SnapshotError
+from detectors.exceptions import ConfigError, ReferenceMismatchError, SnapshotError
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
-from stream.checkpoint import CheckpointStore, partition_dir, prepare_state_dir
+from stream.checkpoint import Checkpoint, StateLock, StateStore
 from stream.connect import check_broker
 from stream.decode import EventDecoder
 from stream.exceptions import CheckpointError
@@ -78,14 +93,14 @@ from stream.metrics import Metrics, serve_http
 from stream.modelref import AliasWatcher, ModelRegistry, ModelVersion
 from stream.publish import Publisher
 from stream.settings import ServeConfig
-from stream.windows import ClosedWindow, ForeignPartition, WindowManager
+from stream.windows import ClosedWindow, WindowManager
 
 log = logging.getLogger("streamdrift.consumer")
 
-#: the owner of this partition closes the windows (and runs the concept detector)
-CLOSER = 0
-#: how often other processes' checkpoints are looked at (seconds)
-SHARED_REFRESH_S = 0.5
+#: how often a standby tries to take the state lock (seconds)
+STANDBY_POLL_S = 1.0
+#: how often the active process reads the topic's partitions again (seconds; every second until it has some)
+METADATA_REFRESH_S = 30.0
 
 
 def _version() -> str:
@@ -117,7 +132,7 @@ class RunStats:
     concept_detections: int = 0
     checkpoints: int = 0
     metrics_port: int | None = None
-    offsets: dict[str, int] = field(default_factory=dict)
+    standby_s: float = 0.0  # how long it waited for the state lock
 
 
 def closed_records(
@@ -152,8 +167,8 @@ class DriftConsumer:
     """One monitor's consumer: Kafka in, window records / alerts / metrics out, checkpoints on disk.
 
     ``on_output`` is called (in the loop's thread) after every step that closed a window or
-    detected a concept drift. ``clock`` (monotonic seconds) drives idle timeouts and the
-    checkpoint interval; ``wall_clock`` (epoch seconds) stamps alerts and metrics.
+    detected a concept drift. ``clock`` (monotonic seconds) drives idle timeouts, the checkpoint
+    interval and metadata refreshes; ``wall_clock`` (epoch seconds) stamps alerts and metrics.
     ``model_registry``: the MLflow client layer for a ``models:/`` reference (default: one on
     ``MLFLOW_TRACKING_URI``); ``schema_registry``: the schema registry client of
     ``events.format: avro`` (default: one from the ``schema_registry`` settings).
@@ -188,28 +203,25 @@ class DriftConsumer:
             reference = ReferenceProfile.load(self.monitor.reference)
         self.schema_registry = schema_registry
         self._use_reference(reference, None)
-        self.detector: ConceptDetector | None = None
-        self.tracker: ConceptTracker | None = None
-        self._fresh_concept()
-        self.metrics = Metrics(self.registry, self.monitor.monitor, _version())
+        #: partition -> its concept detector and tracker (made at the partition's first event)
+        self.concept: dict[int, tuple[ConceptDetector, ConceptTracker]] = {}
+        self.metrics = Metrics(self.registry, self.monitor.monitor, _version(), active=False)
         size_s = None if self.monitor.window.kind == "count" else self.monitor.window.size_ms / 1000.0
         self.metrics.set_config(size_s)
         self.metrics.set_reference(self.reference.fingerprint, self.model)
         self._watcher: AliasWatcher | None = None
-        self._stale: dict[int, dict[str, Any]] = {}  # assigned partition -> its checkpoint of another version
-        self.state_dir = prepare_state_dir(config.state.dir)
-        self.stores: dict[int, CheckpointStore] = {}  # partition -> its checkpoints
+        self.store = StateStore(
+            config.state.dir, self.monitor.monitor, reference.fingerprint, any_reference=self.model is not None
+        )
+        self.state_dir = self.store.dir
+        self.lock = StateLock(self.state_dir)
         self.topic = config.kafka.topic
-        self.topic_partitions: list[int] | None = None  # every partition of the topic, once known
-        self._idle_written: dict[int, bool] = {}  # owned partition -> idle flag in its newest checkpoint
-        self._peeked: dict[int, tuple[int, dict[str, Any]]] = {}  # other processes' newest checkpoints
-        self._foreign_seq: dict[int, int] = {}
-        self._last_refresh = -math.inf
+        self.partitions: set[int] = set()  # the partitions consumed (every one of the topic, once active)
         self.next_offset: dict[int, int] = {}  # partition -> next offset to read
-        self.assigned: set[int] = set()
         self.stats = RunStats()
         self._dirty = False
         self._last_checkpoint = clock()
+        self._last_metadata = -math.inf
         self._consumer: Consumer | None = None
         self._publisher: Publisher | None = None
         self._overflowed = 0
@@ -266,7 +278,7 @@ class DriftConsumer:
         the same watermarks, checkpoint again. False (nothing changed) if the first checkpoint failed;
         the caller tries again after the next batch."""
         log.info("model switch: %s -> %s (profile %s)", self.model, model, reference.fingerprint)
-        if self.assigned and self._dirty and not self.checkpoint("model switch"):
+        if self._dirty and not self.checkpoint("model switch"):
             return False
         closed = self.windows.flush()
         if closed:
@@ -275,157 +287,143 @@ class DriftConsumer:
             self._publish(out)
         self.model = model
         self._use_reference(reference, self.windows)
-        self._fresh_concept()
-        for store in self.stores.values():
-            store.fingerprint = reference.fingerprint
+        self.concept = {}
+        self.store.fingerprint = reference.fingerprint
         self.metrics.set_reference(reference.fingerprint, model)
-        if self.assigned:
+        if self.lock.held:
             self._dirty = True
             self.checkpoint("model switch")
         return True
 
-    def _retire_stale(self) -> None:
-        """Close the windows of checkpoints of another model version (found on assignment) with that
-        version's profile, publish them, and go on from their offsets and watermarks under this one."""
-        stale, self._stale = self._stale, {}
-        groups: dict[tuple[Any, Any], dict[int, dict[str, Any]]] = {}
-        for p, snap in stale.items():
-            ref = snap["reference"]
-            groups.setdefault((ref.get("fingerprint"), ref.get("model_version")), {})[p] = snap
-        for (fingerprint, old_version), snaps in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            name = next(iter(snaps.values()))["reference"].get("model_name")
-            where = ", ".join(str(self._store(p).dir) for p in sorted(snaps))
-            if self.model is None or self.model_registry is None or name != self.model.name or old_version is None:
-                raise ReferenceMismatchError(
-                    f"the checkpoints in {where} were written against reference {fingerprint} (model {name!r} "
-                    f"version {old_version!r}), not a version of {self.model.name if self.model else None!r}; refusing "
-                    "to resume (use a new state.dir)"
-                )
-            old_model = self.model_registry.resolve(f"models:/{name}/{old_version}")
-            old_ref = self.model_registry.fetch_reference(old_model)
-            if old_ref.fingerprint != fingerprint:
-                raise ReferenceMismatchError(
-                    f"the checkpoints in {where} were written against {fingerprint}, but {old_model} now has "
-                    f"profile {old_ref.fingerprint}; refusing to close its windows with another profile"
-                )
-            old_layout = Layout(old_ref, self.monitor.features.include)
-            old = WindowManager(self.monitor, old_layout, clock=self.clock)
-            old.closer = CLOSER in snaps
-            for p in sorted(snaps):
-                shared = snaps[p].get("shared")
-                if p == CLOSER and shared is not None:
-                    old.load_shared(shared["windows"])
-                old.load_partition(p, snaps[p]["windows"])
-            closed = old.flush()
-            log.info(
-                "partitions %s: checkpoint of %s, now %s: closing its %d open windows",
-                sorted(snaps),
-                old_model,
-                self.model,
-                len(closed),
+    def _follow_alias(self) -> None:
+        """At take-over: where the alias points now (a standby resolved it when it started)."""
+        if self.model is None or self.model.alias is None or self.model_registry is None:
+            return
+        reference, model = self.model_registry.load(self.monitor.reference)
+        if model.version != self.model.version or reference.fingerprint != self.reference.fingerprint:
+            log.info("reference: %s now points at %s, profile %s", self.monitor.reference, model, reference.fingerprint)
+            self.model = model
+            self._use_reference(reference, None)
+            self.store.fingerprint = reference.fingerprint
+            self.metrics.set_reference(reference.fingerprint, model)
+
+    def _retire(self, cp: Checkpoint) -> None:
+        """Close the windows of a checkpoint of another model version with that version's profile, publish
+        them, and go on from its offsets and watermarks under the version in force."""
+        ref = cp.state["reference"]
+        fingerprint, name, old_version = ref.get("fingerprint"), ref.get("model_name"), ref.get("model_version")
+        if self.model is None or self.model_registry is None or name != self.model.name or old_version is None:
+            raise ReferenceMismatchError(
+                f"the checkpoint {cp.path} was written against reference {fingerprint} (model {name!r} version "
+                f"{old_version!r}), not a version of {self.model.name if self.model else None!r}; refusing to resume "
+                "(use a new state.dir)"
             )
-            if closed:
-                out = WindowOutput([], [], [])
-                out.records.extend(self._emit(closed, out, old_layout, old_model))
-                self._publish(out)
-            for p in snaps:
-                if p in old.max_time:
-                    self.windows.max_time[p] = old.max_time[p]
-            self.windows.learn_frontier(old.frontier)
+        old_model = self.model_registry.resolve(f"models:/{name}/{old_version}")
+        old_ref = self.model_registry.fetch_reference(old_model)
+        if old_ref.fingerprint != fingerprint:
+            raise ReferenceMismatchError(
+                f"the checkpoint {cp.path} was written against {fingerprint}, but {old_model} now has profile "
+                f"{old_ref.fingerprint}; refusing to close its windows with another profile"
+            )
+        old_layout = Layout(old_ref, self.monitor.features.include)
+        old = WindowManager(self.monitor, old_layout, clock=self.clock)
+        self._check_slots(cp, old_layout)
+        old.restore(cp.state["windows"], cp.panes)
+        closed = old.flush()
+        log.info("checkpoint of %s, now %s: closing its %d open windows", old_model, self.model, len(closed))
+        if closed:
+            out = WindowOutput([], [], [])
+            out.records.extend(self._emit(closed, out, old_layout, old_model))
+            self._publish(out)
+        self.windows = old.successor(self.monitor, self.layout)
+        self.concept = {}
         self._dirty = True
-        self.checkpoint_quietly("model switch")  # (in the assignment callback: no commit)
+        self.checkpoint("model switch")
 
     # -- state ----------------------------------------------------------------------------
-    def _store(self, partition: int) -> CheckpointStore:
-        store = self.stores.get(partition)
-        if store is None:
-            d = partition_dir(self.state_dir, partition)
-            any_ref = self.model is not None
-            store = CheckpointStore(d, self.monitor.monitor, self.reference.fingerprint, any_reference=any_ref)
-            self.stores[partition] = store
-        return store
-
-    def _fresh_concept(self) -> None:
-        if self.monitor.concept_active:
-            self.detector = make_detector(self.monitor.concept.detector, self.monitor.concept.params)
-            m = self.model
-            self.tracker = ConceptTracker(
+    def _concept_for(self, partition: int) -> tuple[ConceptDetector, ConceptTracker]:
+        got = self.concept.get(partition)
+        if got is None:
+            m, c = self.model, self.monitor.concept
+            tracker = ConceptTracker(
                 self.monitor,
                 self.reference.fingerprint,
                 None if m is None else m.name,
                 None if m is None else m.version,
+                segment={PARTITION_SEGMENT: str(partition)},
+            )
+            got = self.concept[partition] = (make_detector(c.detector, c.params), tracker)
+        return got
+
+    def _check_slots(self, cp: Checkpoint, layout: Layout) -> None:
+        if cp.panes and cp.slots != layout.size:
+            raise ConfigError(
+                f"the checkpoint {cp.path} counts {cp.slots} bins per window, the monitor's features "
+                f"{list(layout.features)} {layout.size}: did features.include change? Use a new state.dir"
             )
 
-    def _check_topic(self, state: dict[str, Any], where: Path) -> None:
+    def _restore(self, cp: Checkpoint) -> None:
+        """Go on from a checkpoint: offsets, windows, concept detectors (a checkpoint of another model
+        version: its windows are closed first, :meth:`_retire`)."""
+        state = cp.state
         if state["topic"] != self.topic:
             raise CheckpointError(
-                f"the checkpoint in {where} is of topic {state['topic']!r}, not kafka.topic={self.topic!r}"
+                f"the checkpoint {cp.path} is of topic {state['topic']!r}, not kafka.topic={self.topic!r}"
             )
-
-    def _take(self, partition: int) -> None:
-        """Own a partition: lock its store, load its newest good checkpoint (partition 0's carries the
-        closer's shared state: frontier, segment router, concept detector)."""
-        store = self._store(partition)
-        store.lock(wait_s=self.config.state.lock_timeout_s)
-        snap = store.load()
-        if snap is None:
-            log.info("partition %d: no checkpoint in %s: starting from the committed offsets", partition, store.dir)
+        self.next_offset = {int(p): int(o) for p, o in state["offsets"]}
+        if not self._same_reference(state):  # (only with a models:/ reference: the store refuses it otherwise)
+            self._retire(cp)
             return
-        self._check_topic(snap, store.dir)
-        if snap["offset"] is not None:
-            self.next_offset[partition] = int(snap["offset"])
-        self._idle_written[partition] = bool(snap["idle"])
-        if not self._same_reference(snap):  # (only with a models:/ reference: the store refuses it otherwise)
-            self._stale[partition] = snap
-            return
-        if partition == CLOSER and snap.get("shared") is not None:
-            shared = snap["shared"]
-            self.windows.load_shared(shared["windows"])
-            if self.detector is not None and self.tracker is not None and shared.get("detector") is not None:
-                try:
-                    self.detector = restore(shared["detector"])
-                    self.tracker.restore(shared["tracker"])
-                except SnapshotError as exc:  # (another river version: relearn rather than trust it)
-                    log.warning("concept detector not restored, it starts afresh: %s", exc)
-                    self._fresh_concept()
-        self.windows.load_partition(partition, snap["windows"])
-        log.info("partition %d: restored state, next offset %s", partition, snap["offset"])
+        self._check_slots(cp, self.layout)
+        self.windows.restore(state["windows"], cp.panes)
+        self._overflowed = self.windows.router.overflowed
+        self.concept = {}
+        for p, saved in state["concept"]:
+            _fresh, tracker = self._concept_for(int(p))
+            try:
+                self.concept[int(p)] = (restore(saved["detector"]), tracker)
+            except SnapshotError as exc:  # (another river version: relearn rather than trust it)
+                log.warning("partition %s: concept detector not restored, it starts afresh: %s", p, exc)
+                continue
+            tracker.restore(saved["tracker"])
+        log.info("restored state: next offsets %s", dict(sorted(self.next_offset.items())))
 
-    def partition_state(self, partition: int) -> dict[str, Any]:
-        """What one partition's checkpoint holds (partition 0's also the closer's shared state)."""
-        state: dict[str, Any] = {
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the panes."""
+        return {
             "topic": self.topic,
-            "partition": partition,
-            "offset": self.next_offset.get(partition),
-            "idle": self.windows.is_idle(partition),
-            "windows": self.windows.partition_snapshot(partition),
+            "offsets": [[p, o] for p, o in sorted(self.next_offset.items())],
+            "windows": self.windows.snapshot(),
+            "concept": [
+                [p, {"detector": det.snapshot(), "tracker": tracker.snapshot()}]
+                for p, (det, tracker) in sorted(self.concept.items())
+            ],
             "reference": self.reference_state(),
         }
-        if partition == CLOSER:
-            state["shared"] = {
-                "windows": self.windows.shared_snapshot(),
-                "detector": self.detector.snapshot() if self.detector is not None else None,
-                "tracker": self.tracker.snapshot() if self.tracker is not None else None,
-            }
-        return state
 
     def checkpoint(self, reason: str) -> bool:
-        """Flush outputs, write partition 0's checkpoint (if owned), then the other owned partitions',
-        then commit offsets. False if a file could not be written (nothing is committed then)."""
+        """Flush outputs, write a checkpoint, then commit offsets. False if it could not be written
+        (nothing is committed then; the next one writes what this one did not)."""
         if self._publisher is not None:
             self._publisher.flush()
-        written: dict[int, bool] = {}
+        changed, dropped = self.windows.changes()
         try:
-            for p in sorted(self.assigned):  # partition 0 first: see stream.checkpoint
-                state = self.partition_state(p)
-                path = self._store(p).save(state)
-                written[p] = state["idle"]
-                log.debug("checkpoint (%s) %s", reason, path)
+            path = self.store.save(
+                self.state(), self.windows.panes, changed, dropped, self.layout.size, self.layout.fingerprint
+            )
         except CheckpointError as exc:
             self.metrics.checkpoints.labels(self.monitor.monitor, "failed").inc()
             log.error("checkpoint (%s) failed, offsets not committed; will retry: %s", reason, exc)
             return False
-        self._idle_written.update(written)
+        self.windows.saved()
+        log.debug(
+            "checkpoint (%s) %s: %d bytes of panes%s in %.3f s",
+            reason,
+            path.name,
+            self.store.last_bytes,
+            " (new log)" if self.store.last_compacted else "",
+            self.store.last_seconds,
+        )
         self.metrics.checkpoints.labels(self.monitor.monitor, "ok").inc()
         self.metrics.last_checkpoint.labels(self.monitor.monitor).set(self.wall_clock())
         self.stats.checkpoints += 1
@@ -437,7 +435,9 @@ class DriftConsumer:
     def _commit(self) -> None:
         if self._consumer is None:
             return
-        offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(self.next_offset.items()) if p in self.assigned]
+        offsets = [
+            TopicPartition(self.topic, p, o) for p, o in sorted(self.next_offset.items()) if p in self.partitions
+        ]
         if not offsets:
             return
         try:
@@ -446,141 +446,85 @@ class DriftConsumer:
             # the checkpoint already holds these offsets; the commit only helps other tools
             log.warning("offset commit failed (the checkpoint has the offsets): %s", exc)
 
-    # -- other processes' partitions --------------------------------------------------------
-    @property
-    def shared(self) -> bool:
-        """Whether other processes own some of the topic's partitions (or it is not known yet)."""
-        return self.topic_partitions is None or not set(self.topic_partitions) <= self.assigned
-
-    def refresh_shared(self, force: bool = False) -> None:
-        """Bring in what other processes' checkpoints say, at most every ``SHARED_REFRESH_S``: the
-        closer reads the foreign partitions' watermarks and panes, the others partition 0's frontier."""
-        now = self.clock()
-        if not force and now - self._last_refresh < SHARED_REFRESH_S:
-            return
-        self._last_refresh = now
-        if self.topic_partitions is None and self._consumer is not None:
-            try:
-                md = self._consumer.list_topics(self.topic, timeout=5)
-                t = md.topics.get(self.topic)
-                if t is not None and t.error is None and t.partitions:
-                    self.topic_partitions = sorted(t.partitions)
-            except KafkaException as exc:
-                log.warning("cannot read the partitions of %s (windows wait): %s", self.topic, exc)
-        if not self.assigned:
-            return
-        if not self.windows.closer:
-            got = self._peek(CLOSER)
-            if got is not None and got[1].get("shared") is not None:
-                before = self.windows.frontier
-                self.windows.learn_frontier(got[1]["shared"]["windows"]["frontier"])
-                if self.windows.frontier != before:  # the closer closed windows: this monitor is not stale
-                    self.metrics.last_window_closed.labels(self.monitor.monitor).set(self.wall_clock())
-            return
-        if self.topic_partitions is None:
-            self.windows.foreign = None  # every partition of the topic must be known before a window closes
-            return
-        current = self.windows.foreign or {}
-        foreign: dict[int, ForeignPartition] = {}
-        for q in self.topic_partitions:
-            if q in self.assigned:
-                continue
-            got = self._peek(q)
-            old = current.get(q)
-            if got is None:
-                foreign[q] = ForeignPartition(None, False)
-            elif old is not None and self._foreign_seq.get(q) == got[0]:
-                foreign[q] = old
-            elif not self._same_reference(got[1]):  # its owner has not switched model versions yet: wait
-                foreign[q] = ForeignPartition(None, False)
-            else:
-                foreign[q] = self.windows.foreign_partition(got[1]["windows"], bool(got[1]["idle"]))
-                self._foreign_seq[q] = got[0]
-            self.windows.learn_frontier(foreign[q].pruned_to)
-        self.windows.foreign = foreign
-
-    def _peek(self, partition: int) -> tuple[int, dict[str, Any]] | None:
-        """(generation, state) of another process's newest good checkpoint of ``partition``, or None;
-        read again only when a newer file appeared."""
-        store = self._store(partition)
-        seq = store.newest_seq()
-        if seq is None:
-            return None
-        cached = self._peeked.get(partition)
-        if cached is not None and cached[0] == seq:
-            return cached
-        got = store.peek()
-        if got is None:
-            return None
-        self._check_topic(got[1], store.dir)
-        self._peeked[partition] = got
-        return got
-
-    # -- rebalance callbacks ---------------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        mine = sorted({tp.partition for tp in partitions if tp.topic == self.topic})
-        for p in mine:  # partition 0 first: its router and frontier before the others' panes
-            self._take(p)
-        for tp in partitions:
-            if tp.topic == self.topic and tp.partition in self.next_offset:
-                tp.offset = self.next_offset[tp.partition]
-        self.assigned = set(mine)
-        self.windows.assign(self.assigned)
-        self.windows.closer = CLOSER in self.assigned
-        if self._stale:
-            self._retire_stale()
-        self.windows.foreign = None  # until refresh_shared has read the topic and the others' checkpoints
-        self.topic_partitions = None
-        self._last_refresh = -math.inf
-        self._overflowed = self.windows.router.overflowed
-        self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
-        log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
-        consumer.assign(partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoked %s", [tp.partition for tp in partitions])
-        if self._dirty:
-            self.checkpoint("revoke")
-        self._drop(partitions)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("partitions lost %s (no commit)", [tp.partition for tp in partitions])
-        if self._dirty:
-            # safe: this process still holds the partitions' locks, so their new owner reads this file
-            self.checkpoint_quietly("lost")
-        self._drop(partitions)
-
-    def checkpoint_quietly(self, reason: str) -> None:
-        saved = self._consumer
-        self._consumer = None  # snapshot without commit
+    # -- partitions ---------------------------------------------------------------------------
+    def _refresh_partitions(self) -> None:
+        """Read the topic's partitions and consume those not consumed yet (all of them at take-over)."""
+        assert self._consumer is not None
+        self._last_metadata = self.clock()
         try:
-            self.checkpoint(reason)
-        finally:
-            self._consumer = saved
+            md = self._consumer.list_topics(self.topic, timeout=10)
+        except KafkaException as exc:
+            log.warning("cannot read the partitions of %s (trying again): %s", self.topic, exc)
+            return
+        t = md.topics.get(self.topic)
+        if t is None or t.error is not None or not t.partitions:
+            if not self.partitions:
+                log.info("topic %s has no partitions (yet): %s", self.topic, None if t is None else t.error)
+            return
+        new = sorted(set(t.partitions) - self.partitions)
+        if new:
+            self.add_partitions(new)
 
-    def _drop(self, partitions: Sequence[TopicPartition]) -> None:
-        """Forget revoked/lost partitions (their checkpoints have them) and let their new owner lock them."""
-        gone = {tp.partition for tp in partitions if tp.topic == self.topic}
-        self.windows.revoke(gone)
-        for p in gone:
-            self.next_offset.pop(p, None)
-            self._idle_written.pop(p, None)
-            store = self.stores.get(p)
-            if store is not None:
-                store.unlock()
-        if CLOSER in gone and CLOSER in self.assigned:
-            self.windows.closer = False
-            self._fresh_concept()  # partition 0's checkpoint has the detector for its next owner
-            # the new closer exports the verdicts from now on: an alert must not keep firing on ours
-            self.metrics.clear_verdicts()
-            self.windows.forget_segment_windows()
-        self.metrics.remove_lag(self.topic, gone)
-        self.assigned -= gone
-        self.metrics.assigned.labels(self.monitor.monitor).set(len(self.assigned))
+    def add_partitions(self, partitions: Sequence[int]) -> None:
+        """Consume these partitions from now on: each from the checkpoint's offset, else the group's
+        committed offset, else the earliest."""
+        assert self._consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        missing = [tp for tp in tps if tp.partition not in self.next_offset]
+        committed: dict[int, int] = {}
+        if missing:
+            try:
+                got = self._consumer.committed(missing, timeout=10)
+                committed = {tp.partition: tp.offset for tp in got if tp.error is None and tp.offset >= 0}
+            except KafkaException as exc:  # librdkafka looks it up itself then
+                log.warning("cannot read the committed offsets of %s: %s", self.topic, exc)
+                committed = {tp.partition: OFFSET_STORED for tp in missing}
+        where = []
+        for tp in tps:
+            p = tp.partition
+            if p in self.next_offset:
+                tp.offset, how = self.next_offset[p], "checkpoint"
+            elif p in committed:
+                tp.offset, how = committed[p], "committed"
+                if committed[p] >= 0:
+                    self.next_offset[p] = committed[p]
+            else:
+                tp.offset, how = OFFSET_BEGINNING, "earliest"
+            where.append(f"{p}@{tp.offset if tp.offset >= 0 else how} ({how})")
+        if self.partitions:
+            self._consumer.incremental_assign(tps)
+        else:
+            self._consumer.assign(tps)
+        self.partitions |= set(partitions)
+        self.windows.assign(partitions)
+        self.metrics.assigned.labels(self.monitor.monitor).set(len(self.partitions))
+        log.info("consuming %s partitions %s", self.topic, ", ".join(where))
 
     # -- the loop ---------------------------------------------------------------------------
+    def _wait_for_lock(self, stop: threading.Event) -> bool:
+        """Take the state lock, standing by as long as another process holds it; False if stopped first."""
+        t0 = time.monotonic()
+        holder: str | None = None
+        while not self.lock.try_acquire():
+            now = self.lock.holder()
+            if now != holder:
+                log.info(
+                    "standby: %s is held by %s; taking over when it lets go (streamdrift_active 0 until then)",
+                    self.lock.path,
+                    now,
+                )
+                holder = now
+            if stop.wait(STANDBY_POLL_S):
+                log.info("stopped while standing by")
+                return False
+        self.stats.standby_s = time.monotonic() - t0
+        if holder is not None:
+            log.info("took over %s after %.1f s as a standby", self.lock.path, self.stats.standby_s)
+        return True
+
     def run(self, stop: threading.Event) -> RunStats:
-        """Consume until ``stop`` is set; always end with a checkpoint, a commit and a close."""
+        """Stand by until this process holds the state lock, then consume until ``stop`` is set; the
+        active process always ends with a checkpoint, a commit and a close."""
         cfg = self.config
         server = None
         try:
@@ -589,6 +533,10 @@ class DriftConsumer:
                 m = cfg.metrics
                 server, self.metrics_port = serve_http(self.registry, m.address, m.port, m.certfile, m.keyfile)
                 self.stats.metrics_port = self.metrics_port
+            if not self._wait_for_lock(stop):
+                return self.stats
+            self._follow_alias()
+            self.metrics.activate()
             self._publisher = Publisher(
                 cfg.kafka.producer_conf(),
                 cfg.outputs.statistics_topic,
@@ -597,6 +545,12 @@ class DriftConsumer:
                 cfg.outputs.statistics_file,
             )
             self._consumer = Consumer(cfg.kafka.consumer_conf(), logger=log)
+            cp = self.store.load()
+            if cp is not None:
+                self._restore(cp)
+            else:
+                log.info("no checkpoint in %s: starting from the committed offsets", self.state_dir)
+            self._refresh_partitions()
             if self.model is not None and self.model.alias is not None and self.model_registry is not None:
                 self._watcher = AliasWatcher(
                     self.model_registry, self.monitor.reference, self.model, cfg.mlflow.poll_interval_s
@@ -604,32 +558,27 @@ class DriftConsumer:
                 self._watcher.start()
                 log.info("following %s every %s s", self.monitor.reference, cfg.mlflow.poll_interval_s)
             switch: tuple[ReferenceProfile, ModelVersion] | None = None
-            self._consumer.subscribe(
-                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
-            log.info("consuming %s as group %s", self.topic, cfg.kafka.group_id)
+            log.info("active: consuming %s (offsets committed as group %s)", self.topic, cfg.kafka.group_id)
             interval = cfg.state.checkpoint_interval_s
             batch, timeout = cfg.kafka.batch_size, cfg.kafka.poll_timeout_s
             while not stop.is_set():
                 msgs = self._consumer.consume(batch, timeout)
-                self.refresh_shared()
                 self.process(msgs)
                 if self._watcher is not None:
                     switch = switch or self._watcher.take()
                     if switch is not None and self.switch_reference(*switch):
                         switch = None
-                if self.shared and self._idle_changed():
-                    self._dirty = True  # the closer must learn that an owned partition went idle (or woke up)
-                if self._dirty and self.clock() - self._last_checkpoint >= interval:
+                now = self.clock()
+                if now - self._last_metadata >= (METADATA_REFRESH_S if self.partitions else STANDBY_POLL_S):
+                    self._refresh_partitions()
+                if self._dirty and now - self._last_checkpoint >= interval:
                     self.checkpoint("interval")
-            if self.assigned:
-                self.checkpoint("shutdown")
+            self.checkpoint("shutdown")
         finally:
             if self._watcher is not None:
                 self._watcher.stop()
             try:
                 if self._consumer is not None:
-                    self._dirty = False  # the final checkpoint is written; close() must not write another
                     self._consumer.close()
             finally:
                 if self._publisher is not None:
@@ -639,12 +588,8 @@ class DriftConsumer:
                 if server is not None:
                     server.shutdown()
                     server.server_close()
-                for store in self.stores.values():
-                    store.unlock()
+                self.lock.release()
         return self.stats
-
-    def _idle_changed(self) -> bool:
-        return any(self.windows.is_idle(p) != self._idle_written.get(p) for p in self.assigned)
 
     def process(self, msgs: Sequence[Message]) -> WindowOutput:
         """One step: a batch of messages (possibly empty) in, closed windows out.
@@ -717,7 +662,6 @@ class DriftConsumer:
             present, last_rev = np.array([p0]), np.zeros(1, dtype=np.int64)
         else:
             present, last_rev = np.unique(part_arr[::-1], return_index=True)
-        partitions = set(present.tolist())
         valid_parts = part_arr if len(cols.rows) == len(data) else part_arr[np.asarray(cols.rows, dtype=np.int64)]
         res = self.windows.add(cols, valid_parts)  # (rows are positions in data, in order: all of them, or a subset)
         st.valid += res.n_added
@@ -726,7 +670,7 @@ class DriftConsumer:
         if over > self._overflowed:
             self.metrics.segments_overflow.labels(mon).inc(over - self._overflowed)
             self._overflowed = over
-        out = WindowOutput([], self._concept(cols), [])
+        out = WindowOutput([], self._concept(cols, valid_parts), [])
         if res.closed:
             out.records.extend(self._emit(res.closed, out))
         # next offsets and lag
@@ -735,22 +679,29 @@ class DriftConsumer:
             if o + 1 > self.next_offset.get(p, -1):
                 self.next_offset[p] = o + 1
         self._dirty = True
-        self._lag(partitions)
+        self._lag(set(present.tolist()))
         return out, (res.n_added, len(rejected), res.n_late)
 
-    def _concept(self, cols: EventColumns) -> list[dict[str, Any]]:
-        det, tracker = self.detector, self.tracker
-        if det is None or tracker is None or len(cols) == 0 or not self.windows.closer:
-            return []  # the closer (partition 0's owner) runs the detector over its partitions' events
-        vals = concept_values(cols, self.monitor).tolist()
-        times = cols.time_ms.tolist()
+    def _concept(self, cols: EventColumns, partitions: npt.NDArray[np.int64]) -> list[dict[str, Any]]:
+        """Each partition's events, in offset order, through that partition's concept detector."""
+        if not self.monitor.concept_active or len(cols) == 0:
+            return []
+        vals = concept_values(cols, self.monitor)
+        times = cols.time_ms
+        p0 = int(partitions[0])
+        if (partitions == p0).all():
+            groups = [(p0, vals, times)]
+        else:
+            groups = [(p, vals[partitions == p], times[partitions == p]) for p in np.unique(partitions).tolist()]
         out = []
-        for x, t in zip(vals, times, strict=True):
-            if math.isnan(x):
-                continue
-            rec = tracker.update(det, x, t)
-            if rec is not None:
-                out.append(rec)
+        for p, v, t in groups:
+            det, tracker = self._concept_for(p)
+            for x, ti in zip(v.tolist(), t.tolist(), strict=True):
+                if math.isnan(x):
+                    continue
+                rec = tracker.update(det, x, ti)
+                if rec is not None:
+                    out.append(rec)
         if out:
             c = self.monitor.concept
             self.metrics.concept.labels(self.monitor.monitor, c.detector, c.stream).inc(len(out))

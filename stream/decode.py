@@ -13,7 +13,6 @@ Rejections carry a reason (human text) and a reason code from :data:`REASON_CODE
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 import time
@@ -41,6 +40,7 @@ from detectors.events import (
 from detectors.exceptions import InputError
 from detectors.histogram import FeatureColumns
 from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
+from stream import fastenum
 
 #: (the last two are the Avro decoder's, :mod:`stream.avro`: AVRO_REASON_CODES)
 REASON_CODES = (
@@ -212,8 +212,11 @@ class EventDecoder:
             if name is not None:
                 top[name] = bool | float | None
         feats: dict[str, Any] = {f: num_t for f in self.numeric}
+        # (stream.fastenum: kept strings decode to shared objects, and in the strict decoder to their slots;
+        # where it is not available, plain strings binned by lookup)
+        fast = fastenum.available()
         for f, p in zip(self.categorical, self._cat_profiles, strict=True):
-            feats[f] = bool | int | kept_strings(p) | None
+            feats[f] = bool | int | (_kept(p) if fast else str) | None
         if ev.features_field is None:
             for k, t in feats.items():
                 if k in top and top[k] == cat_t and k in self.categorical:
@@ -231,10 +234,10 @@ class EventDecoder:
             strict_top[ev.time_field] = int | None
         strict_feats = dict(feats)
         defaults: dict[str, Any] = {}
-        self._features_tuple = ev.features_field is not None and bool(self.categorical)
+        self._features_tuple = fast and ev.features_field is not None and bool(self.categorical)
         if self._features_tuple:
             for f, p in zip(self.categorical, self._cat_profiles, strict=True):
-                strict_feats[f], defaults[f] = coded_strings(p)
+                strict_feats[f], defaults[f] = _coded(p)
 
         def struct(
             name: str, fields: dict[str, Any], required: dict[str, Any], strict: bool, default: dict[str, Any]
@@ -593,82 +596,16 @@ class EventDecoder:
         return int(cols.time_ms[0]), feats, top
 
 
-#: distinct values a categorical's enum keeps as pseudo-members beyond the reference's strings
-PSEUDO_MEMBERS = 1024
+def _kept(profile: CategoricalProfile) -> Any:
+    """The lenient decoder's type of a categorical's strings (:func:`stream.fastenum.kept_strings`)."""
+    return fastenum.kept_strings(profile.name, [*profile.categories, *profile.other_values])
 
 
-class _Kept(enum.StrEnum):
-    """Base of a categorical's kept strings (see :func:`kept_strings`)."""
-
-
-def _enum_of_kept(base: Any, name: str, profile: CategoricalProfile, member: Callable[[str], Any]) -> Any:
-    """An enum (functional API on ``base``) with one member per string the reference kept, in
-    order, made from ``member(text)``; any other string becomes a pseudo-member (``_missing_``),
-    cached up to :data:`PSEUDO_MEMBERS` values so that memory stays bounded."""
-    kept = list(dict.fromkeys([*profile.categories, *profile.other_values]))
-    functional: Any = base  # (mypy reads the functional API as a lookup of one member)
-    kind: Any = functional(name, [(f"v{i}", member(v)) for i, v in enumerate(kept)])
-    cache: dict[str, Any] = {}
-
-    def _missing_(cls: Any, value: object) -> Any:
-        if not isinstance(value, str):
-            return None
-        got = cache.get(value)
-        if got is None:
-            got = _pseudo(kind, member(value), value)
-            if len(cache) < PSEUDO_MEMBERS:
-                cache[value] = got
-        return got
-
-    kind._missing_ = classmethod(_missing_)
-    return kind
-
-
-def _pseudo(kind: Any, args: Any, value: str | None) -> Any:
-    """A member of ``kind`` that is not in its lookup table (``args``: what its base type is made of)."""
-    base = str if issubclass(kind, str) else float
-    got = base.__new__(kind, args[0] if isinstance(args, tuple) else args)
-    got._value_ = value
-    got._name_ = None
-    return got
-
-
-def kept_strings(profile: CategoricalProfile) -> type[enum.StrEnum]:
-    """The strings a categorical's reference kept, as a ``StrEnum`` the typed decoder decodes to.
-
-    msgspec decodes a kept string to its member, which exists once: no new string per event,
-    and the member's hash is computed once, so binning it is one dict hit. Members are ``str``
-    (equal, same hash, ``str()`` is the value). Any other string becomes a pseudo-member
-    (``_missing_``), cached up to :data:`PSEUDO_MEMBERS` values, so it decodes too.
-    """
-    return _enum_of_kept(_Kept, f"Kept_{profile.name}", profile, lambda v: v)  # type: ignore[no-any-return]
-
-
-class _Coded(float, enum.Enum):
-    """Base of a categorical's slots (see :func:`coded_strings`): a member is its slot as a float,
-    and its value the string it decodes from."""
-
-    def __new__(cls, slot: int, text: str | None) -> _Coded:
-        obj = float.__new__(cls, slot)
-        obj._value_ = text
-        return obj
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._value_!r}: slot {float(self):g}>"
-
-
-def coded_strings(profile: CategoricalProfile) -> tuple[type[enum.Enum], Any]:
-    """The strings of a categorical as an enum the strict decoder decodes to, whose members are
-    their slots (``profile.bucket_of``) as floats; and the member that stands for an absent value.
-
-    msgspec decodes an enum whose values are strings from JSON strings, whatever the members'
-    base type; as ``float`` subclasses they pass through the same ``np.fromiter`` into float64
-    as the numeric values, so decoding a batch also bins its categoricals. Kept strings are
-    members; any other string becomes a pseudo-member with its own slot (unseen, other, or
-    missing for ""), cached up to :data:`PSEUDO_MEMBERS` values. ``member.value`` is the string.
-    """
-    kind = _enum_of_kept(_Coded, f"Coded_{profile.name}", profile, lambda v: (profile.bucket_of(v), v))
-    return kind, _pseudo(kind, profile.n_bins, None)
+def _coded(profile: CategoricalProfile) -> tuple[Any, Any]:
+    """The strict decoder's type of a categorical's strings, decoded to their slots, and the absent value
+    (:func:`stream.fastenum.coded_strings`)."""
+    kept = [*profile.categories, *profile.other_values]
+    return fastenum.coded_strings(profile.name, kept, profile.bucket_of, profile.n_bins)
 
 
 class CodedColumn(Sequence[str | None]):
@@ -685,7 +622,7 @@ class CodedColumn(Sequence[str | None]):
 
     def _list(self) -> list[str | None]:
         if self._values is None:
-            self._values = [m._value_ or None for m in map(self._get, self._rows)]
+            self._values = [m.value or None for m in map(self._get, self._rows)]
         return self._values
 
     def __len__(self) -> int:

@@ -1,16 +1,17 @@
-"""Prometheus metrics of the consumer, registered in an injected ``CollectorRegistry``.
+"""The consumer's Prometheus metrics, on an injected registry (``streamdrift_`` prefix).
 
-Names and labels are a contract (DESIGN.md "Metrics"): rules in ``deploy/`` query them and a
-test checks that every name a rule uses is in :data:`METRIC_NAMES`. A verdict that does not
-exist (too little data) is NaN, never 0. A scrape only reads.
+Rules and the dashboard in ``deploy/`` query these names; a contract test checks that every
+name a rule uses is in :data:`METRIC_NAMES`. A verdict that does not exist (too little data) is
+NaN, never 0. A scrape only reads.
 
 A process exports only the series of what it currently owns, so that an alert cannot keep
-firing on a verdict nobody computes any more: the verdict series (one child of each
-per-segment verdict gauge per (segment, feature, statistic)) are removed when the process
-stops being the closer (:meth:`Metrics.clear_verdicts`) and per segment when a segment fell
-silent (:meth:`Metrics.remove_segments`); the lag series of a partition when it is revoked
-(:meth:`Metrics.remove_lag`). This class is the one owner of those children: they are made
-(:meth:`Metrics.window_records`, :meth:`Metrics.set_lag`) and removed only here.
+firing on a verdict nobody computes any more. A standby (a ``serve`` process waiting for the
+state lock, :mod:`stream.consumer`) exports ``streamdrift_active 0`` and its build, nothing else:
+no verdict, lag, staleness or reference series; :meth:`Metrics.activate` adds them when it takes
+over. The active process removes the verdict series (one child of each per-segment verdict gauge
+per (segment, feature, statistic)) of a segment that fell silent (:meth:`Metrics.remove_segments`).
+This class is the one owner of those children: they are made (:meth:`Metrics.window_records`,
+:meth:`Metrics.set_lag`) and removed only here.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamdrift_last_checkpoint_timestamp_seconds",
     "streamdrift_segments_overflow_total",
     "streamdrift_assigned_partitions",
+    "streamdrift_active",
     "streamdrift_build_info",
     "streamdrift_reference_info",
     "streamdrift_performance",
@@ -72,11 +74,18 @@ _NAN = math.nan
 
 
 class Metrics:
-    """The consumer's metrics for one monitor."""
+    """The consumer's metrics for one monitor.
 
-    def __init__(self, registry: CollectorRegistry, monitor: str, version: str = "0.1.0") -> None:
+    ``active=False``: a standby's (only ``streamdrift_active 0`` and the build) until :meth:`activate`.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, monitor: str, version: str = "0.1.0", *, active: bool = True
+    ) -> None:
         self.registry = registry
         self.monitor = monitor
+        self.is_active = False
+        self._window_size_s: float | None = None
         # (segment, feature, statistic) -> the per-statistic gauge children: a window sets them
         # all, and looking each up through labels() costs more than setting it
         self._stat_children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
@@ -167,6 +176,13 @@ class Metrics:
             "streamdrift_segments_overflow", "events routed to the __other__ segment", ("monitor",), registry=r
         )
         self.assigned = Gauge("streamdrift_assigned_partitions", "partitions assigned", ("monitor",), registry=r)
+        self.active = Gauge(
+            "streamdrift_active",
+            "1 in the active serve process of the monitor (it holds the state lock and consumes), 0 in a standby",
+            ("monitor",),
+            registry=r,
+        )
+        self.active.labels(monitor).set(0)
         self.build_info = Gauge("streamdrift_build_info", "build information", ("version",), registry=r)
         self.build_info.labels(version).set(1)
         self._label_metrics(r)
@@ -181,8 +197,17 @@ class Metrics:
             registry=r,
         )
         self._reference_labels: tuple[str, str, str, str] | None = None
-        # children exist from the start, so a scrape shows zeros rather than nothing
-        m = monitor
+        self._reference: tuple[str, Any] | None = None
+        if active:
+            self.activate()
+
+    def activate(self) -> None:
+        """This process is the active one from now on: export its series (children that exist from the
+        start, so a scrape shows zeros rather than nothing; the staleness clock starts now)."""
+        if self.is_active:
+            return
+        self.is_active = True
+        m = self.monitor
         for outcome in ("valid", "invalid", "late"):
             self.events.labels(m, outcome)
         for reason in DEAD_LETTER_REASONS:
@@ -193,18 +218,27 @@ class Metrics:
         self.segments_overflow.labels(m)
         self.assigned.labels(m).set(0)
         self.last_window_end.labels(m).set(_NAN)
-        # start time, not NaN: a consumer that never closes a window must still go stale
+        # the time it became active, not NaN: a consumer that never closes a window must still go stale
         self.last_window_closed.labels(m).set(time.time())
         self.last_checkpoint.labels(m).set(_NAN)
         self.last_batch.labels(m).set(_NAN)
+        self.window_size.labels(m).set(_NAN if self._window_size_s is None else self._window_size_s)
+        if self._reference is not None:
+            self.set_reference(*self._reference)
+        self.active.labels(m).set(1)
 
     def set_config(self, window_size_s: float | None) -> None:
-        """The window size, once at start."""
-        self.window_size.labels(self.monitor).set(_NAN if window_size_s is None else window_size_s)
+        """The window size, once at start (exported while active)."""
+        self._window_size_s = window_size_s
+        if self.is_active:
+            self.window_size.labels(self.monitor).set(_NAN if window_size_s is None else window_size_s)
 
     def set_reference(self, fingerprint: str, model: Any = None) -> None:
         """The reference in force (``model``: a :class:`stream.modelref.ModelVersion` or None); the series
-        of the previous one is removed, so there is always exactly one."""
+        of the previous one is removed, so there is always exactly one (while active)."""
+        self._reference = (fingerprint, model)
+        if not self.is_active:
+            return
         labels = (
             self.monitor,
             fingerprint,
@@ -260,10 +294,6 @@ class Metrics:
     def verdict_segments(self) -> set[str]:
         """Segment labels whose verdict series this process exports."""
         return {seg for seg, _f, _s in self._verdict_series}
-
-    def clear_verdicts(self) -> None:
-        """Remove every verdict series (this process no longer closes windows)."""
-        self._remove_verdicts(list(self._verdict_series))
 
     def remove_segments(self, segments: Iterable[str]) -> None:
         """Remove the verdict series of these segments (by label, e.g. ``country=de``; ``__all__``)."""

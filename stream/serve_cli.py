@@ -1,7 +1,9 @@
-"""``streamdrift serve --config FILE``: the long-running consumer (one per monitored topic).
+"""``streamdrift serve --config FILE``: the long-running consumer (one active process per monitored topic;
+further processes on the same ``state.dir`` are standbys that take over when it exits, :mod:`stream.consumer`).
 
-SIGTERM or SIGINT: finish the current batch, write a final checkpoint, commit, close, exit 0.
-``--check`` validates the config and prints it (secrets masked) without connecting.
+SIGTERM or SIGINT: finish the current batch, write a final checkpoint, commit, close, exit 0 (a
+standby just stops waiting and exits 0). ``--check`` validates the config and prints it (secrets
+masked) without connecting.
 """
 
 from __future__ import annotations

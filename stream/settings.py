@@ -10,7 +10,7 @@ sections only ``streamdrift serve`` reads::
     outputs:  statistics_topic, alerts_topic, dead_letter_topic, statistics_file
     metrics:  address (default 127.0.0.1), port (default 9308; 0 = a free port), certfile and
               keyfile (PEM: HTTPS instead of HTTP)
-    state:    dir, checkpoint_interval, lock_timeout
+    state:    dir, checkpoint_interval
     mlflow:   poll_interval (how often a models:/NAME@ALIAS reference is re-resolved)
     schema_registry: url, username, password (a secret), ssl_ca_location, ssl_certificate_location,
               ssl_key_location, timeout (for ``events.format: avro``)
@@ -222,13 +222,21 @@ class MetricsConfig(_Section):
 class StateConfig(_Section):
     dir: str = Field(
         "state",
-        description="where checkpoints live, one directory per partition (relative paths: relative to the config "
-        "file); every serve process of one monitor and consumer group uses the same one",
+        description="where checkpoints live (relative paths: relative to the config file); every serve process of "
+        "one monitor uses the same one: the one holding its lock is active, the others are standbys",
     )
     checkpoint_interval: int | str = "10s"
-    lock_timeout: int | str = Field(
-        "15s", description="how long a new owner of a partition waits for the previous owner to let go of it"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "lock_timeout" in data:
+            raise ValueError(
+                "lock_timeout is no longer a setting: a serve process that finds state.dir locked is a standby and "
+                "waits for the lock as long as it takes (it never exits on a slow or frozen owner); remove "
+                "state.lock_timeout (or STREAMDRIFT_STATE__LOCK_TIMEOUT)"
+            )
+        return data
 
     @field_validator("checkpoint_interval")
     @classmethod
@@ -237,20 +245,9 @@ class StateConfig(_Section):
             raise ValueError("must be positive")
         return v
 
-    @field_validator("lock_timeout")
-    @classmethod
-    def _lock_timeout(cls, v: int | str) -> int | str:
-        if parse_duration_ms(v, "state.lock_timeout") < 0:
-            raise ValueError("must not be negative")
-        return v
-
     @property
     def checkpoint_interval_s(self) -> float:
         return parse_duration_ms(self.checkpoint_interval, "state.checkpoint_interval") / 1000.0
-
-    @property
-    def lock_timeout_s(self) -> float:
-        return parse_duration_ms(self.lock_timeout, "state.lock_timeout") / 1000.0
 
 
 class MlflowConfig(_Section):

@@ -1,68 +1,70 @@
 """Window and watermark state of the consumer: panes, count windows, per-partition watermarks.
 
-State is kept **per partition**, so that it can follow a partition from one consumer process
-to another through its checkpoint (see :mod:`stream.checkpoint`): time windows keep one
-:class:`~detectors.histogram.WindowState` per (partition, segment, pane); a window is the sum
-over partitions and panes (tumbling: one pane per window). Segment ids are this process's
-router ids; persisted state names a segment by its key tuple.
+The active ``serve`` process consumes every partition of its topic (:mod:`stream.consumer`), so
+this is a single-process store with no knowledge of other processes. Time windows keep one
+:class:`~detectors.histogram.WindowState` per (segment, pane), summed over the partitions as
+events arrive; a window is the sum of its panes (tumbling: one pane per window).
 
-Watermarks and lateness, per partition, event by event in arrival order:
-    * an event is *late* if its time is older than the largest event time seen before it
-      on its own partition minus ``allowed_lateness``, or if every window it belongs to
-      has already closed (is at or before the known close frontier); late events are
-      counted and not added;
+Watermarks and lateness, per partition, event by event in offset order:
+    * an event is *late* if its time is older than the largest event time seen before it on
+      its own partition minus ``allowed_lateness``, or if every window it belongs to has
+      already closed (ends at or before the close frontier); late events are counted and not
+      added;
     * the watermark of a partition is its largest event time minus ``allowed_lateness``;
-    * only the *closer* (the process that owns partition 0) closes windows: window
-      ``[start, end)`` closes when ``end <= min(watermark)`` over the *active* partitions of
-      the topic: its own (live), and the others' (:attr:`WindowManager.foreign`, read from
-      their owners' newest checkpoints). An own partition is idle (not active) when no
-      *accepted* event arrived on it for ``idle_timeout`` (measured with the injectable
-      ``clock``), whatever else it carries: rejected messages (dead letters) and late
-      events do not keep it active, so a partition of garbage cannot stop windows from
-      closing; a foreign one is idle when its owner's checkpoint says so. A partition
-      without a watermark yet (no event, or a foreign one never checkpointed) holds
-      windows back until it is idle. A foreign
-      partition's panes of a window are final once its checkpointed watermark has passed
-      the window's end (later events for it are late on their own partition), so summing
-      them from the file is exact. The close frontier never moves back;
-    * a process that does not close windows learns the frontier from partition 0's
-      checkpoint (:meth:`WindowManager.learn_frontier`) and prunes its panes up to it;
+    * window ``[start, end)`` closes when ``end <= min(watermark)`` over the *active*
+      partitions. A partition is idle (not active) when no *accepted* event arrived on it for
+      ``idle_timeout`` (measured with the injectable ``clock``), whatever else it carries:
+      rejected messages (dead letters) and late events do not keep it active, so a partition of
+      garbage cannot stop windows from closing. A partition without a watermark yet (assigned,
+      no event) holds windows back until it is idle. The close frontier never moves back;
     * a window is reported for a segment when it holds at least one event of that segment.
-With one partition (or in-order partitions), what a window contains does not depend on
-how messages are split into batches, so a replay after a crash gives the same windows.
+While its partition is active, an event that is not late on its own partition belongs to a
+window that has not closed (the frontier is at most that partition's watermark), so what a
+window contains does not depend on how the partitions' messages interleave in batches: a replay
+after a crash gives the same windows. (A partition that went idle and comes back can find its
+windows closed: its events for them are late.)
+
+Segments get ids in order of first appearance (:class:`~detectors.engine.SegmentRouter`); with
+more distinct values than ``segments.max_segments``, which ones got their own id around the moment
+the cap filled can depend on how the partitions interleaved.
 
 Count windows: every ``N`` events per segment *and partition* in offset order (no lateness:
-every valid event counts), closed by the partition's owner as they fill;
-``window_start``/``window_end`` are the first event's time and the last event's time + 1 ms,
-as in :func:`detectors.engine.run_local` (equal to it on a one-partition topic).
+every valid event counts), closed as they fill; ``window_start``/``window_end`` are the first
+event's time and the last event's time + 1 ms, as in :func:`detectors.engine.run_local` (equal to
+it on a one-partition topic).
 
 Updates are vectorised: one ``flat_indices`` and one ``bincount`` per batch.
 
+Checkpoints (:mod:`stream.checkpoint`): :meth:`WindowManager.snapshot` is the small state (plain
+JSON: watermarks, frontier, segment router, count windows); the panes are written apart, and only
+those changed or dropped since the last checkpoint (:meth:`WindowManager.changes`).
+
 Silent segments (for metric ownership, :meth:`WindowManager.silent_segments`): windows are
 numbered (time windows: ``end // slide``; the newest is the last one the close frontier
-passed, so windows without any event count too; count windows: this process's valid events
-// ``N``); a segment is silent when ``ttl`` windows have passed since its newest window with
-events.
+passed, so windows without any event count too; count windows: valid events // ``N``); a segment
+is silent when ``ttl`` windows have passed since its newest window with events.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors.config import MonitorConfig
-from detectors.engine import OTHER_SEGMENT, SegmentRouter, WindowSpec
+from detectors.engine import SegmentRouter, WindowSpec
 from detectors.events import EventColumns
 from detectors.histogram import Layout, WindowState
 from stream.exceptions import CheckpointError
 
 _NEG = -(2**62)
-SNAPSHOT_VERSION = 2  # 2: per-partition state, segments named by key
+SNAPSHOT_VERSION = 3  # 3: one store for every partition; panes kept apart (stream.checkpoint)
+
+PaneKey = tuple[int, int]  # (segment id, pane)
 
 
 @dataclass
@@ -81,20 +83,6 @@ class _CountWindow:
     first_ms: int
     last_ms: int
     raw: dict[str, list[float]] | None
-
-
-@dataclass
-class ForeignPartition:
-    """What the closer knows of a partition another process owns, from that partition's newest checkpoint.
-
-    ``max_time`` None and not ``idle``: no watermark yet, the partition holds windows back.
-    ``panes`` maps (this process's segment id, pane) to counts.
-    """
-
-    max_time: int | None
-    idle: bool
-    panes: dict[tuple[int, int], npt.NDArray[np.int64]] = field(default_factory=dict)
-    pruned_to: int | None = None
 
 
 @dataclass
@@ -150,7 +138,7 @@ def _partition_key(
 
 
 class WindowManager:
-    """The open windows of one monitor's partitions in this process, with the watermarks that close them."""
+    """The open windows of one monitor, over every partition of its topic, with the watermarks that close them."""
 
     def __init__(self, config: MonitorConfig, layout: Layout, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -161,34 +149,26 @@ class WindowManager:
         self.lateness_ms = config.window.allowed_lateness_ms
         self.idle_s = config.window.idle_timeout_ms / 1000.0
         self.keep_raw = config.window.keep_raw
-        self.panes: dict[tuple[int, int, int], WindowState] = {}  # (partition, segment, pane)
+        self.panes: dict[PaneKey, WindowState] = {}  # (segment, pane), summed over partitions
         self.count_windows: dict[tuple[int, int], _CountWindow] = {}  # (partition, segment)
         self.max_time: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
         self.frontier: int | None = None  # every window with end <= frontier has closed
-        #: whether this process closes windows (it owns partition 0)
-        self.closer = True
-        #: the topic's other partitions; None = not known yet (nothing closes)
-        self.foreign: dict[int, ForeignPartition] | None = {}
         # silence of segments: the number of the newest window, and each segment's newest window with events
         self.window_clock: int | None = None
         self.segment_window: dict[int, int] = {}
         self._count_events = 0  # count windows: valid events added (the windows' clock)
+        # panes written (or dropped) since the last checkpoint: what the next one must write
+        self._changed: set[PaneKey] = set()
+        self._dropped: set[PaneKey] = set()
 
     # -- partitions ---------------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
+        """These partitions are consumed from now on: active (holding windows back until they have a
+        watermark) until they go idle."""
         now = self.clock()
         for p in partitions:
             self.last_seen.setdefault(p, now)
-
-    def revoke(self, partitions: Iterable[int]) -> None:
-        """Forget these partitions' state (their owner's checkpoint has it)."""
-        gone = set(partitions)
-        for p in gone:
-            self.last_seen.pop(p, None)
-            self.max_time.pop(p, None)
-        self.panes = {k: v for k, v in self.panes.items() if k[0] not in gone}
-        self.count_windows = {k: v for k, v in self.count_windows.items() if k[0] not in gone}
 
     def touch(self, partitions: Iterable[int]) -> None:
         """Accepted events arrived on these partitions now (:meth:`add` calls it)."""
@@ -201,9 +181,7 @@ class WindowManager:
         return seen is None or self.clock() - seen >= self.idle_s
 
     def watermark(self) -> int | None:
-        """min watermark over the active partitions, own and foreign (None while nothing can close)."""
-        if self.foreign is None:
-            return None
+        """min watermark over the active partitions (None while nothing can close)."""
         now = self.clock()
         marks: list[int] = []
         for p, seen in self.last_seen.items():
@@ -211,31 +189,9 @@ class WindowManager:
                 if p not in self.max_time:
                     return None
                 marks.append(self.max_time[p])
-        for fp in self.foreign.values():
-            if fp.idle:
-                continue
-            if fp.max_time is None:
-                return None
-            marks.append(fp.max_time)
         if not marks:
             return None
         return min(marks) - self.lateness_ms
-
-    # -- segments by key ----------------------------------------------------------------
-    def segment_id(self, key: tuple[str, ...]) -> int:
-        """This process's id of a segment named by its key (registered if new: another process
-        labelled it, so the cap of this router does not apply)."""
-        r = self.router
-        i = r._ids.get(key)
-        if i is not None:
-            return i
-        if r.fields and key == tuple(OTHER_SEGMENT for _ in r.fields):
-            r._other = r._register(key)
-            return r._other
-        return r._register(key)
-
-    def segment_key(self, segment_id: int) -> list[str]:
-        return list(self.router.keys[segment_id])
 
     # -- updates ------------------------------------------------------------------------
     def _segment_rows(self, cols: EventColumns, rows: npt.NDArray[np.int64]) -> tuple[Any, Any]:
@@ -265,7 +221,7 @@ class WindowManager:
         if self.spec.kind == "count":
             closed = self._add_count(cols, idx, rows, partitions)
         else:
-            self._add_panes(cols, idx, rows, partitions)
+            self._add_panes(cols, idx, rows)
             closed = []
         return AddResult(len(rows), int(late.sum()), closed)
 
@@ -279,7 +235,7 @@ class WindowManager:
                 m = partitions == p
                 late[m] = self._late_in(p, t[m])
         # the last window an event belongs to ends at pane_of(t) * slide + size, monotone in t:
-        # when the earliest event's is past the frontier, every event's is
+        # unless the earliest event's is at or before the frontier, no event's is
         spec = self.spec
         if self.frontier is not None and int(spec.pane_of(t.min())) * spec.slide_ms + spec.size_ms <= self.frontier:
             late |= spec.pane_of(t) * spec.slide_ms + spec.size_ms <= self.frontier
@@ -307,13 +263,7 @@ class WindowManager:
         sizes = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
         return uniq, counts, sizes
 
-    def _add_panes(
-        self,
-        cols: EventColumns,
-        idx: npt.NDArray[np.int64],
-        rows: npt.NDArray[np.int64],
-        partitions: npt.NDArray[np.int64],
-    ) -> None:
+    def _add_panes(self, cols: EventColumns, idx: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> None:
         if len(rows) == 0:
             return
         with_overall = self.router.active and self.router.overall
@@ -325,30 +275,25 @@ class WindowManager:
             seg = route(keys if len(rows) == len(keys) else [keys[i] for i in rows.tolist()])
         else:
             seg = np.zeros(len(rows), dtype=np.int64)
-        key, pu, n_p = _partition_key(seg, partitions[rows])
         panes = self.spec.pane_of(cols.time_ms[rows])
-        uniq, counts, sizes = self._grouped(idx, key, rows, panes)
-        groups = [
-            ((int(pu[a % n_p]), a // n_p, p), c, k)
-            for (a, p), c, k in zip(uniq.tolist(), counts, sizes.tolist(), strict=True)
-        ]
+        uniq, counts, sizes = self._grouped(idx, seg, rows, panes)
+        pairs = uniq.tolist()
+        groups = [((s, p), c, k) for (s, p), c, k in zip(pairs, counts, sizes.tolist(), strict=True)]
         if with_overall and len(uniq):
-            # the overall segment (id 0) of a (partition, pane) is the sum of its segments' counts:
-            # one small sum over groups instead of binning every event a second time
-            ouniq, oinv = unique_pairs(uniq[:, 0] % n_p, uniq[:, 1])
-            ocounts = np.zeros((len(ouniq), counts.shape[1]), dtype=np.int64)
-            np.add.at(ocounts, oinv, counts)
-            osizes = np.bincount(oinv, weights=sizes, minlength=len(ouniq)).astype(np.int64)
-            groups += [
-                ((int(pu[pi]), 0, p), c, k)
-                for (pi, p), c, k in zip(ouniq.tolist(), ocounts, osizes.tolist(), strict=True)
-            ]
-        for pk, c, k in groups:
-            st = self.panes.get(pk)
+            # the overall segment (id 0) of a pane is the sum of its segments' counts: one small sum
+            # over groups instead of binning every event a second time
+            opanes, oinv = np.unique(uniq[:, 1], return_inverse=True)
+            ocounts = np.zeros((len(opanes), counts.shape[1]), dtype=np.int64)
+            np.add.at(ocounts, oinv.reshape(-1), counts)
+            osizes = np.bincount(oinv.reshape(-1), weights=sizes, minlength=len(opanes)).astype(np.int64)
+            groups += [((0, p), c, k) for p, c, k in zip(opanes.tolist(), ocounts, osizes.tolist(), strict=True)]
+        for key, c, k in groups:
+            st = self.panes.get(key)
             if st is None:
-                self.panes[pk] = WindowState(c.copy(), k, self.layout.fingerprint)
+                self.panes[key] = WindowState(c.copy(), k, self.layout.fingerprint)
             else:
                 st.add_(c, k)
+            self._changed.add(key)
 
     def _new_count_window(self) -> _CountWindow:
         raw: dict[str, list[float]] | None = {f: [] for f in self.layout.numeric} if self.keep_raw else None
@@ -414,12 +359,8 @@ class WindowManager:
 
     # -- closing ------------------------------------------------------------------------
     def advance(self) -> list[ClosedWindow]:
-        """Close every time window the watermark has passed (in order of end, then segment).
-
-        Only in the closer; the counts of a window are summed over its own and the foreign
-        partitions' panes.
-        """
-        if self.spec.kind == "count" or not self.closer:
+        """Close every time window the watermark has passed (in order of end, then segment)."""
+        if self.spec.kind == "count":
             return []
         wm = self.watermark()
         if wm is None or (self.frontier is not None and wm <= self.frontier):
@@ -427,30 +368,13 @@ class WindowManager:
         old = self.frontier
         self.frontier = wm
         spec = self.spec
-        k = spec.panes_per_window
-        members_of: dict[tuple[int, int], list[npt.NDArray[np.int64]]] = {}
-        for (_part, s, p), st in self.panes.items():
-            members_of.setdefault((s, p), []).append(st.counts)
-        for fp in (self.foreign or {}).values():
-            for sp, c in fp.panes.items():
-                members_of.setdefault(sp, []).append(c)
-        by_seg: dict[int, set[int]] = {}
-        for s, p in members_of:
-            by_seg.setdefault(s, set()).add(p)
+        # the first panes of the windows that end in (old, wm]
+        hi = (wm - spec.size_ms) // spec.slide_ms
+        lo = None if old is None else (old - spec.size_ms) // spec.slide_ms + 1
         closed: list[ClosedWindow] = []
-        for s in sorted(by_seg):
-            panes = by_seg[s]
-            for first in spec.windows_of_panes(sorted(panes)):
-                start, end = spec.window_bounds(first)
-                if end > wm or (old is not None and end <= old):
-                    continue
-                members = [c for p in range(first, first + k) if p in panes for c in members_of[(s, p)]]
-                total = members[0].copy()
-                for m in members[1:]:
-                    total += m
-                closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
-        self._prune()
-        closed.sort(key=lambda c: (c.end_ms, c.segment_id))
+        if lo is None or lo <= hi:
+            closed = self._windows(lo, hi)
+            self._prune()
         # silence: every window that ends by the frontier has closed, with or without events; a segment
         # is reported for a window iff it has events in it
         self.window_clock = wm // spec.slide_ms
@@ -458,6 +382,30 @@ class WindowManager:
             w = cw.end_ms // spec.slide_ms
             if w > self.segment_window.get(cw.segment_id, w - 1):
                 self.segment_window[cw.segment_id] = w
+        return closed
+
+    def _windows(self, lo: int | None, hi: int | None) -> list[ClosedWindow]:
+        """Every window with events whose first pane is in ``[lo, hi]`` (None: unbounded), summed from its
+        panes, in order of end, then segment."""
+        spec = self.spec
+        k = spec.panes_per_window
+        by_seg: dict[int, set[int]] = {}
+        for s, p in self.panes:
+            if (lo is None or p >= lo) and (hi is None or p < hi + k):
+                by_seg.setdefault(s, set()).add(p)
+        closed: list[ClosedWindow] = []
+        for s in sorted(by_seg):
+            panes = by_seg[s]
+            for first in spec.windows_of_panes(sorted(panes)):
+                if (lo is not None and first < lo) or (hi is not None and first > hi):
+                    continue
+                members = [self.panes[(s, p)].counts for p in range(first, first + k) if p in panes]
+                total = members[0].copy()
+                for m in members[1:]:
+                    total += m
+                start, end = spec.window_bounds(first)
+                closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
+        closed.sort(key=lambda c: (c.end_ms, c.segment_id))
         return closed
 
     def silent_segments(self, ttl: int) -> list[dict[str, str]]:
@@ -470,112 +418,71 @@ class WindowManager:
             del self.segment_window[s]
         return [self.router.segment(s) for s in gone]
 
-    def forget_segment_windows(self) -> None:
-        """Start the silence of segments afresh (this process stopped closing windows)."""
-        self.window_clock = None
-        self.segment_window.clear()
-
-    def learn_frontier(self, frontier: int | None) -> None:
-        """Every window with end <= ``frontier`` has closed (elsewhere, or before a restart): never
-        close them again, drop their panes, count later events for them as late."""
-        if frontier is None or (self.frontier is not None and frontier <= self.frontier):
-            return
-        self.frontier = int(frontier)
-        self._prune()
-
     def _prune(self) -> None:
+        """Drop the panes whose every window has closed."""
         if self.frontier is None:
             return
         spec, f = self.spec, self.frontier
-        for key in [key for key in self.panes if key[2] * spec.slide_ms + spec.size_ms <= f]:
+        for key in [key for key in self.panes if key[1] * spec.slide_ms + spec.size_ms <= f]:
             del self.panes[key]
-        for fp in (self.foreign or {}).values():
-            for sp in [sp for sp in fp.panes if sp[1] * spec.slide_ms + spec.size_ms <= f]:
-                del fp.panes[sp]
+            self._changed.discard(key)
+            self._dropped.add(key)
 
     # -- state --------------------------------------------------------------------------
-    def partition_snapshot(self, partition: int) -> dict[str, Any]:
-        """One partition's state: its watermark, panes, count windows, and ``pruned_to`` (the frontier
-        up to which its panes were dropped)."""
+    def snapshot(self) -> dict[str, Any]:
+        """The small state (plain JSON): watermarks, frontier, segment router, count windows, silence.
+        The panes are saved apart (:meth:`changes`)."""
         return {
             "version": SNAPSHOT_VERSION,
-            "max_time": self.max_time.get(partition),
-            "panes": [
-                [self.segment_key(s), p, st.snapshot()]
-                for (q, s, p), st in sorted(self.panes.items())
-                if q == partition
-            ],
+            "frontier": self.frontier,
+            "router": self.router.snapshot(),
+            "max_time": [[p, t] for p, t in sorted(self.max_time.items())],
             "count_windows": [
-                [self.segment_key(s), cw.state.snapshot(), cw.first_ms, cw.last_ms, cw.raw]
+                [q, s, cw.state.snapshot(), cw.first_ms, cw.last_ms, cw.raw]
                 for (q, s), cw in sorted(self.count_windows.items())
-                if q == partition
             ],
-            "pruned_to": self.frontier,
+            "count_events": self._count_events,
+            "window_clock": self.window_clock,
+            "segment_window": [[s, w] for s, w in sorted(self.segment_window.items())],
         }
 
-    def load_partition(self, partition: int, snap: Mapping[str, Any]) -> None:
-        """Take over a partition from its checkpoint (replaces what this process held of it)."""
-        _check_version(snap)
-        seen = self.last_seen.get(partition)
-        self.revoke([partition])
-        if seen is not None:
-            self.last_seen[partition] = seen
-        if snap["max_time"] is not None:
-            self.max_time[partition] = int(snap["max_time"])
-        for key, p, st in snap["panes"]:
-            s = self.segment_id(tuple(key))
-            self.panes[(partition, s, int(p))] = WindowState.from_snapshot(st, self.layout)
-        for key, st, a, b, raw in snap["count_windows"]:
-            s = self.segment_id(tuple(key))
-            self.count_windows[(partition, s)] = _CountWindow(
-                WindowState.from_snapshot(st, self.layout), int(a), int(b), raw
-            )
-        self.learn_frontier(snap["pruned_to"])
-        self._prune()
+    def changes(self) -> tuple[set[PaneKey], set[PaneKey]]:
+        """(panes written, panes dropped) since the last :meth:`saved`."""
+        return self._changed, self._dropped
 
-    def foreign_partition(self, snap: Mapping[str, Any], idle: bool) -> ForeignPartition:
-        """A foreign partition's view from its checkpoint (segments mapped to this process's ids)."""
-        _check_version(snap)
-        panes: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
-        for key, p, st in snap["panes"]:
-            panes[(self.segment_id(tuple(key)), int(p))] = WindowState.from_snapshot(st, self.layout).counts
-        mt = snap["max_time"]
-        pruned = snap["pruned_to"]
-        return ForeignPartition(None if mt is None else int(mt), idle, panes, None if pruned is None else int(pruned))
+    def saved(self) -> None:
+        """A checkpoint holds the panes as they are now."""
+        self._changed = set()
+        self._dropped = set()
 
-    def shared_snapshot(self) -> dict[str, Any]:
-        """What the closer keeps in partition 0's checkpoint: the frontier and its segment router."""
-        return {"version": SNAPSHOT_VERSION, "frontier": self.frontier, "router": self.router.snapshot()}
-
-    def load_shared(self, snap: Mapping[str, Any]) -> None:
-        """Partition 0's shared state: the frontier (never moving back) and the router's segments, in
-        their order (added to this router's; the first loaded keeps its ids)."""
-        _check_version(snap)
-        router = snap["router"]
-        for key in router["keys"]:
-            self.segment_id(tuple(key))
-        self.router.overflowed = max(self.router.overflowed, int(router["overflowed"]))
-        self.learn_frontier(snap["frontier"])
-
-    def snapshot(self) -> dict[str, Any]:
-        """Everything this process holds (tests; the consumer saves one partition per file)."""
-        parts = {q for q, _s, _p in self.panes} | {q for q, _s in self.count_windows} | set(self.max_time)
-        return {
-            "shared": self.shared_snapshot(),
-            "partitions": [[q, self.partition_snapshot(q)] for q in sorted(parts)],
+    def restore(self, snap: Mapping[str, Any], panes: Mapping[PaneKey, tuple[int, npt.NDArray[np.int64]]]) -> None:
+        """Go on from a checkpoint: :meth:`snapshot`'s state and the panes (as the checkpoint holds them)."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise CheckpointError(f"window state version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")
+        self.router.restore(snap["router"])
+        self.frontier = None if snap["frontier"] is None else int(snap["frontier"])
+        self.max_time = {int(p): int(t) for p, t in snap["max_time"]}
+        self.count_windows = {
+            (int(q), int(s)): _CountWindow(WindowState.from_snapshot(st, self.layout), int(a), int(b), raw)
+            for q, s, st, a, b, raw in snap["count_windows"]
         }
-
-    def restore(self, snap: Mapping[str, Any]) -> None:
-        self.load_shared(snap["shared"])
-        for q, part in snap["partitions"]:
-            self.load_partition(int(q), part)
+        self._count_events = int(snap["count_events"])
+        self.window_clock = snap["window_clock"]
+        self.segment_window = {int(s): int(w) for s, w in snap["segment_window"]}
+        size, fp = self.layout.size, self.layout.fingerprint
+        self.panes = {}
+        for key, (n, counts) in panes.items():
+            if len(counts) != size:
+                raise CheckpointError(f"a pane of {len(counts)} counts in a layout of {size}")
+            self.panes[key] = WindowState(np.asarray(counts, dtype=np.int64), int(n), fp)
+        self.saved()
 
     # -- a reference switch ---------------------------------------------------------------
     def flush(self) -> list[ClosedWindow]:
         """Close every window that holds an event now, whatever the watermark: the reference they
-        were counted against ends here (a model version switch). Time windows in the closer (its
-        panes and the foreign ones it knows), the count windows of the owned partitions, filled or
-        not. The frontier does not move: the same time windows go on, empty, under the successor."""
+        were counted against ends here (a model version switch). Time windows past the frontier and
+        count windows, filled or not. The frontier does not move: the same time windows go on,
+        empty, under the successor."""
         closed: list[ClosedWindow] = []
         for (_q, s), cw in sorted(self.count_windows.items()):
             if cw.state.n_events:
@@ -583,47 +490,20 @@ class WindowManager:
                 closed.append(
                     ClosedWindow(s, self.router.segment(s), cw.first_ms, cw.last_ms + 1, cw.state.counts, raw)
                 )
-        if self.spec.kind == "count" or not self.closer:
+        if self.spec.kind == "count":
             return closed
         spec, old = self.spec, self.frontier
-        members_of: dict[tuple[int, int], list[npt.NDArray[np.int64]]] = {}
-        for (_part, s, p), st in self.panes.items():
-            members_of.setdefault((s, p), []).append(st.counts)
-        for fp in (self.foreign or {}).values():
-            for sp, c in fp.panes.items():
-                members_of.setdefault(sp, []).append(c)
-        by_seg: dict[int, set[int]] = {}
-        for s, p in members_of:
-            by_seg.setdefault(s, set()).add(p)
-        for s in sorted(by_seg):
-            panes = by_seg[s]
-            for first in spec.windows_of_panes(sorted(panes)):
-                start, end = spec.window_bounds(first)
-                if old is not None and end <= old:
-                    continue
-                members = [
-                    c for p in range(first, first + spec.panes_per_window) if p in panes for c in members_of[(s, p)]
-                ]
-                total = members[0].copy()
-                for m in members[1:]:
-                    total += m
-                closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
-        closed.sort(key=lambda c: (c.end_ms, c.segment_id))
-        return closed
+        lo = None if old is None else (old - spec.size_ms) // spec.slide_ms + 1
+        return closed + self._windows(lo, None)
 
     def successor(self, config: MonitorConfig, layout: Layout) -> WindowManager:
         """An empty manager for another reference (``layout``) that keeps this one's time: the
-        partitions' watermarks and liveness, the close frontier, the closer role. Windows and
-        segments start afresh (:meth:`flush` first, to report what this one holds)."""
+        partitions' watermarks and liveness, and the close frontier. Windows and segments start
+        afresh (:meth:`flush` first, to report what this one holds); its first checkpoint drops
+        this one's panes."""
         new = WindowManager(config, layout, clock=self.clock)
         new.max_time = dict(self.max_time)
         new.last_seen = dict(self.last_seen)
         new.frontier = self.frontier
-        new.closer = self.closer
-        new.foreign = None if self.foreign is None else {}  # (the foreign view is read again, of the new version)
+        new._dropped = set(self.panes) | self._dropped
         return new
-
-
-def _check_version(snap: Mapping[str, Any]) -> None:
-    if snap.get("version") != SNAPSHOT_VERSION:
-        raise CheckpointError(f"window state version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")

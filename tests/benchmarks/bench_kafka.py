@@ -20,7 +20,7 @@ become NaN. The process runs with serve's garbage-collector settings.
 
 The floor knows the events' schema (field names and types), not their values: categorical
 values decode to strings. Serve also knows the reference profile, and its strict decoder
-turns each categorical string straight into its reference bin (``stream.decode.coded_strings``)
+turns each categorical string straight into its reference bin (``stream.fastenum.coded_strings``)
 instead of making a string, so on the mixed stream its decode does less than the floor's.
 """
 

@@ -16,6 +16,9 @@ Sections (``--sections``, default all):
   spark  the Spark backfill at local[1] and local[2]
   spark_streaming  the Structured Streaming job at local[2] and local[1] against one ``streamdrift
          serve``, all on the same two-partition topic of ``--stream-events`` events
+  checkpoint  not the consume loop: checkpoint time and bytes of serve's state store on 1 h / 1 min
+         sliding windows, 100 segments, 25 features at 100k events/s, against the full-JSON format
+         of earlier versions (``bench_checkpoint.py``; ``--checkpoint-minutes`` of event time)
   verdicts  not a timing: false-alarm (page) rates on null streams and detection rates on drifted
          ones, for streamdrift, textbook KS/chi-square at the same false-alarm rate, Evidently and
          NannyML (``bench_verdicts.py``); ``--quick`` makes it a smoke run of about a minute
@@ -44,7 +47,14 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from tests.benchmarks import bench_batch, bench_labels, bench_serve, bench_spark, bench_verdicts  # noqa: E402
+from tests.benchmarks import (  # noqa: E402
+    bench_batch,
+    bench_checkpoint,
+    bench_labels,
+    bench_serve,
+    bench_spark,
+    bench_verdicts,
+)
 from tests.benchmarks.bench_common import (  # noqa: E402
     MIXED,
     NUMERIC,
@@ -63,7 +73,7 @@ from tests.benchmarks.bench_common import (  # noqa: E402
     wait_quiet,
 )
 
-SECTIONS = ("kafka", "batch", "spark", "spark_streaming", "verdicts", "labels")
+SECTIONS = ("kafka", "batch", "spark", "spark_streaming", "verdicts", "labels", "checkpoint")
 TARGETS = {
     "consumer_vs_floor": 0.75,
     "avro_vs_json": 0.7,  # serve on Avro / serve on JSON, msgs/s
@@ -375,6 +385,11 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         label_lines, label_targets = bench_labels.report(lab)
         lines += label_lines
         targets.update(label_targets)
+    c = res.get("checkpoint")
+    if c:
+        checkpoint_lines, checkpoint_targets = bench_checkpoint.report(c)
+        lines += checkpoint_lines
+        targets.update(checkpoint_targets)
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     for name, (val, ok) in targets.items():
         lines.append(f"| {name} | {val} | {'PASS' if ok else ('FAIL' if ok is False else 'not measured')} |")
@@ -433,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         help="before each repeat wait until the CPUs are this idle (0 = never wait; default 0.8)",
     )
     p.add_argument("--quiet-timeout", type=float, default=120.0, help="give up waiting for idle after this many s")
+    p.add_argument(
+        "--checkpoint-minutes", type=int, default=30, help="checkpoint: minutes of event time measured (default 30)"
+    )
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
@@ -503,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         if "labels" in sections:
             log("late labels (memory per waiting prediction, join throughput, detection)")
             res["labels"] = bench_labels.run(a.quick, log)
+        if "checkpoint" in sections:
+            log("checkpoint cost (state store)")
+            quiet()
+            res["checkpoint"] = bench_checkpoint.run(workdir, a.checkpoint_minutes, log)
     text, targets = report(res)
     res["targets"] = {k: {"measured": v, "pass": ok} for k, (v, ok) in targets.items()}
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

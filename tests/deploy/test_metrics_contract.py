@@ -40,6 +40,7 @@ CONTRACT = {
     "streamdrift_last_checkpoint_timestamp_seconds": "gauge",
     "streamdrift_segments_overflow": "counter",
     "streamdrift_assigned_partitions": "gauge",
+    "streamdrift_active": "gauge",
     "streamdrift_build_info": "gauge",
     "streamdrift_reference_info": "gauge",
     "streamdrift_performance": "gauge",

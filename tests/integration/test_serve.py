@@ -28,12 +28,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.config import MonitorConfig
-from detectors.engine import run_local
+from detectors.engine import PARTITION_SEGMENT, run_local
 from detectors.evaluate import WINDOW_STATISTICS, alert_id, parse_iso_ms
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.broker import free_port
+from stream.checkpoint import StateLock
 from stream.publish import DEAD_LETTER_MAX_BYTES
 from tests.conftest import create_topics
 from tests.reliability.harness import kill, stop
@@ -193,15 +194,23 @@ def window_key(r: dict[str, Any]) -> tuple[Any, ...]:
 def expected_records(
     events: list[dict[str, Any]], config: dict[str, Any], ref: ReferenceProfile, closed_until_ms: int
 ) -> list[dict[str, Any]]:
-    """run_local on the same events: the windows the watermark closed, plus concept records."""
+    """run_local on the same events: the windows the watermark closed, plus concept records as serve makes
+    them on a one-partition topic (its detector of partition 0 sees the events in offset order, here time
+    order: run_local's detections, in records of segment kafka_partition 0)."""
     mc = MonitorConfig.from_mapping(config)
     layout = Layout(ref, mc.features.include)
     cols, errors = decode_events(events, mc, ref, layout.features)
     assert not errors
     recs = run_local(cols, mc, ref, layout)
-    return [
-        r for r in recs if r["statistic"] not in WINDOW_STATISTICS or parse_iso_ms(r["window_end"]) <= closed_until_ms
-    ]
+    out = []
+    for r in recs:
+        if r["statistic"] in WINDOW_STATISTICS:
+            if parse_iso_ms(r["window_end"]) <= closed_until_ms:
+                out.append(r)
+        else:
+            assert r["segment"] == {}
+            out.append({**r, "segment": {PARTITION_SEGMENT: "0"}})
+    return out
 
 
 def assert_same_records(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
@@ -273,10 +282,13 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
             if r["feature"] in ("y", "c"):
                 assert r["drift"] is False, r
 
-        # the model error grows at drift_at: ADWIN fires soon after (in arrival order, so with two
-        # partitions a second detection may follow when the slower partition catches up)
+        # the model error grows at drift_at: each partition's ADWIN (one per partition, over its events in
+        # offset order) fires soon after, in a record of its partition
         concept = [r for r in stats.records() if r["statistic"] == "adwin"]
-        assert any(drift_ms < parse_iso_ms(r["window_end"]) <= drift_ms + 500 * STEP_MS for r in concept), concept
+        for p in ("0", "1"):
+            mine = [r for r in concept if r["segment"] == {"kafka_partition": p}]
+            assert any(drift_ms < parse_iso_ms(r["window_end"]) <= drift_ms + 500 * STEP_MS for r in mine), concept
+        assert all(set(r["segment"]) == {"kafka_partition"} for r in concept)
 
         # alerts: one per drifted record, keyed by its idempotent id
         alerts = TopicReader(kafka_bootstrap, topics["alerts"])
@@ -296,6 +308,7 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
         assert m[("streamdrift_last_window_end_timestamp_seconds", lab)] == closed_until // WINDOW_MS * WINDOW_MS / 1000
         assert m[("streamdrift_window_size_seconds", lab)] == WINDOW_MS / 1000
         assert m[("streamdrift_assigned_partitions", lab)] == 2
+        assert m[("streamdrift_active", lab)] == 1
         for p in ("0", "1"):
             assert m[("streamdrift_consumer_lag_messages", (*lab, ("partition", p), ("topic", topics["events"])))] == 0
         last = max(want_windows, key=lambda r: r["window_end"])["window_end"]
@@ -320,12 +333,15 @@ def test_end_to_end_drift_statistics_alerts_metrics_and_sigterm(kafka_bootstrap:
         assert ("streamdrift_build_info", (("version", "0.1.0"),)) in m
 
         # SIGTERM: clean exit, a final checkpoint, committed offsets at the end of each partition
-        before = set((tmp_path / "state").glob("partitions/*/checkpoint-*.json"))
+        before = set((tmp_path / "state").glob("manifest-*"))
         assert stop(proc) == 0
-        after = set((tmp_path / "state").glob("partitions/*/checkpoint-*.json"))
-        assert {f.parent.name for f in after - before} == {"0", "1"}, "no final checkpoint on SIGTERM"
-        finals = [json.loads(max(f for f in after if f.parent.name == str(p)).read_text()) for p in (0, 1)]
-        assert [(d["state"]["partition"], d["state"]["offset"]) for d in finals] == [(0, n // 2), (1, n // 2)]
+        after = set((tmp_path / "state").glob("manifest-*"))
+        assert after - before, "no final checkpoint on SIGTERM"
+        final = json.loads(max(after).read_bytes().partition(b"\n")[2])
+        assert final["state"]["offsets"] == [[0, n // 2], [1, n // 2]]
+        lock = StateLock(tmp_path / "state")
+        assert lock.try_acquire(), "serve exited without letting go of the state lock"
+        lock.release()
         c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": data["kafka"]["group_id"]})
         committed = c.committed([TopicPartition(topics["events"], p) for p in (0, 1)], timeout=10)
         c.close()

@@ -1,8 +1,8 @@
 """kill -9 ``streamdrift serve`` part-way, several times, and restart: the window statistics
 (and concept-drift records) are exactly those of a run that never crashed.
 
-Kill points (seeded): at random times, right after a new checkpoint file appears (between the
-snapshot and the offset commit), and right after the statistics file grows (after outputs,
+Kill points (seeded): at random times, right after a new checkpoint manifest appears (between the
+checkpoint and the offset commit), and right after the statistics file grows (after outputs,
 before their checkpoint). A checkpoint every batch keeps the window between the points short.
 """
 
@@ -32,26 +32,25 @@ from tests.integration.test_serve import (
     window_key,
     write_config,
 )
-from tests.reliability.harness import kill, stop
+from tests.reliability.harness import kill, newest_checkpoint, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 
 def checkpoints(state: Path) -> set[str]:
-    """Partition 0's checkpoint files (the topic has one partition)."""
-    d = state / "partitions" / "0"
-    return {p.name for p in d.glob("checkpoint-*.json")} if d.exists() else set()
+    """The checkpoint manifests in the state dir."""
+    return {p.name for p in state.glob("manifest-*")} if state.exists() else set()
 
 
 def latest_offset(state: Path) -> int | None:
-    names = sorted(checkpoints(state))
-    for name in reversed(names):
-        try:
-            doc = json.loads((state / "partitions" / "0" / name).read_text())
-        except (OSError, ValueError):
-            continue
-        return int(doc["state"]["offset"] or 0)
-    return None
+    """Partition 0's next offset in the newest readable checkpoint (the topic has one partition)."""
+    offsets = offsets_of(state)
+    return None if offsets is None else offsets.get(0, 0)
+
+
+def offsets_of(state: Path) -> dict[int, int] | None:
+    doc = newest_checkpoint(state)
+    return None if doc is None else {int(p): int(o) for p, o in doc["state"]["offsets"]}
 
 
 def test_kill_9_at_many_points_gives_identical_statistics(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -120,9 +119,9 @@ def test_kill_9_at_many_points_gives_identical_statistics(kafka_bootstrap: str, 
     try:
         n_want = len({window_key(r) for r in want})
 
-        def done() -> bool:
+        def done() -> bool:  # every record out, and every event read (the last window stays open)
             reader.poll(0.2)
-            return len({window_key(r) for r in reader.records()}) >= n_want
+            return len({window_key(r) for r in reader.records()}) >= n_want and latest_offset(state) == n
 
         wait_for(done, proc, log, timeout=120)
         assert stop(proc) == 0

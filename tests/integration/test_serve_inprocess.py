@@ -1,4 +1,5 @@
-"""The in-process API (what ``streamdrift demo`` builds on) and a rebalance: revoke writes a checkpoint."""
+"""The in-process API (what ``streamdrift demo`` builds on): outputs, the final checkpoint and the commit of the
+offsets under the group when it stops (with manual assignment: no group membership), a silent partition."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ from tests.integration.test_serve import (
     topics_for,
     write_config,
 )
+from tests.reliability.harness import newest_checkpoint
 
 pytestmark = pytest.mark.integration
 
 
-def test_in_process_consumer_outputs_and_checkpoint_on_revoke(
+def test_in_process_consumer_outputs_and_a_final_checkpoint_and_commit(
     kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ref = build_reference(tmp_path / "ref.json")
@@ -53,7 +55,6 @@ def test_in_process_consumer_outputs_and_checkpoint_on_revoke(
     thread = threading.Thread(target=lambda: result.setdefault("stats", consumer.run(stop)))
     caplog.set_level(logging.INFO, logger="streamdrift")
     thread.start()
-    other = None
     try:
         deadline = time.monotonic() + 60
         while sum(len(o.records) for o in outputs) < len(want) and time.monotonic() < deadline:
@@ -66,32 +67,24 @@ def test_in_process_consumer_outputs_and_checkpoint_on_revoke(
         assert {a["feature"] for a in alerts} == {"x"}
         ok = {"monitor": "it", "outcome": "ok"}
         assert registry.get_sample_value("streamdrift_checkpoints_total", ok) == 0  # interval is 1h
-
-        # a second member joins the group: the rebalance revokes the partition -> checkpoint + commit
-        other = Consumer(
-            {"bootstrap.servers": kafka_bootstrap, "group.id": data["kafka"]["group_id"], "session.timeout.ms": 6000}
-        )
-        other.subscribe([topics["events"]])
-        deadline = time.monotonic() + 60
-        while (registry.get_sample_value("streamdrift_checkpoints_total", ok) or 0) < 1:
-            assert time.monotonic() < deadline, "no checkpoint on revoke"
-            other.poll(0.2)
-        assert "checkpoint (revoke)" in caplog.text or "revoked" in caplog.text
-        committed = other.committed([TopicPartition(topics["events"], 0)], timeout=10)
-        assert committed[0].offset == len(events)
+        assert registry.get_sample_value("streamdrift_active", {"monitor": "it"}) == 1
     finally:
-        # stop the consumer while the other member still owns the partition: closing the other
-        # first lets the group hand the partition back, and the shutdown would then checkpoint it
         stop.set()
         thread.join(timeout=60)
-        if other is not None:
-            other.close()
     assert not thread.is_alive()
     assert result["stats"].valid == len(events)
-    # on revoke; the other member owns the partition then, so the shutdown has nothing to write
-    assert result["stats"].checkpoints == 1
-    newest = max((tmp_path / "state" / "partitions" / "0").glob("checkpoint-*.json"))
-    assert json.loads(newest.read_text())["state"]["offset"] == len(events)
+    assert result["stats"].checkpoints == 1  # the final one
+    assert registry.get_sample_value("streamdrift_checkpoints_total", {"monitor": "it", "outcome": "ok"}) == 1
+    doc = newest_checkpoint(tmp_path / "state")
+    assert doc is not None and doc["state"]["offsets"] == [[0, len(events)]]
+    # the offsets are committed under the group (manual assignment, no membership: what Kafka's tools read)
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": data["kafka"]["group_id"]})
+    try:
+        committed = c.committed([TopicPartition(topics["events"], 0)], timeout=10)
+    finally:
+        c.close()
+    assert committed[0].offset == len(events)
+    assert "consuming " + topics["events"] + " partitions 0@earliest (earliest)" in caplog.text
 
 
 def test_a_silent_partition_stops_holding_windows_back(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -115,7 +108,7 @@ def test_a_silent_partition_stops_holding_windows_back(kafka_bootstrap: str, tmp
         deadline = time.monotonic() + 60
         while sum(len(o.records) for o in outputs) < len(want) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert consumer.assigned == {0, 1}
+        assert consumer.partitions == {0, 1}
         assert_same_records([r for o in outputs for r in o.records], want)
     finally:
         stop.set()

@@ -38,7 +38,7 @@ from tests.integration.test_serve import (
     window_key,
     write_config,
 )
-from tests.reliability.harness import kill, stop
+from tests.reliability.harness import kill, newest_checkpoint, read_panes, stop
 from tests.servers import MlflowServer, TlsTerminator, make_certificates
 
 pytestmark = pytest.mark.integration
@@ -296,10 +296,11 @@ def test_serve_follows_the_alias_and_never_mixes_versions(
                 ),
             ): 1.0
         }
-        newest = max((tmp_path / "state" / "partitions" / "0").glob("checkpoint-*.json"))
-        doc = json.loads(newest.read_text())
+        doc = newest_checkpoint(tmp_path / "state")
+        assert doc is not None
         assert doc["state"]["reference"] == {"fingerprint": ref2.fingerprint, "model_name": name, "model_version": v2}
-        assert doc["state"]["windows"]["panes"] == []  # nothing of version 1 carried over
+        assert doc["panes"]["fingerprint"] == ref2.fingerprint
+        assert read_panes(tmp_path / "state", doc) == {}  # nothing of version 1 carried over
 
         # phase B under version 2, against its own profile
         produce(kafka_bootstrap, topics["events"], [json.dumps(e).encode() for e in phase_b])

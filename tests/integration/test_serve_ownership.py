@@ -1,13 +1,14 @@
 """Metric ownership: a process exports verdict and lag series only for what it currently owns.
 
-A firing alert must not keep firing on a series nobody updates: when a partition moves to another
-process its lag series goes; when partition 0 (the closer role) moves, every verdict series goes;
-a segment without events for ``metrics.segment_ttl_windows`` windows loses its verdict series.
+A firing alert must not keep firing on a series nobody updates: a standby (a serve process waiting for
+the state lock) exports none of the monitor's series until it takes over; a segment without events for
+``metrics.segment_ttl_windows`` windows loses its verdict series.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
 from stream.consumer import DriftConsumer
@@ -87,45 +88,31 @@ def test_a_silent_segment_loses_its_verdict_series_and_gets_them_back(tmp_path: 
     assert seen == [set(), set(), both, both, both, both, both, both, de, de, both, both]
 
 
-def test_losing_partition_0_removes_every_verdict_series_and_revoked_lag(tmp_path: Path) -> None:
-    build_reference(tmp_path / "ref.json")
-    topics = topics_for("unused")
-    consumer = _consumer(tmp_path, "127.0.0.1:1", topics)
-    consumer.assigned = {0, 1}
-    consumer.windows.assign([0, 1])
-    events = make_events(2000, drift_at=1500, seed=82)
-    for p in (0, 1):
-        consumer.process(_messages(topics["events"], p, events[p::2], 0))
-    consumer.process([])
-    reg = consumer.registry
-    assert verdict_segments(reg) == {"__all__", "country=de", "country=fr"}
-    for p in (0, 1):  # (the lag comes from the broker's high watermark; without a broker, set as it would be)
-        consumer.metrics.set_lag(topics["events"], p, 0)
-    consumer._on_revoke(None, [TopicPartition(topics["events"], 1)])  # type: ignore[arg-type]
-    assert lag_partitions(reg) == {0} and verdict_segments(reg) == {"__all__", "country=de", "country=fr"}
-    consumer._on_revoke(None, [TopicPartition(topics["events"], 0)])  # type: ignore[arg-type]
-    assert lag_partitions(reg) == set() and verdict_segments(reg) == set()
-    assert series(reg, ("streamdrift_events_total",))  # (what is not per owned thing stays)
+#: what a standby may export (nothing of the monitor's state)
+STANDBY_NAMES = {"streamdrift_active", "streamdrift_build_info"}
 
 
-def test_after_a_rebalance_the_former_owner_exports_none_of_the_revoked_series(
-    kafka_bootstrap: str, tmp_path: Path
+def sample_names(registry: CollectorRegistry) -> set[str]:
+    return {s.name for fam in registry.collect() for s in fam.samples}
+
+
+def test_a_standby_exports_nothing_of_the_monitor_until_it_takes_over(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Two real consumers of one group on the real broker: A alone (closer, lag of both partitions),
-    then B joins and the partitions split. Each exports lag series only for its own partition and
-    verdict series only if it owns partition 0."""
+    """Two in-process consumers of one monitor on the real broker, the same state dir: A takes the lock and
+    consumes both partitions; B stands by (streamdrift_active 0, no verdict, lag, staleness or reference
+    series). A stops: B takes over (active 1, lag of both partitions, verdicts of the windows it closes)."""
     build_reference(tmp_path / "ref.json")
     topics = topics_for(f"own-{uuid.uuid4().hex[:8]}")
     create_topics(kafka_bootstrap, topics["events"], partitions=2)
     create_topics(kafka_bootstrap, topics["stats"], topics["alerts"], topics["dlq"])
     events = make_events(4000, drift_at=3000, seed=83)
     state = {"dir": str(tmp_path / "shared-state"), "checkpoint_interval": "200ms"}
-    group = {"group_id": f"g-{uuid.uuid4().hex[:8]}"}
     members = []
     for name in ("a", "b"):  # (each its own config file; the same reference, state dir and group)
         (tmp_path / name).mkdir()
         build_reference(tmp_path / name / "ref.json")
-        members.append(_consumer(tmp_path / name, kafka_bootstrap, topics, state=state, kafka=group))
+        members.append(_consumer(tmp_path / name, kafka_bootstrap, topics, state=state))
     a, b = members
     stops = {"a": threading.Event(), "b": threading.Event()}
     threads = {
@@ -136,28 +123,35 @@ def test_after_a_rebalance_the_former_owner_exports_none_of_the_revoked_series(
     def wait(cond: Any, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
-            assert all(t.is_alive() for t in threads.values() if t.ident is not None), "a consumer stopped"
+            assert threads["b"].ident is None or threads["b"].is_alive(), "the standby stopped"
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.05)
 
+    caplog.set_level(logging.INFO, logger="streamdrift")
     try:
         produce(kafka_bootstrap, topics["events"], [json.dumps(e).encode() for e in events[:2000]], partitions=2)
         threads["a"].start()
-        wait(lambda: a.assigned == {0, 1} and lag_partitions(a.registry) == {0, 1}, "A to own and read both")
+        wait(lambda: a.partitions == {0, 1} and lag_partitions(a.registry) == {0, 1}, "A to own and read both")
         wait(lambda: len(verdict_segments(a.registry)) == 3, "A to close windows")
         threads["b"].start()
-        wait(lambda: len(a.assigned) == 1 and len(b.assigned) == 1, "the partitions to split")
+        wait(lambda: "standby: " in caplog.text, "B to find the lock held")
+        time.sleep(2.5)  # (B tries the lock every second: it keeps standing by)
+        assert caplog.text.count("standby: ") == 1  # (logged once per holder)
+        assert b.registry.get_sample_value("streamdrift_active", {"monitor": "it"}) == 0
+        assert sample_names(b.registry) == STANDBY_NAMES and b.partitions == set()
+        assert a.registry.get_sample_value("streamdrift_active", {"monitor": "it"}) == 1
+        stops["a"].set()
+        threads["a"].join(timeout=60)
+        t0 = time.monotonic()
+        wait(lambda: b.registry.get_sample_value("streamdrift_active", {"monitor": "it"}) == 1, "B to take over")
+        took = time.monotonic() - t0
         produce(kafka_bootstrap, topics["events"], [json.dumps(e).encode() for e in events[2000:]], partitions=2)
-        closer, other = (a, b) if 0 in a.assigned else (b, a)
-        wait(lambda: len(verdict_segments(closer.registry)) == 3, "the closer to close windows")
-        wait(lambda: lag_partitions(other.registry) == {1} and lag_partitions(closer.registry) == {0}, "lag")
-        time.sleep(1.0)  # a few more batches and closes: nothing of what moved comes back
-        revoked_from_a = {0, 1} - a.assigned
-        print(f"\nrebalance: A kept {sorted(a.assigned)}, gave {sorted(revoked_from_a)} to B")
-        assert lag_partitions(a.registry) == a.assigned
-        assert lag_partitions(b.registry) == b.assigned
-        assert verdict_segments(other.registry) == set()  # the non-closer exports no verdict at all
-        assert verdict_segments(closer.registry) == {"__all__", "country=de", "country=fr"}
+        wait(lambda: lag_partitions(b.registry) == {0, 1}, "B to read both partitions")
+        wait(lambda: len(verdict_segments(b.registry)) == 3, "B to close windows")
+        names = sample_names(b.registry)
+        print(f"\ntake-over in {took:.1f} s; B exports {len(names)} series names")
+        assert took < 5
+        assert {"streamdrift_last_window_closed_timestamp_seconds", "streamdrift_reference_info"} <= names
     finally:
         for name in ("b", "a"):
             stops[name].set()

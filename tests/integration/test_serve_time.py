@@ -39,7 +39,7 @@ from tests.integration.test_serve import (
     topics_for,
     write_config,
 )
-from tests.reliability.harness import checkpoints
+from tests.reliability.harness import newest_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -116,9 +116,10 @@ def test_a_bad_unit_event_mid_stream_is_dead_lettered_and_windows_keep_closing(
         got = registry.get_sample_value("streamdrift_dead_letters_total", {**lab, "reason": code})
         assert got == codes.count(code), code
     # the checkpoint holds the watermark of the valid events only
-    newest = checkpoints(tmp_path / "state")[0]["state"]
-    assert newest["offset"] == first
-    assert newest["windows"]["max_time"] == last_valid_ms
+    doc = newest_checkpoint(tmp_path / "state")
+    assert doc is not None
+    assert doc["state"]["offsets"] == [[0, first]]
+    assert doc["state"]["windows"]["max_time"] == [[0, last_valid_ms]]
 
     # part 2, read by a restarted consumer from that checkpoint: windows go on closing
     produce(kafka_bootstrap, topics["events"], [json.dumps(e).encode() for e in sent[first:]])
@@ -127,7 +128,8 @@ def test_a_bad_unit_event_mid_stream_is_dead_lettered_and_windows_keep_closing(
     assert want_2
     outputs, registry = _run(config, lambda out: len(_window_records(out)) >= len(want_2))
     assert_same_records(_window_records(outputs), want_2)
-    assert checkpoints(tmp_path / "state")[0]["state"]["windows"]["max_time"] == last_ms
+    doc = newest_checkpoint(tmp_path / "state")
+    assert doc is not None and doc["state"]["windows"]["max_time"] == [[0, last_ms]]
 
     # the dead-letter topic has each rejected event with its reason code
     dlq = TopicReader(kafka_bootstrap, topics["dlq"])

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -301,12 +302,38 @@ def window_counts(records: Iterable[dict[str, Any]]) -> dict[tuple[int, str], in
 
 
 def open_overall_events(state_dir: Path) -> int:
-    """Events held by the still-open panes of the overall segment (key ``[]``), over every partition's
-    newest checkpoint."""
-    total = 0
-    for doc in partition_checkpoints(state_dir).values():
-        total += sum(int(st["n_events"]) for key, _p, st in doc["state"]["windows"]["panes"] if key == [])
-    return total
+    """Events held by the still-open panes of the overall segment (id 0, key ``[]``) in the newest checkpoint."""
+    doc = newest_checkpoint(state_dir)
+    if doc is None:
+        return 0
+    assert doc["state"]["windows"]["router"]["keys"][0] == []
+    return sum(n for (segment, _pane), (n, _counts) in read_panes(state_dir, doc).items() if segment == 0)
+
+
+def read_panes(state_dir: Path, doc: dict[str, Any]) -> dict[tuple[int, int], tuple[int, np.ndarray]]:
+    """The panes of a checkpoint, read from its pane log as stream/checkpoint.py documents the format (file
+    header: 8-byte magic, u32 slots; chunks: b"CHNK", u32 deleted, u32 updated, u64 body length, sha256,
+    then the deleted (i4 segment, i8 pane) and updated (i4 segment, i8 pane, i8 events, i8 counts) records)."""
+    info = doc["panes"]
+    data = (state_dir / info["log"]).read_bytes()[: info["length"]]
+    slots = struct.unpack_from("<I", data, 8)[0]
+    assert data[:8] == b"SDPANES1" and slots == info["slots"]
+    deleted = np.dtype([("s", "<i4"), ("p", "<i8")])
+    updated = np.dtype([("s", "<i4"), ("p", "<i8"), ("n", "<i8"), ("c", "<i8", (slots,))])
+    panes: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
+    pos = 12
+    while pos < len(data):
+        magic, n_del, n_upd, size = struct.unpack_from("<4sIIQ", data, pos)
+        assert magic == b"CHNK"
+        body = data[pos + 52 : pos + 52 + size]
+        assert hashlib.sha256(data[pos : pos + 20] + body).digest() == data[pos + 20 : pos + 52]
+        for s, p in np.frombuffer(body, dtype=deleted, count=n_del).tolist():
+            panes.pop((s, p), None)
+        for rec in np.frombuffer(body, dtype=updated, count=n_upd, offset=n_del * deleted.itemsize):
+            panes[(int(rec["s"]), int(rec["p"]))] = (int(rec["n"]), rec["c"].copy())
+        pos += 52 + size
+    assert pos == len(data)
+    return panes
 
 
 def expected_records(events: list[dict[str, Any]], config_path: Path, closed_until_ms: int) -> list[dict[str, Any]]:
@@ -321,40 +348,34 @@ def expected_records(events: list[dict[str, Any]], config_path: Path, closed_unt
     return [r for r in recs if r["window_end"] <= closed_until_ms]
 
 
-def checkpoint_files(state_dir: Path, partition: int = 0) -> list[Path]:
-    """One partition's checkpoint files, oldest first."""
-    return sorted((state_dir / "partitions" / str(partition)).glob("checkpoint-*.json"))
+def manifest_files(state_dir: Path) -> list[Path]:
+    """The checkpoint manifests of a state dir, oldest first."""
+    return sorted(state_dir.glob("manifest-*")) if state_dir.exists() else []
 
 
-def checkpoints(state_dir: Path, partition: int = 0) -> list[dict[str, Any]]:
-    """The readable checkpoint documents of one partition, newest first."""
-    out = []
-    for f in reversed(checkpoint_files(state_dir, partition)):
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest's JSON (its first line is the sha256 of the rest); raises ValueError if corrupt."""
+    head, _sep, body = path.read_bytes().partition(b"\n")
+    if head.decode(errors="replace") != hashlib.sha256(body).hexdigest():
+        raise ValueError(f"{path.name}: checksum mismatch")
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def newest_checkpoint(state_dir: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint manifest of a state dir (None: none yet)."""
+    for f in reversed(manifest_files(state_dir)):
         try:
-            out.append(json.loads(f.read_bytes()))
+            return read_manifest(f)
         except (OSError, ValueError):
             continue  # corrupt (the consumer skips it too) or deleted meanwhile
-    return out
-
-
-def partition_checkpoints(state_dir: Path) -> dict[int, dict[str, Any]]:
-    """The newest readable checkpoint document of every partition in a state dir."""
-    root = state_dir / "partitions"
-    out: dict[int, dict[str, Any]] = {}
-    for d in sorted(root.iterdir()) if root.exists() else []:
-        docs = checkpoints(state_dir, int(d.name))
-        if docs:
-            out[int(d.name)] = docs[0]
-    return out
+    return None
 
 
 def offsets(state_dir: Path) -> dict[int, int]:
-    """Next offset per partition, from the newest checkpoints (partitions never read are left out)."""
-    return {
-        p: int(doc["state"]["offset"])
-        for p, doc in partition_checkpoints(state_dir).items()
-        if doc["state"]["offset"] is not None
-    }
+    """Next offset per partition, from the newest checkpoint (partitions never read are left out)."""
+    doc = newest_checkpoint(state_dir)
+    return {} if doc is None else {int(p): int(o) for p, o in doc["state"]["offsets"]}
 
 
 def consumed(state_dir: Path) -> int:

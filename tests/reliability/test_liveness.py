@@ -206,7 +206,7 @@ def run_serve(
         h.wait_for(lambda: h.metrics_port(log) is not None, "/metrics", 30, proc, log)
         port = h.metrics_port(log)
         assert port is not None
-        h.wait_for(lambda: "assigned [" in log.read_text(), "the partitions to be assigned", 30, proc, log)
+        h.wait_for(lambda: "active: consuming" in log.read_text(), "the partitions to be assigned", 30, proc, log)
         sampler = Sampler(port)
         sampler.start()
         schedule = Schedule(bootstrap, topics["events"], items, marks)

@@ -1,9 +1,12 @@
-"""Checkpoint faults: corrupt and truncated snapshots, and a full disk under the state directory.
+"""Checkpoint faults: corrupt and truncated manifests, a corrupt pane log, and a full disk under the state
+directory.
 
-* a truncated newest checkpoint is never loaded: the consumer logs it, falls back to the
-  previous generation and ends with the statistics of an undisturbed run;
-* every generation corrupt (checksum mismatch, garbage under a checkpoint's name): none is
-  loaded, the consumer says so and starts from the committed offsets;
+* a truncated newest manifest, or a corrupt chunk of the pane log that only the newest manifest
+  covers, is never loaded: the consumer logs it, falls back to the previous checkpoint and ends
+  with the statistics of an undisturbed run;
+* every checkpoint corrupt (a manifest whose checksum no longer matches, a pane log chunk whose
+  checksum no longer matches): none is loaded, the consumer says so and starts from the committed
+  offsets;
 * a full disk (a 256 KiB tmpfs mounted on the state dir, filled up while serve runs):
   checkpoints fail with a clear error and ``streamdrift_checkpoints_total{outcome="failed"}``,
   the committed offsets do not move past the last good checkpoint, the consumer keeps
@@ -70,26 +73,44 @@ def final_equals_local(tmp: Path, cfg: Path, values: list[bytes]) -> bool:
     return h.digest(got) == h.digest(want)
 
 
-def test_truncated_newest_checkpoint_falls_back_to_the_previous(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["truncated manifest", "corrupt log chunk"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(kafka_bootstrap: str, tmp_path: Path, how: str) -> None:
     topics, values, cfg = setup(kafka_bootstrap, tmp_path, "cp")
     state, log = tmp_path / "serve-state", tmp_path / "serve.log"
     h.produce(kafka_bootstrap, topics["events"], values[: N // 2])
     run_until(cfg, log, state, N // 2)
-    files = h.checkpoint_files(state)
+    if how == "corrupt log chunk":
+        # a few more events, then kill -9 right after their checkpoint: the newest checkpoint appended a chunk
+        h.produce(kafka_bootstrap, topics["events"], values[N // 2 : N // 2 + 100])
+        proc = h.start_serve(cfg, log)
+        try:
+            h.wait_for(lambda: read_all(state, N // 2 + 100), "100 more messages", 60, proc, log)
+        finally:
+            h.kill(proc)
+    files = h.manifest_files(state)
     assert len(files) == 2, files
     newest, previous = files[-1], files[0]
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
-    h.produce(kafka_bootstrap, topics["events"], values[N // 2 :])
+    if how == "truncated manifest":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
+    else:  # a byte of the chunk only the newest checkpoint covers flipped
+        doc, prev = h.read_manifest(newest), h.read_manifest(previous)
+        log_file = state / doc["panes"]["log"]
+        assert doc["panes"]["log"] == prev["panes"]["log"] and doc["panes"]["length"] > prev["panes"]["length"]
+        data = bytearray(log_file.read_bytes())
+        data[doc["panes"]["length"] - 1] ^= 0x01
+        log_file.write_bytes(bytes(data))
+    h.produce(kafka_bootstrap, topics["events"], values[N // 2 + (100 if how == "corrupt log chunk" else 0) :])
     run_until(cfg, log, state, N)
     text = log.read_text()
-    skipped = re.findall(r"skipping corrupt checkpoint (\S+):", text)
+    skipped = re.findall(r"skipping corrupt checkpoint (\S+): (.*) \(trying the previous one\)", text)
     resumed = re.findall(r"resuming from checkpoint (\S+)", text)
     equal = final_equals_local(tmp_path, cfg, values)
     print(
-        f"\ntruncated newest checkpoint: skipped {[Path(s).name for s in skipped]}, resumed from "
+        f"\n{how}: skipped {[(Path(s).name, why) for s, why in skipped]}, resumed from "
         f"{[Path(r).name for r in resumed]}, final statistics equal run_local: {equal}"
     )
-    assert [Path(s).name for s in skipped] == [newest.name]
+    assert [Path(s).name for s, _why in skipped] == [newest.name]
+    assert "checksum mismatch" in skipped[0][1]
     assert Path(resumed[-1]).name == previous.name
     assert equal
 
@@ -99,12 +120,16 @@ def test_all_checkpoints_corrupt_starts_from_committed_offsets(kafka_bootstrap: 
     state, log = tmp_path / "serve-state", tmp_path / "serve.log"
     h.produce(kafka_bootstrap, topics["events"], values[: N // 2])
     run_until(cfg, log, state, N // 2)
-    files = h.checkpoint_files(state)
-    data = files[-1].read_bytes()
-    # a valid JSON document whose checksum no longer matches: one digit of the offset changed
-    assert b'"offset":' in data
-    files[-1].write_bytes(data.replace(b'"offset":', b'"offset":1', 1))
-    files[0].write_bytes(b"\x00garbage")
+    newest, previous = h.manifest_files(state)[-1], h.manifest_files(state)[0]
+    # the newest manifest: valid JSON whose checksum no longer matches (one digit of an offset changed)
+    data = newest.read_bytes()
+    assert b'"offsets":[[0,' in data
+    newest.write_bytes(data.replace(b'"offsets":[[0,', b'"offsets":[[0,1', 1))
+    # the previous one is intact, but the first chunk of its pane log is not
+    log_file = state / h.read_manifest(previous)["panes"]["log"]
+    raw = bytearray(log_file.read_bytes())
+    raw[12 + 20] ^= 0x01  # (the first byte of the first chunk's sha256)
+    log_file.write_bytes(bytes(raw))
     before = committed(kafka_bootstrap, "g-corrupt", topics["events"])
     log = tmp_path / "restart.log"
     proc = h.start_serve(cfg, log)
@@ -112,20 +137,17 @@ def test_all_checkpoints_corrupt_starts_from_committed_offsets(kafka_bootstrap: 
         h.wait_for(
             lambda: "starting from the committed offsets" in log.read_text(), "the fallback log line", 30, proc, log
         )
-        h.wait_for(lambda: "assigned [" in log.read_text(), "assignment", 30, proc, log)
+        h.wait_for(lambda: "consuming " in log.read_text(), "assignment", 30, proc, log)
         assert h.stop(proc) == 0
     finally:
         h.kill(proc)
     text = log.read_text()
-    skipped = re.findall(r"skipping corrupt checkpoint \S+: (.*?) \(", text)
-    reassigned = re.findall(r"assigned \[\(0, (-?\d+)\)\]", text)
-    print(
-        f"\nall checkpoints corrupt: reasons {skipped}; resumed at committed offset {before} "
-        f"(assignment offset {reassigned[-1]} = committed, not a bad snapshot's)"
-    )
-    assert len(skipped) == 2 and "checksum mismatch" in skipped
-    assert any(s.startswith("unreadable") for s in skipped)
-    assert reassigned[-1] == "-1001"  # no snapshot offset: librdkafka resumes at the committed offset
+    skipped = re.findall(r"skipping corrupt checkpoint \S+: (.*) \(trying the previous one\)", text)
+    assigned = re.findall(r"consuming \S+ partitions (.*)", text)
+    print(f"\nall checkpoints corrupt: reasons {skipped}; resumed at committed offset {before} ({assigned[-1]})")
+    assert len(skipped) == 2 and skipped[0] == "checksum mismatch"
+    assert "chunk at byte 12 is corrupt (checksum mismatch)" in skipped[1]
+    assert assigned[-1] == f"0@{N // 2} (committed)"  # no checkpoint: the committed offset, not a bad one's
     assert before == N // 2
 
 

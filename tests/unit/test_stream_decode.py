@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from detectors.config import MonitorConfig
 from detectors.histogram import FeatureColumns, Layout
-from detectors.reference import CategoricalProfile, ReferenceProfile
+from detectors.reference import ReferenceProfile
 from stream.decode import AVRO_REASON_CODES, REASON_CODES, EventDecoder, reference_decode
 
 pytestmark = pytest.mark.unit
@@ -211,29 +211,6 @@ def test_a_categorical_that_is_also_the_segment_keeps_the_typed_path() -> None:
     assert_same(msgs, _config(features_field=None, segment_fields=["c"]))
 
 
-def test_kept_categorical_strings_decode_to_shared_members_equal_to_the_strings() -> None:
-    from stream.decode import PSEUDO_MEMBERS, kept_strings
-
-    decoder = EventDecoder(_config(), REF, FEATURES)
-    # (a field the monitor does not read: the lenient decoder, whose categoricals are kept_strings)
-    msgs = [
-        json.dumps(ev(T0 + i, features={"x": 1.0, "c": c}, other=1)).encode()
-        for i, c in enumerate(["a", "a", "zz", "zz"])
-    ]
-    cols, _ = decoder.decode(msgs)
-    a1, a2, z1, z2 = cols.features["c"]
-    assert type(a1).__name__ == "Kept_c"
-    assert a1 is a2 and z1 is z2  # one object per value, not one per event
-    assert (a1, z1) == ("a", "zz") and isinstance(a1, str) and str(a1) == "a" and f"{z1}" == "zz"
-    assert hash(a1) == hash("a") and json.dumps([a1, z1]) == '["a", "zz"]'
-    # values the reference never saw become pseudo-members, cached up to a bound (memory stays flat)
-    kind = kept_strings(REF.features["c"])  # type: ignore[arg-type]
-    first = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
-    again = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
-    assert all(x is y for x, y in zip(first[:PSEUDO_MEMBERS], again, strict=False))
-    assert all(x is not y and x == y for x, y in zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True))
-
-
 MIN_1980 = 315_532_800_000
 UNITS = ("auto", "s", "ms", "us", "ns")
 
@@ -284,24 +261,6 @@ def test_strict_batches_bin_categoricals_while_decoding(case: tuple[str, list[by
     assert not rejected and cols.rows == list(range(len(msgs)))
     assert isinstance(cols.features["c"], CodedColumn)  # the strict decoder took the batch
     assert_same(msgs, _config(time_unit=unit))
-
-
-def test_coded_strings_are_their_slots_and_pseudo_members_are_bounded() -> None:
-    from stream.decode import PSEUDO_MEMBERS, coded_strings
-
-    prof = REF.features["c"]
-    assert isinstance(prof, CategoricalProfile)
-    kind, absent = coded_strings(prof)
-    for text in [*prof.categories, "", "never-seen", "A", "true", "1"]:
-        member = kind(text)
-        assert float(member) == prof.bucket_of(text) and member.value == text
-    assert float(absent) == prof.bucket_of(None) == prof.n_bins and absent.value is None
-    kind, _ = coded_strings(prof)  # (a fresh cache)
-    first = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
-    again = [kind(f"new-{i}") for i in range(PSEUDO_MEMBERS + 10)]
-    assert all(x is y for x, y in zip(first[:PSEUDO_MEMBERS], again, strict=False))
-    beyond = zip(first[PSEUDO_MEMBERS:], again[PSEUDO_MEMBERS:], strict=True)
-    assert all(x is not y and x.value == y.value for x, y in beyond)
 
 
 def test_events_with_fields_the_monitor_does_not_read_take_the_lenient_decoder_and_the_nesting_check() -> None:

@@ -124,9 +124,9 @@ def _verdict_series(reg: CollectorRegistry) -> set[tuple[str, str, str, str]]:
     }
 
 
-def test_verdict_series_are_removed_by_segment_and_all_at_once() -> None:
-    """Metric ownership: a silent segment's verdict series go, the others stay; losing the closer role
-    removes them all; a later window exports them again."""
+def test_verdict_series_are_removed_by_segment() -> None:
+    """Metric ownership: a silent segment's verdict series go, the others stay; a later window exports them
+    again."""
     rng = np.random.default_rng(4)
     ref = ReferenceProfile.build({"x": rng.normal(size=500)}, fine_bins=10, coarse_bins=5)
     layout, cfg = Layout(ref), StatisticsConfig(min_events=100)
@@ -148,10 +148,23 @@ def test_verdict_series_are_removed_by_segment_and_all_at_once() -> None:
     m.window_records(_records(layout, cfg, {"country": "fr"}, 5))  # fr is back: its series too
     assert reg.get_sample_value("streamdrift_drift_severity", labels) is not None
 
-    m.clear_verdicts()
-    assert _verdict_series(reg) == set() and m.verdict_segments == set()
-    m.window_records(_records(layout, cfg, {}, 6))  # closing again: exported again
-    assert {seg for _n, seg, _f, _s in _verdict_series(reg)} == {"__all__"}
+
+def test_a_standby_exports_only_that_it_is_one_until_it_takes_over() -> None:
+    """No staleness clock, reference, window size or event counters of the monitor in a standby (an alert or
+    a join on them would see two processes); all of them once it is active."""
+    reg = CollectorRegistry()
+    m = Metrics(reg, "mon", "9.9", active=False)
+    m.set_config(60.0)
+    m.set_reference("sha256:abc")
+    assert {s.name for fam in reg.collect() for s in fam.samples} == {"streamdrift_active", "streamdrift_build_info"}
+    assert reg.get_sample_value("streamdrift_active", {"monitor": "mon"}) == 0
+    m.activate()
+    assert reg.get_sample_value("streamdrift_active", {"monitor": "mon"}) == 1
+    assert reg.get_sample_value("streamdrift_window_size_seconds", {"monitor": "mon"}) == 60.0
+    ref = {"monitor": "mon", "reference_fingerprint": "sha256:abc", "model_name": "", "model_version": ""}
+    assert reg.get_sample_value("streamdrift_reference_info", ref) == 1
+    assert reg.get_sample_value("streamdrift_events_total", {"monitor": "mon", "outcome": "valid"}) == 0
+    assert reg.get_sample_value("streamdrift_last_window_closed_timestamp_seconds", {"monitor": "mon"}) is not None
 
 
 def test_lag_series_of_revoked_partitions_are_removed() -> None:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from detectors.exceptions import ReferenceMismatchError
-from stream.checkpoint import CheckpointStore
 from stream.exceptions import ConfigError
 from stream.settings import ServeConfig
 
@@ -130,35 +126,3 @@ def test_bad_env_names_the_field() -> None:
     with pytest.raises(ConfigError) as exc:
         ServeConfig.from_mapping(_data(), env={"STREAMDRIFT_METRICS__PORT": "ninety"})
     assert "metrics.port" in str(exc.value)
-
-
-# -- checkpoints ---------------------------------------------------------------------------
-def test_checkpoint_roundtrip_generations_and_corruption(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = CheckpointStore(tmp_path, "m", "fp1")
-    assert store.load() is None
-    rng = np.random.default_rng(0)
-    states = [{"offsets": [[0, i]], "x": rng.normal(size=3).tolist(), "nan": float("nan")} for i in range(4)]
-    for s in states:
-        store.save(s)
-    files = sorted(tmp_path.glob("checkpoint-*.json"))
-    assert len(files) == 2  # two generations kept
-    loaded = store.load()
-    assert loaded is not None and loaded["offsets"] == [[0, 3]] and loaded["x"] == states[3]["x"]
-    # corrupt the newest: one changed byte inside the state -> the previous generation is used
-    newest = files[-1]
-    doc = json.loads(newest.read_text())
-    doc["state"]["offsets"] = [[0, 99]]
-    newest.write_text(json.dumps(doc))
-    with caplog.at_level(logging.ERROR):
-        loaded = CheckpointStore(tmp_path, "m", "fp1").load()
-    assert loaded is not None and loaded["offsets"] == [[0, 2]]
-    assert "checksum mismatch" in caplog.text
-    newest.write_bytes(newest.read_bytes()[:40])  # truncated
-    loaded = CheckpointStore(tmp_path, "m", "fp1").load()
-    assert loaded is not None and loaded["offsets"] == [[0, 2]]
-
-
-def test_checkpoint_of_another_reference_is_refused(tmp_path: Path) -> None:
-    CheckpointStore(tmp_path, "m", "fp1").save({"offsets": []})
-    with pytest.raises(ReferenceMismatchError, match="refusing to resume"):
-        CheckpointStore(tmp_path, "m", "fp2").load()

@@ -1,4 +1,5 @@
-"""Consumer windows against the local backfill: same records whatever the batch split, lateness, restore."""
+"""Consumer windows against the local backfill: same records whatever the batch split or the interleaving of
+partitions, lateness, idleness, restore from a checkpoint on disk."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from detectors.evaluate import parse_iso_ms
 from detectors.events import EventColumns
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
+from stream.checkpoint import StateStore
 from stream.consumer import closed_records
-from stream.windows import ForeignPartition, WindowManager
+from stream.windows import WindowManager
 
 pytestmark = pytest.mark.unit
 
@@ -91,8 +93,22 @@ def _slice(cols: EventColumns, lo: int, hi: int) -> EventColumns:
     )
 
 
+def _roundtrip(wm: WindowManager, config: MonitorConfig, layout: Layout, store: StateStore) -> WindowManager:
+    """Checkpoint ``wm`` to ``store`` (only what changed) and load it into a new manager, as a restart does."""
+    changed, dropped = wm.changes()
+    store.save(
+        {"windows": json.loads(json.dumps(wm.snapshot()))}, wm.panes, changed, dropped, layout.size, layout.fingerprint
+    )
+    wm.saved()
+    loaded = StateStore(store.dir, "m", layout.fingerprint).load()
+    assert loaded is not None
+    new = WindowManager(config, layout, clock=wm.clock)
+    new.restore(loaded.state["windows"], loaded.panes)
+    return new
+
+
 def _run(
-    cols: EventColumns, config: MonitorConfig, seed: int, restore_at: int | None = None
+    cols: EventColumns, config: MonitorConfig, seed: int, restore_at: int | None = None, store: StateStore | None = None
 ) -> tuple[list[dict[str, Any]], WindowManager, int]:
     layout = Layout(REF)
     clock = FakeClock()
@@ -104,11 +120,14 @@ def _run(
     records: list[dict[str, Any]] = []
     n_late = 0
     for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        if restore_at is not None and i == restore_at:
-            snap = json.loads(json.dumps(wm.snapshot()))
-            wm = WindowManager(config, layout, clock=clock)
-            wm.restore(snap)
-            wm.assign([0])
+        if store is not None and (restore_at is None or i <= restore_at):
+            if restore_at is not None and i == restore_at:
+                wm = _roundtrip(wm, config, layout, store)
+                wm.assign([0])
+            elif i % 3 == 0:  # (checkpoints along the way: the store appends what changed)
+                changed, dropped = wm.changes()
+                store.save({}, wm.panes, changed, dropped, layout.size, layout.fingerprint)
+                wm.saved()
         part = _slice(cols, lo, hi)
         wm.touch([0])
         res = wm.add(part, np.zeros(len(part), dtype=np.int64))
@@ -209,12 +228,14 @@ def test_count_windows_with_raw_values_equal_backfill() -> None:
         {"kind": "count", "size": 250, "keep_raw": True},
     ],
 )
-def test_restore_mid_stream_gives_the_same_records(window: dict[str, Any]) -> None:
+def test_restore_mid_stream_gives_the_same_records(window: dict[str, Any], tmp_path: Any) -> None:
     config = _config(window)
     cols = _events(3000, seed=6)
     straight, _, _ = _run(cols, config, seed=6)
-    restored, _, _ = _run(cols, config, seed=6, restore_at=7)
-    assert straight == restored
+    for restore_at in (4, 7, 10):
+        store = StateStore(tmp_path / f"at{restore_at}", "m", REF.fingerprint)
+        restored, _, _ = _run(cols, config, seed=6, restore_at=restore_at, store=store)
+        assert straight == restored
     assert straight
 
 
@@ -318,7 +339,7 @@ def test_a_count_window_segment_is_silent_after_ttl_windows_of_events() -> None:
     assert got == [[], [], [{"country": "fr"}], []]
 
 
-# -- state per partition: two processes vs one ---------------------------------------------------
+# -- several partitions in one store -------------------------------------------------------------
 
 
 def _take(cols: EventColumns, idx: list[int]) -> EventColumns:
@@ -336,143 +357,173 @@ def _take(cols: EventColumns, idx: list[int]) -> EventColumns:
     )
 
 
-def _schedule(cols: EventColumns, seed: int) -> tuple[dict[int, EventColumns], list[tuple[int, int, int]]]:
-    """Events split over partitions 0 and 1 (i % 2, each in time order) and a seeded schedule of batches
-    (partition, lo, hi) that interleaves the two partitions at different paces."""
-    streams = {p: _take(cols, list(range(p, len(cols), 2))) for p in (0, 1)}
+def _schedule(
+    cols: EventColumns, seed: int, parts: int = 2
+) -> tuple[dict[int, EventColumns], list[tuple[int, int, int]]]:
+    """Events split over partitions (i % parts, each in time order) and a seeded schedule of batches
+    (partition, lo, hi) that interleaves the partitions at different paces."""
+    streams = {p: _take(cols, list(range(p, len(cols), parts))) for p in range(parts)}
     rng = np.random.default_rng(seed)
-    pos = {0: 0, 1: 0}
+    pos = dict.fromkeys(range(parts), 0)
     batches: list[tuple[int, int, int]] = []
-    while any(pos[p] < len(streams[p]) for p in (0, 1)):
-        p = int(rng.integers(0, 2))
-        if pos[p] >= len(streams[p]):
-            p = 1 - p
+    while any(pos[p] < len(streams[p]) for p in range(parts)):
+        p = int(rng.choice([q for q in range(parts) if pos[q] < len(streams[q])]))
         hi = min(len(streams[p]), pos[p] + int(rng.integers(1, 150)))
         batches.append((p, pos[p], hi))
         pos[p] = hi
     return streams, batches
 
 
-def _feed(wm: WindowManager, streams: dict[int, EventColumns], p: int, lo: int, hi: int) -> list[Any]:
-    part = _slice(streams[p], lo, hi)
-    wm.touch([p])
-    res = wm.add(part, np.full(len(part), p, dtype=np.int64))
-    return [*res.closed, *wm.advance()]
+def _mixed(streams: dict[int, EventColumns], batch: list[tuple[int, int, int]]) -> tuple[EventColumns, np.ndarray]:
+    """One consumed batch made of several partitions' runs (as librdkafka hands them over)."""
+    cols = [_slice(streams[p], lo, hi) for p, lo, hi in batch]
+    parts = np.concatenate([np.full(hi - lo, p, dtype=np.int64) for p, lo, hi in batch])
+    both = EventColumns(
+        time_ms=np.concatenate([c.time_ms for c in cols]),
+        features={
+            f: (
+                np.concatenate([c.features[f] for c in cols])
+                if f == "x"
+                else list(itertools.chain.from_iterable(c.features[f] for c in cols))
+            )
+            for f in cols[0].features
+        },
+        segments=list(itertools.chain.from_iterable(c.segments for c in cols)),
+        prediction=np.concatenate([c.prediction for c in cols]),
+        label=np.concatenate([c.label for c in cols]),
+        rows=list(range(len(parts))),
+    )
+    return both, parts
 
 
-def _sync(closer: WindowManager, other: WindowManager) -> list[Any]:
-    """What the consumer does through the checkpoints: the closer reads partition 1's state (a JSON
-    round trip), the other learns the frontier."""
-    snap = json.loads(json.dumps(other.partition_snapshot(1)))
-    closer.foreign = {1: closer.foreign_partition(snap, idle=False)}
-    closed = closer.advance()
-    other.learn_frontier(closer.frontier)
-    return closed
+def _interleaved(
+    config: MonitorConfig, cols: EventColumns, seed: int, parts: int = 2
+) -> tuple[list[Any], WindowManager]:
+    """Every window a manager closes when the partitions' batches arrive in a seeded order (several
+    partitions in one consumed batch at times)."""
+    layout = Layout(REF)
+    clock = FakeClock()
+    wm = WindowManager(config, layout, clock=clock)
+    wm.assign(range(parts))
+    streams, batches = _schedule(cols, seed, parts)
+    rng = np.random.default_rng(seed + 100)
+    closed: list[Any] = []
+    i = 0
+    while i < len(batches):
+        k = int(rng.integers(1, 4))  # 1-3 partitions' runs in one consumed batch
+        both, p = _mixed(streams, batches[i : i + k])
+        i += k
+        res = wm.add(both, p)
+        assert res.n_late == 0  # every partition is in time order
+        closed += [*res.closed, *wm.advance()]
+    return closed, wm
 
 
 @pytest.mark.parametrize(
     "window",
     [{"kind": "tumbling", "size": "1m"}, {"kind": "sliding", "size": "2m", "slide": "30s"}],
 )
-def test_two_processes_merge_partitions_like_one(window: dict[str, Any]) -> None:
+def test_partitions_in_any_interleaving_give_the_windows_of_one_stream(window: dict[str, Any]) -> None:
+    """Panes are summed over partitions as events arrive; whatever the order in which the partitions'
+    batches come, the records are the backfill's over the whole stream, and the same every time."""
     config = _config(window, segments={"max_segments": 5})
     layout = Layout(REF)
     cols = _events(4000, seed=9)
-    streams, batches = _schedule(cols, seed=9)
-    clock = FakeClock()
-    single = WindowManager(config, layout, clock=clock)
-    single.assign([0, 1])
-    a, b = WindowManager(config, layout, clock=clock), WindowManager(config, layout, clock=clock)
-    a.assign([0])
-    b.assign([1])
-    a.foreign = None  # partition 1 unknown until its first checkpoint is read
-    b.closer = False
-    one: list[Any] = []
-    two: list[Any] = []
-    for p, lo, hi in batches:
-        one += _feed(single, streams, p, lo, hi)
-        two += _feed(a if p == 0 else b, streams, p, lo, hi)
-        two += _sync(a, b)
-    assert b.advance() == [] and b.frontier == a.frontier  # only the closer closes
-    assert a.frontier == single.frontier
-    spec = b.spec
-    assert b.panes and not any(k[2] * spec.slide_ms + spec.size_ms <= a.frontier for k in b.panes)  # pruned
-    got = sorted(closed_records(layout, config, two), key=record_sort_key)
-    want = sorted(closed_records(layout, config, one), key=record_sort_key)
-    assert len(want) > 50
-    assert_records_equal(got, want)
-    # and both are the backfill over the whole stream
-    assert_records_equal(want, _closed_part(run_local(cols, config, REF, layout), single.frontier))
+    runs = []
+    for seed in (9, 10, 11):
+        closed, wm = _interleaved(config, cols, seed, parts=3)
+        got = sorted(closed_records(layout, config, closed), key=record_sort_key)
+        assert len(got) > 50
+        # every window the watermark passed (min over the three partitions) is the backfill's
+        assert_records_equal(got, _closed_part(run_local(cols, config, REF, layout), wm.frontier))
+        runs.append((got, wm.frontier))
+    assert runs[0][0][: len(runs[1][0])] == runs[1][0][: len(runs[0][0])]  # (more or fewer closed: a prefix)
 
 
-def test_a_foreign_partition_without_a_checkpoint_holds_windows_back_an_idle_one_does_not() -> None:
-    config = _config({"kind": "tumbling", "size": "1m"})
-    clock = FakeClock()
-    wm = WindowManager(config, Layout(REF), clock=clock)
-    wm.assign([0])
-    cols = _events(500, seed=12)
-    wm.touch([0])
-    wm.add(cols, np.zeros(len(cols), dtype=np.int64))
-    wm.foreign = None  # the topic's partitions are not known yet
-    assert wm.advance() == []
-    wm.foreign = {1: ForeignPartition(None, idle=False)}  # never checkpointed
-    assert wm.advance() == []
-    wm.foreign = {1: ForeignPartition(T0 + 120_000, idle=False)}  # its watermark: 2 minutes in
-    closed = wm.advance()
-    assert closed and max(c.end_ms for c in closed) == T0 - T0 % 60_000 + 120_000
-    wm.foreign = {1: ForeignPartition(None, idle=True)}
-    assert max(c.end_ms for c in wm.advance()) > T0 + 120_000
-
-
-def test_frontier_after_falling_back_to_an_older_partition_0_checkpoint() -> None:
-    """Partition 0's newest checkpoint is lost (corrupt): the process resumes partition 0 from the
-    previous generation (older frontier, older offset) and partition 1 from its newest one, whose
-    panes were pruned up to a later frontier. The frontier is the max of both, so no window is closed
-    again with panes missing, and the records equal an uninterrupted run."""
-    config = _config({"kind": "sliding", "size": "2m", "slide": "30s"})
+def test_count_windows_are_per_partition_in_offset_order_whatever_the_interleaving() -> None:
+    """N events of one partition and segment, in offset order: the same windows under any interleaving
+    of the partitions (what a replay after a crash produces), each the backfill of that partition alone."""
+    config = _config({"kind": "count", "size": 100})
     layout = Layout(REF)
-    cols = _events(4000, seed=13)
-    streams, batches = _schedule(cols, seed=13)
-    clock = FakeClock()
+    cols = _events(3000, seed=14)
+    streams, _ = _schedule(cols, 14)
+    want = sorted(
+        [r for p in (0, 1) for r in run_local(streams[p], config, REF, layout) if r["statistic"] != "adwin"],
+        key=record_sort_key,
+    )
+    for seed in (14, 15):
+        closed, _wm = _interleaved(config, cols, seed)
+        got = sorted(closed_records(layout, config, closed), key=record_sort_key)
+        assert [(r["window_start"], r["window_end"], r["n_window"], r["value"]) for r in got] == [
+            (r["window_start"], r["window_end"], r["n_window"], r["value"]) for r in want
+        ]
 
-    def fresh() -> WindowManager:
+
+def test_a_restart_from_any_checkpoint_replays_to_the_same_windows(tmp_path: Any, monkeypatch: Any) -> None:
+    """Two partitions, checkpoints through the store (appending, pruning, and now and then a new log), a
+    "crash" at several points: load the newest checkpoint, replay each partition from its saved position,
+    in another interleaving. Every window closed before and after equals an uninterrupted run's; none twice
+    with other values."""
+    import stream.checkpoint as cp
+
+    monkeypatch.setattr(cp, "COMPACT_MIN_BYTES", 0)  # (start new logs often)
+    monkeypatch.setattr(cp, "COMPACT_FACTOR", 1.2)
+    config = _config({"kind": "sliding", "size": "2m", "slide": "30s"}, segments={"max_segments": 5})
+    layout = Layout(REF)
+    cols = _events(4000, seed=16)
+    streams, batches = _schedule(cols, seed=16)
+    straight, wm0 = _interleaved(config, cols, 16)
+    want = {(_key(r)): r for r in closed_records(layout, config, straight)}
+    clock = FakeClock()
+    for crash_at in (len(batches) // 3, len(batches) // 2, 3 * len(batches) // 4):
+        store = StateStore(tmp_path / f"c{crash_at}", "m", REF.fingerprint)
         wm = WindowManager(config, layout, clock=clock)
         wm.assign([0, 1])
-        return wm
-
-    straight = fresh()
-    want: list[Any] = []
-    for p, lo, hi in batches:
-        want += _feed(straight, streams, p, lo, hi)
-
-    wm = fresh()
-    emitted: list[Any] = []
-    pos = {0: 0, 1: 0}
-    saved: dict[int, list[tuple[dict[str, Any], dict[str, Any] | None, int]]] = {0: [], 1: []}
-    cut = len(batches) // 2
-    for i, (p, lo, hi) in enumerate(batches[:cut]):
-        emitted += _feed(wm, streams, p, lo, hi)
-        pos[p] = hi
-        if i in (cut // 2, cut - 1):  # two checkpoints: partition 0's file, then partition 1's
-            for q in (0, 1):
-                shared = wm.shared_snapshot() if q == 0 else None
-                saved[q].append((json.loads(json.dumps(wm.partition_snapshot(q))), shared, pos[q]))
-    (old0, old_shared, old_pos0), (new1, _, new_pos1) = saved[0][0], saved[1][1]
-    assert old_shared is not None and new1["pruned_to"] > old_shared["frontier"]
-
-    resumed = fresh()
-    resumed.load_shared(json.loads(json.dumps(old_shared)))
-    resumed.load_partition(0, old0)
-    resumed.load_partition(1, new1)
-    assert resumed.frontier == new1["pruned_to"]  # max(partition 0's frontier, every pruned_to)
-    pos = {0: old_pos0, 1: new_pos1}
-    for p, lo, hi in batches:  # replay each partition from its checkpoint's offset
-        if hi <= pos[p]:
-            continue
-        emitted += _feed(resumed, streams, p, max(lo, pos[p]), hi)
-    got = closed_records(layout, config, emitted)
-    keys = [_key(r) for r in got]
-    assert len(keys) == len(set(keys)), "a window was closed twice"
-    assert_records_equal(
-        sorted(got, key=record_sort_key), sorted(closed_records(layout, config, want), key=record_sort_key)
-    )
+        pos = {0: 0, 1: 0}
+        emitted: list[Any] = []
+        saved_pos = dict(pos)
+        new_logs = 0
+        for i, (p, lo, hi) in enumerate(batches[:crash_at]):
+            both, parts = _mixed(streams, [(p, lo, hi)])
+            wm.add(both, parts)
+            emitted += wm.advance()
+            pos[p] = hi
+            if i % 2 == 1:
+                changed, dropped = wm.changes()
+                store.save(
+                    {"windows": wm.snapshot(), "pos": pos}, wm.panes, changed, dropped, layout.size, REF.fingerprint
+                )
+                wm.saved()
+                new_logs += store.last_compacted
+                saved_pos = dict(pos)
+                saved_snap = json.loads(json.dumps(wm.snapshot()))
+                saved_panes = {k: (st.n_events, st.counts.tolist()) for k, st in wm.panes.items()}
+        assert new_logs >= 2  # (the first log, and at least one more)
+        loaded = StateStore(store.dir, "m", REF.fingerprint).load()
+        assert loaded is not None and {int(k): v for k, v in loaded.state["pos"].items()} == saved_pos
+        resumed = WindowManager(config, layout, clock=clock)
+        resumed.restore(loaded.state["windows"], loaded.panes)
+        # what was saved comes back: the small state and exactly the live panes (none dropped comes back)
+        assert json.loads(json.dumps(resumed.snapshot())) == saved_snap
+        assert {k: (st.n_events, st.counts.tolist()) for k, st in resumed.panes.items()} == saved_panes
+        resumed.assign([0, 1])
+        rest = [(p, max(lo, saved_pos[p]), hi) for p, lo, hi in batches if hi > saved_pos[p]]
+        # the rest, interleaved otherwise than the first time (a seeded shuffle that keeps each partition's order)
+        rng = np.random.default_rng(crash_at)
+        by_p = {q: [b for b in rest if b[0] == q] for q in (0, 1)}
+        rest = []
+        while by_p[0] or by_p[1]:
+            q = int(rng.integers(0, 2)) if by_p[0] and by_p[1] else (0 if by_p[0] else 1)
+            rest.append(by_p[q].pop(0))
+        for p, lo, hi in rest:
+            both, parts = _mixed(streams, [(p, lo, hi)])
+            res = resumed.add(both, parts)
+            assert res.n_late == 0
+            emitted += resumed.advance()
+        assert resumed.frontier == wm0.frontier
+        got: dict[Any, dict[str, Any]] = {}
+        for r in closed_records(layout, config, emitted):
+            if _key(r) in got:
+                assert got[_key(r)] == r, "a window re-closed with other values"
+            got[_key(r)] = r
+        assert_records_equal(list(got.values()), list(want.values()))
