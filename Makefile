@@ -16,7 +16,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,spark,report,mlflow,avro]'
+	$(PIP) install -q -e '.[dev,demo,spark,report,mlflow,avro]'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv with streamdrift and every extra installed

@@ -63,9 +63,9 @@ from jobs.common import (
     parse_json_value,
     route_segments,
     segment_dict,
-    write_records,
 )
 from jobs.kafka_source import KafkaSourceError
+from stream.records import write_records
 
 SEQ_SHIFT = 40  # input position = (partition << 40) + row
 FORMATS = {

@@ -383,7 +383,7 @@ class _Binned:
         yield summary.record_batch()
 
 
-#: the garbage collector's thresholds while a task reads (as ``streamdrift serve``'s, stream.serve_cli)
+#: the garbage collector's thresholds while a task reads (as ``streamdrift serve``'s, stream.cli.serve)
 GC_THRESHOLD = (50_000, 20, 100)
 
 

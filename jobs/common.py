@@ -9,29 +9,25 @@ segment keys and (for the sequential detectors) the one-dimensional concept stre
 Layering: ``jobs`` imports ``detectors`` and the *library* modules of ``stream`` — the
 consumer's fast decoder (:mod:`stream.decode`), the metrics (:mod:`stream.metrics`), the
 settings and their rendering to librdkafka keys (:mod:`stream.settings`), record I/O
-(:mod:`stream.files`) and the dead-letter format (:mod:`stream.publish`) — never the service
-(``stream.consumer``, ``stream.cli``, ``stream.demo``, ``stream.report``). The record writers
-below produce the same JSON lines and the same Parquet schema as ``stream/files.py``.
+(:mod:`stream.records`, the one record schema and NaN rule) and the dead-letter format
+(:mod:`stream.publish`) — never the service, the CLI, the demo or the report (``stream.service``,
+``stream.cli``, ``stream.demo``, ``stream.report``; tests/unit/test_layering.py checks it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from detectors.config import MonitorConfig
 from detectors.engine import OTHER_SEGMENT, WindowSpec
-from detectors.evaluate import RECORD_TYPES
 from detectors.events import EventColumns, concept_values, decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -165,35 +161,3 @@ def route_segments(
 
 def segment_dict(monitor: Monitor, key: tuple[str, ...]) -> dict[str, str]:
     return dict(zip(monitor.segment_fields, key, strict=True)) if key else {}
-
-
-# -- records out -----------------------------------------------------------------------------------
-RECORD_SCHEMA = pa.schema(
-    [(name, pa.map_(pa.string(), pa.string()) if t == "map" else pa.type_for_alias(t)) for name, t in RECORD_TYPES]
-)
-
-
-def record_line(rec: Mapping[str, Any]) -> str:
-    return json.dumps(rec, separators=(",", ":"), allow_nan=False)
-
-
-def write_records(path: str | Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """Atomically write records as JSON lines (.jsonl/.ndjson/.json) or Parquet (.parquet/.pq)."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".jsonl", ".ndjson", ".json", ".parquet", ".pq"):
-        raise JobError(f"--output {p}: records are written as .jsonl or .parquet, not {suffix!r}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if suffix in (".parquet", ".pq"):
-                rows = [{**r, "segment": list(dict(r["segment"]).items())} for r in records]
-                pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), fh)
-            else:
-                for rec in records:
-                    fh.write(record_line(rec).encode() + b"\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -81,6 +81,7 @@ from detectors.exceptions import StreamdriftError
 from detectors.sequential import make_detector, restore
 from jobs.common import JobError, Monitor, segment_dict
 from jobs.kafka_source import KafkaSourceError
+from stream.records import record_line
 
 log = logging.getLogger("streamdrift.spark")
 
@@ -293,7 +294,7 @@ class WindowStep:
                         # the partition whose detector fired names the record (and so its key: two
                         # partitions' detectors can fire for the same span of event time)
                         rec["segment"] = {CONCEPT_SEGMENT: str(p)}
-                        out.append({"kind": "concept", "record": json.dumps(rec, separators=(",", ":"))})
+                        out.append({"kind": "concept", "record": record_line(rec)})
             st.concept[p] = {"detector": det.snapshot(), "tracker": tracker.snapshot()}
 
     def _close(self, st: StreamState, watermark: int, out: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""Reading event files and writing window statistic records (JSON lines or Parquet).
+"""Reading event files (Parquet, CSV, JSON lines); records are :mod:`stream.records`.
 
 File formats go by extension: ``.parquet``/``.pq``, ``.csv``, ``.jsonl``/``.ndjson``/``.json``
 (JSON lines). Nested objects (a ``features`` object) are kept as mappings.
@@ -7,10 +7,8 @@ File formats go by extension: ``.parquet``/``.pq``, ``.csv``, ``.jsonl``/``.ndjs
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from detectors.evaluate import RECORD_TYPES
 from stream.exceptions import InputFileError
 
 PARQUET = (".parquet", ".pq")
@@ -185,83 +182,3 @@ def read_columns(path: str | Path) -> dict[str, list[Any]]:
         for k, col in cols.items():
             col.append(flat.get(k))
     return cols
-
-
-def _json_default(o: Any) -> Any:
-    raise TypeError(f"cannot serialise {type(o).__name__}")
-
-
-def record_line(rec: Mapping[str, Any]) -> str:
-    return json.dumps(rec, separators=(",", ":"), allow_nan=False, default=_json_default)
-
-
-def write_records(path: str | Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """Write records atomically (temp file + rename), JSON lines or Parquet by extension."""
-    p = Path(path)
-    kind = file_kind(p)
-    if kind == "csv":
-        raise InputFileError(f"{p}: records are written as .jsonl or .parquet, not CSV")
-    fd, tmp = temp_beside(p)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if kind == "jsonl":
-                for rec in records:
-                    fh.write(record_line(rec).encode() + b"\n")
-            else:
-                pq.write_table(records_table(records), fh)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def temp_beside(path: Path) -> tuple[int, Path]:
-    """A new temporary file next to ``path`` (for an atomic rename onto it), open for writing, created
-    with mode 0666 less the umask, as any file a user's program writes (``tempfile.mkstemp`` makes 0600,
-    which a team's shared directory or a web server cannot read)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temp file + rename), honouring the umask."""
-    p = Path(path)
-    fd, tmp = temp_beside(p)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-RECORD_SCHEMA = pa.schema(
-    [(name, pa.map_(pa.string(), pa.string()) if t == "map" else pa.type_for_alias(t)) for name, t in RECORD_TYPES]
-)
-
-
-def records_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
-    rows = [{**r, "segment": list(dict(r["segment"]).items())} for r in records]
-    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Window statistic records back from JSON lines or Parquet."""
-    p = Path(path)
-    kind = file_kind(p)
-    if kind == "jsonl":
-        with p.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    if kind == "parquet":
-        out = []
-        for r in pq.read_table(p).to_pylist():
-            r["segment"] = dict(r["segment"] or [])
-            out.append(r)
-        return out
-    raise InputFileError(f"{p}: records are read from .jsonl or .parquet")

@@ -6,7 +6,7 @@ NaN, never 0. A scrape only reads.
 
 A process exports only the series of what it currently owns, so that an alert cannot keep
 firing on a verdict nobody computes any more. A standby (a ``serve`` process waiting for the
-state lock, :mod:`stream.consumer`) exports ``streamdrift_active 0`` and its build, nothing else:
+state lock, :mod:`stream.service.consumer`) exports ``streamdrift_active 0`` and its build, nothing else:
 no verdict, lag, staleness or reference series; :meth:`Metrics.activate` adds them when it takes
 over. The active process removes the verdict series (one child of each per-segment verdict gauge
 per (segment, feature, statistic)) of a segment that fell silent (:meth:`Metrics.remove_segments`).

@@ -19,7 +19,7 @@ its fingerprint is the tagged one.
 With an alias, ``serve`` polls it in a background thread every ``mlflow.poll_interval`` (so the
 consume loop never waits for the tracking server) and, when it points at another version, hands
 that version's profile to the loop, which switches between two batches (see
-:mod:`stream.consumer`). A failed poll is logged and retried at the next interval; the current
+:mod:`stream.service.consumer`). A failed poll is logged and retried at the next interval; the current
 version stays in force.
 """
 
@@ -294,70 +294,3 @@ class AliasWatcher:
                 # the current version stays in force; the next poll tries again
                 self.failures += 1
                 log.warning("cannot follow %s (keeping version %s): %s", self.uri, self._current, exc)
-
-
-def log_backfill(
-    registry: ModelRegistry,
-    run_id: str | None,
-    experiment: str | None,
-    records: Sequence[Mapping[str, Any]],
-    config: Any,
-    reference: ReferenceProfile,
-    events_path: str,
-) -> str:
-    """A backfill's window statistics as metrics of an MLflow run (``run_id``, or a new run of
-    ``experiment``), and its HTML drift report (``stream.report``) as the artifact
-    ``streamdrift/drift-report.html``; returns the run id."""
-    run = registry.run_for(run_id, experiment)
-    try:
-        return _log_backfill(registry, run, records, config, reference, events_path)
-    finally:
-        if run_id is None:  # (the run made here ends here; one given by the caller is the caller's)
-            registry._call(f"end run {run}", registry.client.set_terminated, run)
-
-
-def _log_backfill(
-    registry: ModelRegistry,
-    run: str,
-    records: Sequence[Mapping[str, Any]],
-    config: Any,
-    reference: ReferenceProfile,
-    events_path: str,
-) -> str:
-    from stream.report import (
-        Thresholds,
-        choose_window,
-        render_html,
-        select_records,
-        window_histogram,
-        window_records_of,
-    )
-
-    n = registry.log_window_metrics(run, records)
-    windows = len({(r["window_start"], r["window_end"]) for r in records})
-    recs = [dict(r) for r in records]
-    if not any(r["statistic"] in ("psi", "ks", "chi2", "unseen") for r in recs):
-        print(f"mlflow: {n} metrics of {windows} windows -> run {run} (no window statistics: no report)")
-        return run
-    monitor, segment, mine = select_records(recs, None, None)
-    window = choose_window(mine, None)
-    features = list(dict.fromkeys(r["feature"] for r in window_records_of(mine)))
-    hist = window_histogram(
-        reference, features, config=config, events_path=events_path, segment=segment, start=window[0], end=window[1]
-    )
-    page = render_html(
-        mine,
-        monitor=monitor,
-        segment=segment,
-        thresholds=Thresholds.from_config(config),
-        window=window,
-        hist=hist,
-        reference=reference,
-        source=Path(events_path).name,
-    )
-    with tempfile.TemporaryDirectory(prefix="streamdrift-report-") as tmp:
-        path = Path(tmp) / "drift-report.html"
-        path.write_text(page, encoding="utf-8")
-        registry.log_file(run, path)
-    print(f"mlflow: {n} metrics of {windows} windows and {ARTIFACT_DIR}/drift-report.html -> run {run}")
-    return run

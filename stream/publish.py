@@ -10,9 +10,7 @@ checkpoint never covers output that was not delivered.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,20 +20,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from detectors.evaluate import alert_id
 from stream.exceptions import StreamError
+from stream.records import encode
 
 log = logging.getLogger("streamdrift.publish")
 
 #: dead letters larger than this keep only their first bytes (header ``streamdrift.truncated_from``)
 DEAD_LETTER_MAX_BYTES = 512 << 10
-
-
-def encode(record: Mapping[str, Any]) -> bytes:
-    """Strict JSON; a non-finite number (undefined) is written as null, never as NaN or 0."""
-    try:
-        return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        return json.dumps(clean, separators=(",", ":"), allow_nan=False).encode()
 
 
 class Publisher:

@@ -254,7 +254,8 @@ class MlflowConfig(_Section):
     """How serve follows a ``reference: models:/NAME@ALIAS`` (the server: ``MLFLOW_TRACKING_URI``)."""
 
     poll_interval: int | str = Field(
-        "60s", description="how often the alias is resolved again; a move switches the reference (stream.consumer)"
+        "60s",
+        description="how often the alias is resolved again; a move switches the reference (stream.service.consumer)",
     )
 
     @field_validator("poll_interval")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream.broker import EmbeddedBroker
+from stream.demo.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

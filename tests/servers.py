@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from stream.broker import EmbeddedBroker, free_port, wait_for_port
+from stream.demo.broker import EmbeddedBroker, free_port, wait_for_port
 
 
 def need(tool: str) -> str:

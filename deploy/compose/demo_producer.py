@@ -4,7 +4,7 @@
 ``produce`` writes events stamped with the wall clock to Kafka, ``--rate`` per second, and
 injects the synthetic drift (income shift, merchant mix, labels decoupled from the score)
 after ``--drift-after`` seconds, so windows close in real time and Prometheus sees the
-drift alerts fire. Run inside the streamdrift image (it uses ``stream.synthetic``).
+drift alerts fire. Run inside the streamdrift image (it uses ``stream.demo.synthetic``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from detectors.reference import ReferenceProfile
-from stream import synthetic
+from stream.demo import synthetic
 
 
 def build_reference(out: str, seed: int) -> None:

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from stream.serve_cli import serve
+from stream.cli.serve import serve
 from stream.settings import ServeConfig
 from tests.benchmarks.bench_common import AVRO_SCHEMA_ID
 

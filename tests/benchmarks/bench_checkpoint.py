@@ -42,8 +42,8 @@ from detectors.config import MonitorConfig
 from detectors.events import EventColumns
 from detectors.histogram import Layout, WindowState
 from detectors.reference import ReferenceProfile
-from stream.checkpoint import StateStore
-from stream.windows import WindowManager
+from stream.service.checkpoint import StateStore
+from stream.service.windows import WindowManager
 
 FEATURES = 25
 SEGMENTS = 100

@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from stream.serve_cli import GC_THRESHOLD
+from stream.cli.serve import GC_THRESHOLD
 from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, fast_fetch_config
 
 BATCH = 10_000
@@ -165,7 +165,7 @@ def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
         rows += len(x)
         last_ts = int(ts[-1])
 
-    # the process settings of ``streamdrift serve`` (stream.serve_cli): start-up objects frozen,
+    # the process settings of ``streamdrift serve`` (stream.cli.serve): start-up objects frozen,
     # the young generation collected every GC_THRESHOLD[0] allocations
     gc.collect()
     gc.freeze()

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from stream.broker import free_port
+from stream.demo.broker import free_port
 from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, REFERENCE_SEED, Variant, avro_schema, columns
 
 REPO = Path(__file__).resolve().parents[2]

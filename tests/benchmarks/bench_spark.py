@@ -208,7 +208,7 @@ def tree_cpu_seconds(pid: int) -> float:
 def streaming_command(config: Path, checkpoint: Path, master: str, max_offsets: int) -> list[str]:
     submit = spark_submit()
     assert submit is not None
-    from stream.cli import spark_log_config
+    from stream.cli.batch import spark_log_config
 
     log_config = spark_log_config()
     java = STREAMING_JAVA_OPTIONS + (f" -Dlog4j2.configurationFile={log_config.as_uri()}" if log_config else "")
@@ -242,7 +242,7 @@ def run_spark_streaming(
     import signal
     import uuid
 
-    from stream.broker import free_port
+    from stream.demo.broker import free_port
     from tests.benchmarks.bench_serve import scrape, write_config
 
     tag = uuid.uuid4().hex[:8]

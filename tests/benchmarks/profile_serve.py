@@ -40,7 +40,7 @@ def summarize(raw: Path, top: int = 25) -> str:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        if not any(".run (stream/consumer.py" in f for f in frames):
+        if not any(".run (stream/service/consumer.py" in f for f in frames):
             continue
         n = int(count)
         total += n
@@ -73,7 +73,7 @@ def main() -> int:
     if not Path(pyspy).exists():
         raise SystemExit("py-spy not found: pip install -e '.[bench]'")
     variant = MIXED if a.mixed else NUMERIC_ONLY
-    from stream.broker import EmbeddedBroker
+    from stream.demo.broker import EmbeddedBroker
 
     with tempfile.TemporaryDirectory(prefix="streamdrift-profile-") as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)

@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     json_path = Path(a.json or f"/tmp/streamdrift-bench-{time.strftime('%Y%m%dT%H%M%S')}.json")
 
-    from stream.broker import EmbeddedBroker
+    from stream.demo.broker import EmbeddedBroker
 
     self_check()
     if "kafka" in sections:

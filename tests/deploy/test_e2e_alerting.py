@@ -42,7 +42,7 @@ from detectors.evaluate import WINDOW_STATISTICS, segment_label
 from detectors.events import decode_events, parse_time_ms
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream import synthetic
+from stream.demo import synthetic
 from stream.metrics import LABEL_METRIC_NAMES
 
 pytestmark = pytest.mark.e2e

@@ -488,7 +488,6 @@ def runbook_commands() -> list[tuple[str, set[str]]]:
 def test_runbook_commands_use_existing_subcommands_and_flags():
     from stream import cli
 
-    cli._load_plugins()
     commands = runbook_commands()
     found = {name for name, _flags in commands}
     assert found >= {"report", "reference", "backfill"}
@@ -496,7 +495,7 @@ def test_runbook_commands_use_existing_subcommands_and_flags():
     every_flag: set[str] = set()
     for name, flags in commands:
         parser = argparse.ArgumentParser(prog=f"streamdrift {name}")
-        cli.COMMANDS[name][0](parser)
+        cli.COMMANDS[name].add_args(parser)
         known = {opt for action in parser._actions for opt in action.option_strings}
         every_flag |= known
         assert flags <= known, f"streamdrift {name}: the runbook uses {sorted(flags - known)}"

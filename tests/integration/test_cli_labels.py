@@ -23,7 +23,7 @@ from detectors.engine import run_local_labels
 from detectors.events import decode_events, decode_labels
 from detectors.performance import FEATURE
 from detectors.reference import ReferenceProfile
-from stream.files import read_records
+from stream.records import read_records
 
 pytestmark = pytest.mark.integration
 

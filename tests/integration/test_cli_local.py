@@ -28,7 +28,7 @@ from detectors.engine import run_local
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream.files import read_records
+from stream.records import read_records
 
 pytestmark = pytest.mark.integration
 

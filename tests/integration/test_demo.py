@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from detectors.evaluate import WINDOW_STATISTICS
-from stream import synthetic
-from stream.files import read_records
+from stream.demo import synthetic
+from stream.records import read_records
 
 pytestmark = pytest.mark.integration
 

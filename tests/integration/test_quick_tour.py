@@ -20,8 +20,8 @@ import pytest
 
 from detectors.evaluate import WINDOW_STATISTICS, iso_ms, parse_iso_ms
 from detectors.reference import ReferenceProfile
-from stream import synthetic
-from stream.files import read_records
+from stream.demo import synthetic
+from stream.records import read_records
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from detectors.engine import run_local
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream.files import write_records
+from stream.records import write_records
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.cli import main
-from stream.report import read_topic
+from stream.report.html import read_topic
 from tests.conftest import create_topics
 
 pytestmark = pytest.mark.integration

@@ -33,9 +33,9 @@ from detectors.evaluate import WINDOW_STATISTICS, alert_id, parse_iso_ms
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream.broker import free_port
-from stream.checkpoint import StateLock
+from stream.demo.broker import free_port
 from stream.publish import DEAD_LETTER_MAX_BYTES
+from stream.service.checkpoint import StateLock
 from tests.conftest import create_topics
 from tests.reliability.harness import kill, stop
 

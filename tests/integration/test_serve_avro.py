@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from detectors.evaluate import WINDOW_STATISTICS
-from stream.consumer import DriftConsumer, WindowOutput
+from stream.service.consumer import DriftConsumer, WindowOutput
 from stream.settings import ServeConfig
 from tests.conftest import create_topics
 from tests.integration.test_serve import (

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from detectors.evaluate import WINDOW_STATISTICS, alert_id
-from stream.consumer import DriftConsumer, WindowOutput
+from stream.service.consumer import DriftConsumer, WindowOutput
 from stream.settings import ServeConfig
 from tests.conftest import create_topics
 from tests.integration.test_serve import (

@@ -20,7 +20,7 @@ import yaml
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
-from stream.consumer import DriftConsumer
+from stream.service.consumer import DriftConsumer
 from stream.settings import ServeConfig
 from tests.conftest import create_topics
 from tests.integration.test_serve import build_reference, make_events, produce, topics_for, write_config

@@ -25,7 +25,7 @@ from detectors.config import MonitorConfig
 from detectors.engine import run_local
 from detectors.events import decode_events
 from detectors.histogram import Layout
-from stream.consumer import DriftConsumer, WindowOutput
+from stream.service.consumer import DriftConsumer, WindowOutput
 from stream.settings import ServeConfig
 from tests.conftest import create_topics
 from tests.integration.test_serve import (

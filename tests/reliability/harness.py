@@ -311,7 +311,7 @@ def open_overall_events(state_dir: Path) -> int:
 
 
 def read_panes(state_dir: Path, doc: dict[str, Any]) -> dict[tuple[int, int], tuple[int, np.ndarray]]:
-    """The panes of a checkpoint, read from its pane log as stream/checkpoint.py documents the format (file
+    """The panes of a checkpoint, read from its pane log as stream/service/checkpoint.py documents the format (file
     header: 8-byte magic, u32 slots; chunks: b"CHNK", u32 deleted, u32 updated, u64 body length, sha256,
     then the deleted (i4 segment, i8 pane) and updated (i4 segment, i8 pane, i8 events, i8 counts) records)."""
     info = doc["panes"]

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
 
-from stream.broker import EmbeddedBroker
+from stream.demo.broker import EmbeddedBroker
 from stream.exceptions import ConfigError
 from stream.settings import KafkaConfig, MetricsConfig, ServeConfig
 from tests.conftest import create_topics

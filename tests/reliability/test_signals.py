@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from stream.broker import EmbeddedBroker
+from stream.demo.broker import EmbeddedBroker
 from tests.conftest import create_topics
 from tests.reliability import harness as h
 

@@ -21,7 +21,7 @@ from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from jobs.backfill import run_backfill
 from jobs.common import Monitor
-from stream.consumer import DriftConsumer, WindowOutput
+from stream.service.consumer import DriftConsumer, WindowOutput
 from stream.settings import ServeConfig, load_monitor
 from tests.conftest import create_topics
 from tests.spark.conftest import T0, make_events, write_monitor

@@ -31,7 +31,7 @@ from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from jobs.common import Monitor
 from jobs.streaming import start
-from stream import synthetic
+from stream.demo import synthetic
 from tests.conftest import create_topics
 from tests.deploy.conftest import Service, free_port, http_json, render_alertmanager, require_binary, start_service
 from tests.deploy.conftest import wait_until as _wait_until

@@ -17,7 +17,8 @@ from detectors.engine import run_local
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream.files import read_records, read_rows
+from stream.files import read_rows
+from stream.records import read_records
 from stream.settings import load_monitor
 from tests.spark.conftest import make_events, write_jsonl, write_monitor
 
@@ -108,7 +109,7 @@ def test_streamdrift_backfill_engine_spark(inputs: tuple[Path, Path], tmp_path: 
 def test_the_launcher_finds_this_environments_spark_submit(monkeypatch: Any) -> None:
     import pyspark
 
-    from stream.cli import find_spark_submit, spark_log_config, spark_submit_command
+    from stream.cli.batch import find_spark_submit, spark_log_config, spark_submit_command
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     for var in ("SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):

@@ -30,8 +30,8 @@ from detectors.engine import run_local
 from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream.broker import free_port
-from stream.files import read_records
+from stream.demo.broker import free_port
+from stream.records import read_records
 from stream.settings import load_monitor
 from tests.conftest import create_topics
 from tests.spark.conftest import T0, make_events, write_jsonl, write_monitor

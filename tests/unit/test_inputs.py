@@ -13,7 +13,7 @@ import pytest
 
 from detectors.config import MonitorConfig
 from stream.exceptions import InputFileError
-from stream.files import EventRows, numbers_from_text, read_event_rows, write_records, write_text
+from stream.files import EventRows, numbers_from_text, read_event_rows
 from stream.inputs import (
     check_rejections,
     detect_features_field,
@@ -22,6 +22,7 @@ from stream.inputs import (
     percent,
     rejection_summary,
 )
+from stream.records import write_records, write_text
 
 pytestmark = pytest.mark.unit
 
@@ -174,9 +175,8 @@ def test_pandas_category_columns_are_categorical(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from stream.cli import COMMANDS, _load_plugins, main
+    from stream.cli import COMMANDS, main
 
-    _load_plugins()
     for name in COMMANDS:
         with pytest.raises(SystemExit) as done:
             main([name, "--help"])

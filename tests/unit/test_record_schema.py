@@ -1,19 +1,54 @@
-"""One record schema everywhere: the consumer's files, the Spark jobs and detectors agree."""
+"""One record schema and one rule for undefined values, for every writer (files, Kafka, Spark jobs)."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
-import jobs.common
-import stream.files
 from detectors.evaluate import RECORD_FIELDS
+from stream.exceptions import InputFileError
+from stream.records import RECORD_SCHEMA, encode, read_records, write_records
 
 pytestmark = pytest.mark.unit
 
 
-def test_stream_and_jobs_write_the_same_parquet_schema() -> None:
-    assert stream.files.RECORD_SCHEMA.equals(jobs.common.RECORD_SCHEMA)
+def _record(**over: object) -> dict[str, object]:
+    rec: dict[str, object] = dict.fromkeys(RECORD_FIELDS)
+    rec.update(monitor="m", segment={"region": "eu"}, feature="f", statistic="psi", value=0.0, n_window=10)
+    rec.update(over)
+    return rec
 
 
 def test_parquet_schema_has_exactly_the_record_fields_in_order() -> None:
-    assert tuple(stream.files.RECORD_SCHEMA.names) == RECORD_FIELDS
+    assert tuple(RECORD_SCHEMA.names) == RECORD_FIELDS
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_number_is_undefined_in_every_format(tmp_path: Path, bad: float) -> None:
+    rec = _record(p_value=bad, effect=0.25)
+    # Kafka message value (serve and the Spark streaming job)
+    assert json.loads(encode(rec))["p_value"] is None
+    assert b"NaN" not in encode(rec) and b"Infinity" not in encode(rec)
+    for name in ("r.jsonl", "r.parquet"):
+        write_records(tmp_path / name, [rec])
+        (back,) = read_records(tmp_path / name)
+        assert back["p_value"] is None, name
+        assert back["effect"] == 0.25 and back["value"] == 0.0, name  # 0 stays 0: undefined is not zero
+        assert back["segment"] == {"region": "eu"}, name
+    column = pq.read_table(tmp_path / "r.parquet").column("p_value")
+    assert column.null_count == 1
+
+
+def test_records_go_to_jsonl_or_parquet_only(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="not CSV"):
+        write_records(tmp_path / "o.csv", [_record()])
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_record_field_of_an_unknown_type_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="cannot be a set"):
+        encode(_record(model_name={"x"}))

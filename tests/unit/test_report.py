@@ -25,7 +25,7 @@ from detectors.events import decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.cli import main
-from stream.files import write_records
+from stream.records import write_records
 
 pytestmark = pytest.mark.unit
 

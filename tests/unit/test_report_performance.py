@@ -17,8 +17,8 @@ from detectors.events import LabelColumns, decode_events
 from detectors.histogram import Layout
 from detectors.performance import CLASSIFICATION, PerformanceProfile
 from detectors.reference import ReferenceProfile
-from stream.files import write_records
-from stream.report_performance import performance_html, split_performance
+from stream.records import write_records
+from stream.report.performance import performance_html, split_performance
 from tests.unit.test_report import Page, _render
 
 pytestmark = pytest.mark.unit

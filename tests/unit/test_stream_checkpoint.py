@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import stream.checkpoint as cp
+import stream.service.checkpoint as cp
 from detectors.exceptions import ConfigError, ReferenceMismatchError
 from detectors.histogram import WindowState
-from stream.checkpoint import StateLock, StateStore, prepare_state_dir
 from stream.exceptions import CheckpointError
+from stream.service.checkpoint import StateLock, StateStore, prepare_state_dir
 
 pytestmark = pytest.mark.unit
 

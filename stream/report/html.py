@@ -52,12 +52,11 @@ from detectors.events import decode_events, parse_time_ms
 from detectors.exceptions import InputError, ReferenceMismatchError
 from detectors.histogram import Layout, coarse_counts
 from detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
-from stream.cli import command
 from stream.exceptions import ConfigError, InputFileError, StreamError
-from stream.files import read_records, write_text
 from stream.inputs import read_events
 from stream.modelref import load_reference
-from stream.report_performance import performance_html, split_performance
+from stream.records import read_records, write_text
+from stream.report.performance import performance_html, split_performance
 from stream.settings import load_monitor, load_yaml
 
 REQUIRED_FIELDS = ("monitor", "segment", "feature", "statistic", "severity", "window_start", "window_end")
@@ -843,7 +842,7 @@ def render_html(
     from plotly.offline import get_plotlyjs
 
     e = html.escape
-    records, performance = split_performance(records)  # (late labels: stream/report_performance.py)
+    records, performance = split_performance(records)  # (late labels: stream/report/performance.py)
     summaries = summarize(records)
     drifted = drift_windows(records)
     windows = all_windows(records)
@@ -972,7 +971,7 @@ def render_html(
 
 
 # -- command ----------------------------------------------------------------------------------
-def _report_args(p: argparse.ArgumentParser) -> None:
+def report_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--records", help="window statistic records: .jsonl or .parquet (the backfill's output)")
     src.add_argument("--topic", help="read the records from this statistics topic instead")
@@ -1020,7 +1019,6 @@ def _kafka_conf(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {lib: raw[k] for k, lib in keys.items() if raw.get(k) is not None}
 
 
-@command("report", "write a self-contained HTML drift report from window statistic records", _report_args)
 def cmd_report(args: argparse.Namespace) -> int:
     config = load_monitor(args.config) if args.config else None
     raw_cfg = load_yaml(args.config) if args.config else {}
@@ -1087,5 +1085,5 @@ def cmd_report(args: argparse.Namespace) -> int:
 def report_command(argv: Sequence[str], out: Path) -> None:
     """``streamdrift report ARGV --out OUT`` in process (the demo's report)."""
     parser = argparse.ArgumentParser(prog="streamdrift report")
-    _report_args(parser)
+    report_args(parser)
     cmd_report(parser.parse_args([*argv, "--out", str(out)]))

@@ -44,7 +44,7 @@ right; a corrupt manifest or log chunk is logged and never loaded: the previous 
 and without one the consumer starts from the committed offsets. A manifest of another monitor, or
 of another reference, is refused with an error (unless the store takes ``any_reference``: a
 ``models:/`` reference, whose version may change; then the consumer closes that version's windows
-itself, :mod:`stream.consumer`).
+itself, :mod:`stream.service.consumer`).
 
 One process writes the store: the active ``serve`` holds an exclusive ``flock`` on ``.lock``
 (released when it exits, ``kill -9`` included); other processes of the monitor are standbys that

@@ -20,14 +20,14 @@ the windows the watermark passed -> evaluate -> publish records/alerts and set m
 ``kafka.group_id`` (what Kafka's tools show as the group's position; on start the checkpoint's
 offsets win).
 
-**Exactly the same statistics after a crash.** A checkpoint (:mod:`stream.checkpoint`) holds the
+**Exactly the same statistics after a crash.** A checkpoint (:mod:`stream.service.checkpoint`) holds the
 window panes, watermarks, close frontier, segment router, count windows and concept detectors
 together with the next offset of every partition, as one atomic unit; outputs are flushed before
 it is written and offsets committed only after it. On start the consumer seeks every partition
 to the checkpoint's offset, so whatever was processed after the last checkpoint is processed
 again from the same state; re-sent records of a re-closed window are identical and keyed
 identically. What a window contains does not depend on how the partitions interleave
-(:mod:`stream.windows`).
+(:mod:`stream.service.windows`).
 
 **Concept drift.** One detector per Kafka partition, fed that partition's events in offset order
 (deterministic under replay); its records have segment ``{"kafka_partition": "<p>"}``. The file
@@ -85,15 +85,15 @@ from detectors.exceptions import ConfigError, ReferenceMismatchError, SnapshotEr
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from detectors.sequential import ConceptDetector, make_detector, restore
-from stream.checkpoint import Checkpoint, StateLock, StateStore
-from stream.connect import check_broker
 from stream.decode import EventDecoder
 from stream.exceptions import CheckpointError
 from stream.metrics import Metrics, serve_http
 from stream.modelref import AliasWatcher, ModelRegistry, ModelVersion
 from stream.publish import Publisher
+from stream.service.checkpoint import Checkpoint, StateLock, StateStore
+from stream.service.connect import check_broker
+from stream.service.windows import ClosedWindow, WindowManager
 from stream.settings import ServeConfig
-from stream.windows import ClosedWindow, WindowManager
 
 log = logging.getLogger("streamdrift.consumer")
 

@@ -1,8 +1,7 @@
-"""The ``streamdrift`` command line.
+"""The batch commands: ``reference`` (build or calibrate a profile) and ``backfill`` (window
+statistics over a file of events, locally or with spark-submit), with the summary they print.
 
-Subcommands register themselves in :data:`COMMANDS` via :func:`command`; each gets an
-argparse sub-parser and returns a process exit code. Expected failures (bad config, bad
-input) print one clear message to stderr and exit 2; nothing prints a traceback for them.
+Registered in :mod:`stream.cli`; each handler returns a process exit code.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,12 +19,12 @@ from detectors.config import MonitorConfig, is_model_uri, reference_columns
 from detectors.engine import run_local
 from detectors.evaluate import flag_rates
 from detectors.events import EventColumns, decode_events, decode_reference_rows
-from detectors.exceptions import ConfigError, StreamdriftError
+from detectors.exceptions import ConfigError
 from detectors.histogram import Layout
 from detectors.reference import DISCRETE_VALUES, ReferenceProfile
-from stream import labels_cli
+from stream.cli import labels as labels_cli
 from stream.exceptions import InputFileError
-from stream.files import EventRows, numbers_from_text, read_columns, read_event_rows, write_records
+from stream.files import EventRows, numbers_from_text, read_columns, read_event_rows
 from stream.inputs import (
     DEFAULT_MAX_REJECTED,
     check_rejections,
@@ -36,26 +35,13 @@ from stream.inputs import (
     read_events,
     rejection_summary,
 )
+from stream.records import write_records
 from stream.settings import load_monitor, load_yaml
 
 log = logging.getLogger("streamdrift")
 
-Handler = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
 
-
-def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
-    """Register subcommand ``name``: ``add_args`` adds its arguments, the decorated function runs it."""
-
-    def register(handler: Handler) -> Handler:
-        COMMANDS[name] = (add_args, handler, help)
-        return handler
-
-    return register
-
-
-# -- reference build / calibrate --------------------------------------------------------
-def _reference_args(p: argparse.ArgumentParser) -> None:
+def reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "action",
         choices=["build", "calibrate"],
@@ -133,7 +119,6 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
 
-@command("reference", "build or calibrate a frozen reference profile", _reference_args)
 def cmd_reference(args: argparse.Namespace) -> int:
     target = _mlflow_target(args)
     if args.action == "calibrate":
@@ -304,7 +289,7 @@ def _calibrate(args: argparse.Namespace, target: str | None = None) -> int:
 
 
 # -- backfill ---------------------------------------------------------------------------
-def _backfill_args(p: argparse.ArgumentParser) -> None:
+def backfill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="monitor YAML")
     p.add_argument("--input", required=True, help="events: .parquet, .csv or .jsonl")
     p.add_argument("--output", required=True, help="window statistic records: .jsonl or .parquet")
@@ -336,7 +321,6 @@ def _backfill_args(p: argparse.ArgumentParser) -> None:
     labels_cli.add_backfill_args(p)
 
 
-@command("backfill", "compute window statistics over a file of events", _backfill_args)
 def cmd_backfill(args: argparse.Namespace) -> int:
     if args.engine == "spark" and args.max_rejected is not None:
         raise ConfigError("--max-rejected applies to --engine local (the Spark job counts its rejections only)")
@@ -387,7 +371,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         print_summary(records, sys.stdout)
     print(f"{len(records)} records from {len(cols)} events -> {args.output}")
     if registry is not None and (args.mlflow_run or args.mlflow_experiment):
-        from stream.modelref import log_backfill
+        from stream.cli.mlflow_log import log_backfill
 
         log_backfill(registry, args.mlflow_run, args.mlflow_experiment, records, config, reference, args.input)
     return 0
@@ -565,45 +549,3 @@ def print_summary(records: Sequence[Mapping[str, Any]], out: TextIO) -> None:
         cells = " ".join(f"{mark.get(feats.get(f, ''), ' '):>{width}}" for f in features)
         out.write(f"{start:<25} {seg[:18]:<18} {cells}\n")
     out.write("legend: . ok   W warning   C critical   ? too few events (no verdict)\n")
-
-
-# -- entry point ------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamdrift", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (add_args, _handler, help_text) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
-    return parser
-
-
-def _load_plugins() -> None:
-    """Import the modules that register the other subcommands."""
-    import importlib
-
-    for mod in ("stream.serve_cli", "stream.demo", "stream.report"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    _load_plugins()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _add, handler, _help = COMMANDS[args.command]
-    try:
-        return handler(args)
-    except StreamdriftError as exc:
-        print(f"streamdrift {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    # `python -m stream.cli`: run the imported module so plugins register where main() looks
-    from stream.cli import main as _main
-
-    sys.exit(_main())

@@ -40,9 +40,8 @@ import yaml
 
 from detectors.evaluate import iso_ms
 from detectors.reference import ReferenceProfile
-from stream import synthetic
-from stream.broker import EmbeddedBroker, free_port
-from stream.cli import command
+from stream.demo import synthetic
+from stream.demo.broker import EmbeddedBroker, free_port
 from stream.exceptions import StreamError
 
 CONFIG_HEADER = """\
@@ -55,7 +54,7 @@ TOPIC, STATS, ALERTS, DLQ = "predictions", "streamdrift.statistics", "streamdrif
 MALFORMED = (b"not json at all", b'{"timestamp": "yesterday", "features": {}}', b'{"features": {"income": "high"}}')
 
 
-def _demo_args(p: argparse.ArgumentParser) -> None:
+def demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=60_000, help="events in the synthetic stream")
     p.add_argument("--drift-at", type=float, default=0.5, help="fraction of the stream where the drift starts")
     p.add_argument("--window", default="10m", help="tumbling window size (event time; events are 100 ms apart)")
@@ -68,7 +67,6 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7)
 
 
-@command("demo", "run the whole pipeline on an embedded broker with a drifting synthetic stream", _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 0 < args.drift_at < 1:
         raise StreamError(f"--drift-at must be between 0 and 1 (got {args.drift_at})")
@@ -82,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return Demo(args, workdir.resolve()).run()
 
 
-def _example_args(p: argparse.ArgumentParser) -> None:
+def example_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=".", help="directory to write baseline.FORMAT and events.FORMAT to")
     p.add_argument(
         "--format",
@@ -94,11 +92,6 @@ def _example_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7)
 
 
-@command(
-    "example-data",
-    "write an example baseline and events file (a credit model's predictions, drift half-way) to try the commands",
-    _example_args,
-)
 def cmd_example_data(args: argparse.Namespace) -> int:
     if args.events < 1000:
         raise StreamError(f"--events must be at least 1000 (got {args.events}) for windows with verdicts")
@@ -382,7 +375,7 @@ class Demo:
 
     def _report(self, config_path: Path) -> Path:
         """The HTML report of the records serve wrote, with the window histograms from the events."""
-        from stream.report import report_command
+        from stream.report.html import report_command
 
         out = self.workdir / "report.html"
         report_command(
