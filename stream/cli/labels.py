@@ -20,7 +20,7 @@ import dataclasses
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from detectors.config import MonitorConfig
@@ -58,7 +58,10 @@ def with_performance(
             why = f"the baseline has no column {missing}" if missing else "name --prediction and --label"
             print(f"warning: no performance in the profile ({why}): performance gets no verdicts", file=sys.stderr)
         return ref
-    task = args.task or labels.get("task") or "classification"
+    task = args.task or labels.get("task")
+    if task is None:  # not stated: classification when every label is 0 or 1, else regression (said)
+        task = _infer_task(cols[label])
+        print(f"performance: labels.task not set; {task} from the label values", file=sys.stderr)
     threshold = args.threshold if args.threshold is not None else float(labels.get("threshold", 0.5))
     t0 = time.perf_counter()
     perf = PerformanceProfile.build(
@@ -75,6 +78,12 @@ def with_performance(
         f"{metrics}"
     )
     return dataclasses.replace(ref, performance=perf)
+
+
+def _infer_task(labels: Sequence[Any]) -> str:
+    known = [v for v in labels if v is not None and not (isinstance(v, float) and v != v)]
+    binary = bool(known) and all(isinstance(v, (bool, int, float)) and v in (0, 1) for v in known)
+    return "classification" if binary else "regression"
 
 
 def add_backfill_args(p: argparse.ArgumentParser) -> None:
