@@ -45,7 +45,7 @@ Verdicts (records; several verdicts may read one test)
     ``value``, ``effect``, ``p_value``, ``threshold`` and ``drift`` are ``None`` and ``severity``
     is ``insufficient_data``. Undefined is never reported as 0.
 
-Records follow the one schema of DESIGN.md ("Records"), plus ``effect``, ``p_value_adjusted``
+Records follow the one schema of docs/architecture.md ("Record schema"), plus ``effect``, ``p_value_adjusted``
 and ``method``.
 """
 
@@ -520,7 +520,7 @@ def window_records(
     model_name: str | None = None,
     model_version: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Window statistic records (DESIGN.md "Records"), in a stable field order.
+    """Window statistic records (docs/architecture.md "Record schema"), in a stable field order.
 
     ``model_name`` / ``model_version``: the registered model version the reference belongs to
     (a ``models:/`` reference), None for a reference file.

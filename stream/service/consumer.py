@@ -1,7 +1,7 @@
 """The consumer loop of ``streamdrift serve``: one active process per monitor, standbys that take over.
 
 **Active and standby.** :meth:`DriftConsumer.run` first serves /metrics, then takes the state
-lock (an exclusive ``flock`` on ``state.dir/.lock``, :class:`stream.checkpoint.StateLock`). If
+lock (an exclusive ``flock`` on ``state.dir/.lock``, :class:`stream.service.checkpoint.StateLock`). If
 another process holds it, this one is a *standby*: it exports ``streamdrift_active 0`` and nothing
 else of the monitor (no verdict, lag or staleness series), logs who holds the lock, and tries again
 every :data:`STANDBY_POLL_S` seconds for as long as it takes, until the lock is free or it is

@@ -1,4 +1,4 @@
-"""``streamdrift serve`` on Avro, for the benchmark: the same process as the CLI's (``stream.serve_cli.serve``:
+"""``streamdrift serve`` on Avro, for the benchmark: the same process as the CLI's (``stream.cli.serve.serve``:
 signals, garbage-collector settings, /metrics), with the schema registry in memory.
 
 No registry server runs here, and confluent-kafka's in-memory registry lives in one process, so this

@@ -11,11 +11,11 @@ How it is measured (in this process, on the disk of ``--workdir``):
    (Poisson, about what 10k events per segment and pane give), and a first checkpoint is written
    (a new pane log with every live pane);
 2. then ``--minutes`` of event time in 10 s intervals: each interval adds events through
-   :meth:`stream.windows.WindowManager.add` (``EVENTS_PER_INTERVAL``, spread over every segment:
+   :meth:`stream.service.windows.WindowManager.add` (``EVENTS_PER_INTERVAL``, spread over every segment:
    every segment's newest pane changes, as at 100k events/s), closes the windows the watermark
    passed (a new pane per segment every minute, the oldest dropped) and writes a checkpoint with
-   the consumer's own code (:meth:`stream.consumer.DriftConsumer`'s order: windows' changes, then
-   :meth:`stream.checkpoint.StateStore.save`), timed (wall and CPU) with its bytes;
+   the consumer's own code (:meth:`stream.service.consumer.DriftConsumer`'s order: windows' changes, then
+   :meth:`stream.service.checkpoint.StateStore.save`), timed (wall and CPU) with its bytes;
 3. the full-JSON format of earlier versions (one document with every pane's sparse counts, its
    sha256 over the canonical JSON, written atomically; a copy of that serialisation is kept below
    for the comparison) is written ``OLD_REPEATS`` times on the same state;

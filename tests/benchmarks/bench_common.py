@@ -213,7 +213,7 @@ def machine() -> dict[str, Any]:
         "confluent_kafka": confluent_kafka.version()[0],
         "librdkafka": confluent_kafka.libversion()[0],
         "java": java[0] if java else "not found",
-        "broker": "tansu 0.6.0 (stream.broker.EmbeddedBroker, in-memory storage, loopback TCP)",
+        "broker": "tansu 0.6.0 (stream.demo.broker.EmbeddedBroker, in-memory storage, loopback TCP)",
     }
 
 

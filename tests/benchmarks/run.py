@@ -1,6 +1,6 @@
 """streamdrift's performance benchmark: ``make bench`` or ``.venv/bin/python tests/benchmarks/run.py``.
 
-One run, one machine, one broker (the embedded tansu, ``stream.broker.EmbeddedBroker``), the
+One run, one machine, one broker (the embedded tansu, ``stream.demo.broker.EmbeddedBroker``), the
 same data for every contender: N JSON events with 20 numeric features, and a variant with 5
 categorical features and a segment field. For each repeat and variant the data is drawn
 afresh (its own seed) and produced to a fresh topic; the ceiling, the floor and

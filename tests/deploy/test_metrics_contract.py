@@ -17,7 +17,7 @@ from tests.unit.test_metrics_labels import performance_records
 
 pytestmark = pytest.mark.unit
 
-#: the metric contract of the consumer (shared contracts, DESIGN.md "Metrics")
+#: the metric contract of the consumer (docs/architecture.md, "Metrics")
 CONTRACT = {
     "streamdrift_statistic_value": "gauge",
     "streamdrift_statistic_p_value": "gauge",

