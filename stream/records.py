@@ -29,13 +29,12 @@ import pyarrow.parquet as pq
 
 from detectors.evaluate import RECORD_TYPES
 from stream.exceptions import InputFileError
+from stream.files import file_kind
 
 #: Parquet schema of records (``segment`` is a string map)
 RECORD_SCHEMA = pa.schema(
     [(name, pa.map_(pa.string(), pa.string()) if t == "map" else pa.type_for_alias(t)) for name, t in RECORD_TYPES]
 )
-JSONL = (".jsonl", ".ndjson", ".json")
-PARQUET = (".parquet", ".pq")
 
 
 def defined(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,13 +66,10 @@ def records_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 def _kind(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in JSONL:
-        return "jsonl"
-    if suffix in PARQUET:
-        return "parquet"
-    what = suffix.lstrip(".").upper() or "a name without extension"
-    raise InputFileError(f"{path}: records are written and read as .jsonl or .parquet, not {what}")
+    kind = file_kind(path)
+    if kind == "csv":
+        raise InputFileError(f"{path}: records are written and read as .jsonl or .parquet, not CSV")
+    return kind
 
 
 def temp_beside(path: Path) -> tuple[int, Path]:
