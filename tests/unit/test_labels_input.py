@@ -160,3 +160,20 @@ def test_serve_refuses_a_labels_section_until_it_joins_labels(tmp_path, capsys) 
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
     assert main(["serve", "--config", str(tmp_path / "m.yaml"), "--check"]) == 2
     assert "labels: serve does not join late labels yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("labels", "task"),
+    [
+        ([0, 1, 1, None, 0.0, float("nan")], "classification"),
+        ([True, False], "classification"),
+        ([0, 1, 2], "regression"),
+        ([0.5, 1.0], "regression"),
+        ([None, None], "regression"),
+        (["yes", "no"], "regression"),
+    ],
+)
+def test_the_task_of_a_baseline_without_labels_task_comes_from_its_labels(labels: list[object], task: str) -> None:
+    from stream.cli.labels import _infer_task
+
+    assert _infer_task(labels) == task
