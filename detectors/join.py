@@ -414,6 +414,17 @@ class LabelJoin:
             self._sweep()
         return out
 
+    def advance_to(self, t: int) -> int | None:
+        """Move the label watermark to ``t`` without a label (the labels have stopped: ``serve`` takes their
+        time to have reached ``t``); the last tick it crossed (None: none). Expired predictions are swept."""
+        if t <= self.label_watermark:
+            return None
+        before = self.label_watermark
+        self.label_watermark = t
+        self._sweep()
+        tick = t // self.tick_ms
+        return tick * self.tick_ms if before <= _NEVER or tick > before // self.tick_ms else None
+
     def _join_chunk(self, h: U64, t: I64, y: F64, wl: I64) -> Joined:
         n = len(h)
         todo = np.arange(n)

@@ -202,6 +202,13 @@ class PerformanceTracker:
                 out.extend(self._emit(chunk.tick))
         return out
 
+    def labels_stopped(self, prediction_watermark: int) -> list[dict[str, Any]]:
+        """The label stream has stopped (``serve``: every label partition idle): its watermark is taken to
+        have reached ``prediction_watermark - clock_skew - 1`` (a label arriving now could not be stamped
+        earlier and still be processed); the windows due at the tick that reaches."""
+        tick = self.join.advance_to(prediction_watermark - self.labels.clock_skew_ms - 1)
+        return self._emit(tick) if tick is not None else []
+
     def finish(self) -> list[dict[str, Any]]:
         """The end of the input (a backfill): check the windows once more at the label watermark itself
         (the labels' stream has ended, so no further tick would come)."""

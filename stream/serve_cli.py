@@ -16,8 +16,8 @@ import threading
 from types import FrameType
 from typing import Any
 
-from detectors.exceptions import ConfigError
 from stream.cli import command
+from stream.labels_serve import check_serve_labels
 from stream.settings import ServeConfig
 
 log = logging.getLogger("streamdrift.serve")
@@ -36,8 +36,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 @command("serve", "consume a Kafka topic and publish window drift statistics, alerts and metrics", _serve_args)
 def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig.load(args.config)
-    if config.monitor.labels is not None:  # (until the consumer joins the labels topic)
-        raise ConfigError("labels: serve does not join late labels yet; `streamdrift backfill --labels FILE` does")
+    check_serve_labels(config)
     if args.check:
         print(f"config ok: {config!r}")
         return 0
