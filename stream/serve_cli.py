@@ -74,4 +74,14 @@ def serve(config: ServeConfig, **consumer_args: Any) -> int:
         stats.alerts,
         stats.checkpoints,
     )
+    if consumer.labels is not None:
+        from detectors.labelled import join_summary
+
+        log.info(
+            "labels topic %s: %d messages, %d invalid; %s",
+            consumer.labels.topic,
+            stats.label_messages,
+            stats.label_invalid,
+            join_summary(consumer.labels.counts),
+        )
     return 0

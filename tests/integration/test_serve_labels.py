@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ from detectors.events import decode_events, decode_labels
 from detectors.performance import FEATURE, PerformanceProfile
 from detectors.reference import ReferenceProfile
 from stream.consumer import DriftConsumer, RunStats, WindowOutput
+from stream.files import read_records
 from stream.settings import ServeConfig
 from tests.conftest import create_topics
 from tests.reliability.harness import read_topic
@@ -195,6 +198,19 @@ def test_serve_joins_a_labels_topic_like_the_backfill(kafka_bootstrap: str, tmp_
     data = serve_config(tmp_path, kafka_bootstrap, topics)
     want, counts = expected(data, tmp_path, preds, labels)
     want_perf = [r for r in want if r["feature"] == FEATURE]
+    # `streamdrift backfill --labels` on the same data, as a user runs it, gives these records
+    (tmp_path / "preds.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    (tmp_path / "monitor.yaml").write_text(json.dumps(data))
+    res = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "backfill", "--config", str(tmp_path / "monitor.yaml"), "--input",
+         str(tmp_path / "preds.jsonl"), "--labels", str(tmp_path / "labels.jsonl"), "--output",
+         str(tmp_path / "backfill.jsonl"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    cli = [r for r in read_records(tmp_path / "backfill.jsonl") if r["feature"] == FEATURE]
+    assert norm(cli) == norm(want_perf)
     assert len({r["window_start"] for r in want_perf}) >= 10
     assert any(r["drift"] for r in want_perf), "the drop in accuracy is flagged"
     # labels first (they wait for the predictions), then the predictions: serve must hold them
