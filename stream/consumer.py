@@ -34,6 +34,13 @@ identically. What a window contains does not depend on how the partitions interl
 backfill (:func:`detectors.engine.run_local`) runs one detector over the whole history in
 event-time order (segment ``{}``): on a one-partition topic in time order, the same detections.
 
+**Late labels.** With a ``labels`` section the partitions of ``labels.topic`` are assigned next
+to the predictions' on the same consumer; label messages are split off each batch and handed to
+:class:`stream.labels_serve.ServeLabels` (decoding, dead letters, the label partitions' own
+watermark, the join and the performance records), which is advanced to the windows' close
+frontier after every step. Its binary state is part of every checkpoint, with the first label
+offset not yet released to the join of each label partition.
+
 **Model versions.** A reference that names an MLflow model version (``reference:
 models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, :mod:`stream.modelref`): every record, alert and
 checkpoint says which version it belongs to, and ``streamdrift_reference_info`` carries the version
