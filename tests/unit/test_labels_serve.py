@@ -196,3 +196,43 @@ def test_event_decoder_reads_prediction_ids_as_decode_events() -> None:
         cols, rejected = dec.decode(batch)
         assert not rejected
         assert cols.ids == want.ids[: len(batch)]
+
+
+def test_labels_stopped_moves_the_label_watermark_to_the_predictions() -> None:
+    """Hand-worked: 10-minute windows, max_delay 30m, clock_skew 1m; predictions at 1, 11, 21 and 31 min,
+    one label (for the first, at 2 min); then the labels stop. At a prediction watermark of 62 min the label
+    watermark becomes 62 - 1 min - 1 ms = 61 min - 1 ms; its tick is 60 min, which passes end + max_delay of
+    the windows 0-10, 10-20 and 20-30 (30 + 30 <= 60), not 30-40 (70). Timed out: the predictions with
+    t + 30 min <= 61 min - 1 ms, i.e. those at 11 and 21 min (31 + 30 > 61 - 1 ms: it still waits)."""
+    from detectors.events import EventColumns
+    from detectors.labelled import PerformanceTracker
+    from detectors.reference import ReferenceProfile
+
+    cfg = MonitorConfig.from_mapping(
+        {
+            "monitor": "m",
+            "reference": "r.json",
+            "events": {"prediction_field": "score"},
+            "window": {"size": "10m"},
+            "concept": {"detector": "none"},
+            "labels": {"max_delay": "30m", "clock_skew": "1m"},
+        }
+    )
+    ref = ReferenceProfile.build({"x": np.arange(100.0)}, calibrate=False)
+    from detectors.engine import SegmentRouter
+
+    tracker = PerformanceTracker(cfg, ref, SegmentRouter((), 10, True))
+    m = 60_000
+    t = np.array([1 * m, 11 * m, 21 * m, 31 * m], dtype=np.int64)
+    cols = EventColumns(t, {}, [()] * 4, np.array([0.9, 0.1, 0.8, 0.7]), np.full(4, np.nan), ids=["a", "b", "c", "d"])
+    tracker.add_predictions(cols, np.full(4, -1, dtype=np.int64))
+    tracker.add_labels(LabelColumns(["a"], np.array([2 * m], dtype=np.int64), np.array([1.0]), []))
+    assert tracker.advance(5 * m) == []  # the label is processed, no tick reaches a window's end + max_delay
+    assert tracker.labels_stopped(5 * m) == []  # (5 - 1 min - 1 ms: no window can go yet)
+    recs = tracker.labels_stopped(62 * m)
+    starts = sorted({r["window_start"] for r in recs})
+    assert starts == ["1970-01-01T00:00:00.000Z", "1970-01-01T00:10:00.000Z", "1970-01-01T00:20:00.000Z"]
+    assert tracker.join.label_watermark == 61 * m - 1
+    assert tracker.counts["label_timeout"] == 2 and tracker.counts["pending"] == 1
+    assert tracker.counts["joined"] == 1 and tracker.counts["windows_waiting"] == 1  # (the 30-40 window)
+    assert tracker.labels_stopped(62 * m) == []  # (no further tick)
