@@ -802,7 +802,7 @@ class DriftConsumer:
         n = len(msgs)
         values: list[bytes | None] = list(map(Message.value, msgs))
         parts = np.fromiter(map(Message.partition, msgs), dtype=np.int64, count=n)
-        offs = np.fromiter((m.offset() or 0 for m in msgs), dtype=np.int64, count=n)
+        offs = np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n)  # (set on every consumed message)
         kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, msgs)]
         rejected = self.labels.add_labels(values, parts, offs, kts)
         pub = self._publisher

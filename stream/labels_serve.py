@@ -209,8 +209,11 @@ class LabelDecoder:
             if kts is None:
                 limit: Any = now_ms + self._skew_ms
             else:
-                chosen = [kts[i] for i in idx]
-                limit = np.fromiter((now_ms if x is None else x for x in chosen), dtype=np.int64, count=k)
+                chosen = kts if len(idx) == len(kts) else [kts[i] for i in idx]  # (idx is 0..n-1 then)
+                try:
+                    limit = np.fromiter(chosen, dtype=np.int64, count=k)
+                except TypeError:  # a message without a timestamp: the clock
+                    limit = np.fromiter((now_ms if x is None else x for x in chosen), dtype=np.int64, count=k)
                 limit = limit + self._skew_ms
             return t, ok & (t >= self._min_ms) & (t <= limit)
         if self._use_kts and kts is not None:
