@@ -171,8 +171,12 @@ class PerformanceTracker:
         n = len(cols)
         if n == 0:
             return
-        has_id = np.fromiter((i is not None for i in cols.ids), dtype=bool, count=n)
-        ok = has_id & self.layout.valid_scores(cols.prediction)
+        ids = cols.ids
+        if None in ids:
+            ok = np.fromiter((i is not None for i in ids), dtype=bool, count=n)
+            ok &= self.layout.valid_scores(cols.prediction)
+        else:  # (the usual batch: every prediction has an id)
+            ok = self.layout.valid_scores(cols.prediction)
         self.unjoinable += int(n - ok.sum())
         idx = np.flatnonzero(ok)
         if not len(idx):
@@ -183,7 +187,7 @@ class PerformanceTracker:
             keep = panes >= self._pruned_below
             idx, t, panes = idx[keep], t[keep], panes[keep]
         segs = np.asarray(seg_ids, dtype=np.int64)[idx]
-        h = id_hashes([cols.ids[i] for i in idx.tolist()])  # type: ignore[misc]
+        h = id_hashes(ids if len(idx) == n else [ids[i] for i in idx.tolist()])  # type: ignore[arg-type,misc]
         self.join.add_predictions(h, t, cols.prediction[idx], segs.astype(np.int32))
         self._count(panes, segs)
 
@@ -201,6 +205,13 @@ class PerformanceTracker:
             if chunk.tick is not None:
                 out.extend(self._emit(chunk.tick))
         return out
+
+    def labels_stopped(self, prediction_watermark: int) -> list[dict[str, Any]]:
+        """The label stream has stopped (``serve``: every label partition idle): its watermark is taken to
+        have reached ``prediction_watermark - clock_skew - 1`` (a label arriving now could not be stamped
+        earlier and still be processed); the windows due at the tick that reaches."""
+        tick = self.join.advance_to(prediction_watermark - self.labels.clock_skew_ms - 1)
+        return self._emit(tick) if tick is not None else []
 
     def finish(self) -> list[dict[str, Any]]:
         """The end of the input (a backfill): check the windows once more at the label watermark itself

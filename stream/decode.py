@@ -39,6 +39,7 @@ from detectors.events import (
 )
 from detectors.exceptions import InputError
 from detectors.histogram import FeatureColumns
+from detectors.join import id_text
 from detectors.reference import MISSING, CategoricalProfile, NumericProfile, ReferenceProfile
 from stream import fastenum
 
@@ -58,6 +59,7 @@ REASON_CODES = (
 AVRO_REASON_CODES = ("not_avro", "unknown_schema")
 
 _INT_ONLY = {int}
+_STR_ONLY = {str}
 
 #: after a batch the strict decoder refused, this many batches go straight to the lenient one
 STRICT_RETRY = 64
@@ -180,6 +182,8 @@ class EventDecoder:
         self.categorical = [f for f in self.features if f not in self.numeric]
         self._cat_profiles = [p for f in self.categorical if isinstance(p := reference.features[f], CategoricalProfile)]
         self._strict_wait = 0  # batches left before the strict decoder is tried again
+        #: with a labels section, each prediction's id (:attr:`EventColumns.ids`)
+        self._id_field = config.labels.id_field if config.labels is not None else None
         self._decoder = self._build()
         self._unit = ev.time_unit
         self._kafka_ok = ev.time_missing == "kafka_timestamp"
@@ -211,6 +215,10 @@ class EventDecoder:
         for name in (ev.prediction_field, ev.label_field):
             if name is not None:
                 top[name] = bool | float | None
+        if self._id_field is not None:
+            if self._id_field in top:
+                return None  # (the id is also another field: the reference path reads it)
+            top[self._id_field] = bool | int | float | str | None
         feats: dict[str, Any] = {f: num_t for f in self.numeric}
         # (stream.fastenum: kept strings decode to shared objects, and in the strict decoder to their slots;
         # where it is not available, plain strings binned by lookup)
@@ -276,6 +284,8 @@ class EventDecoder:
                 self._num_tuple = msgspec.structs.astuple
         self._cat_gets = [attrgetter(src[f]) for f in self.categorical]
         tops = [*ev.segment_fields, *(n for n in (ev.prediction_field, ev.label_field) if n is not None)]
+        if self._id_field is not None:
+            tops.append(self._id_field)
         self._top_gets = [attrgetter(top_attrs[f]) for f in tops]
         return msgspec.json.Decoder(classes[False])
 
@@ -485,7 +495,7 @@ class EventDecoder:
         n_num, n_seg = len(self.numeric), len(ev.segment_fields)
         k = len(good)
         fobjs = list(map(self._fobj_get, good)) if self._fobj_get is not None else good
-        n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None)
+        n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None) + (self._id_field is not None)
         carried: npt.NDArray[np.int64] | None = None  # (rows, categorical) slots from the strict decoder
         cats: list[Any]  # a list of values per categorical (CodedColumn: the strict decoder's)
         if k and strict and self._features_tuple:
@@ -564,6 +574,11 @@ class EventDecoder:
         pred = np.array(tops[j], dtype=np.float64) if ev.prediction_field is not None else nan
         j += 1 if ev.prediction_field is not None else 0
         label = np.array(tops[j], dtype=np.float64) if ev.label_field is not None else nan.copy()
+        ids: list[str | None] | None = None
+        if self._id_field is not None:
+            ids = tops[-1]
+            if set(map(type, ids)) != _STR_ONLY or "" in ids:
+                ids = [id_text(x) for x in ids]
         return EventColumns(
             time_ms=times,
             features=FeatureColumns({f: columns[f] for f in self.features}, num, self.numeric, codes, self.reference),
@@ -572,6 +587,7 @@ class EventDecoder:
             label=label,
             rows=rows,
             segment_values=seg_values,
+            ids=ids,
         )
 
     def _slow_row(self, value: bytes, kts: int | None, now_ms: int) -> tuple[int, tuple[Any, ...], tuple[Any, ...]]:
@@ -593,6 +609,9 @@ class EventDecoder:
             top += (float(cols.prediction[0]),)
         if self.config.events.label_field is not None:
             top += (float(cols.label[0]),)
+        if self._id_field is not None:
+            assert cols.ids is not None
+            top += (cols.ids[0],)
         return int(cols.time_ms[0]), feats, top
 
 

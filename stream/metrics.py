@@ -335,7 +335,8 @@ class Metrics:
         )
         self.labels_waiting = Gauge(
             "streamdrift_labels_waiting",
-            "predictions waiting for their label (kind=prediction) and labels held for the predictions (kind=label)",
+            "predictions waiting for their label (kind=prediction), labels held for the predictions (kind=label), "
+            "windows whose performance waits for labels (kind=window)",
             ("monitor", "kind"),
             registry=r,
         )
@@ -384,6 +385,8 @@ class Metrics:
             self._joins_seen[outcome] = now  # (a restored, smaller count: counted on from there)
         self.labels_waiting.labels(m, "prediction").set(int(counts.get("pending", 0)))
         self.labels_waiting.labels(m, "label").set(int(counts.get("held", 0)))
+        if "windows_waiting" in counts:
+            self.labels_waiting.labels(m, "window").set(int(counts["windows_waiting"]))
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         child = self._lag_children.get((topic, partition))

@@ -16,7 +16,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from detectors.exceptions import ConfigError
+from stream.service.labels import check_serve_labels
 from stream.settings import ServeConfig
 
 log = logging.getLogger("streamdrift.serve")
@@ -34,8 +34,7 @@ def serve_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig.load(args.config)
-    if config.monitor.labels is not None:  # (until the consumer joins the labels topic)
-        raise ConfigError("labels: serve does not join late labels yet; `streamdrift backfill --labels FILE` does")
+    check_serve_labels(config)
     if args.check:
         print(f"config ok: {config!r}")
         return 0
@@ -73,4 +72,14 @@ def serve(config: ServeConfig, **consumer_args: Any) -> int:
         stats.alerts,
         stats.checkpoints,
     )
+    if consumer.labels is not None:
+        from detectors.labelled import join_summary
+
+        log.info(
+            "labels topic %s: %d messages, %d invalid; %s",
+            consumer.labels.topic,
+            stats.label_messages,
+            stats.label_invalid,
+            join_summary(consumer.labels.counts),
+        )
     return 0

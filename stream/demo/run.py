@@ -4,8 +4,11 @@
 2. builds a reference profile from synthetic baseline data;
 3. starts ``streamdrift serve`` (a real subprocess) with /metrics live;
 4. produces a synthetic prediction stream with a drift injected part-way (plus a few
-   malformed messages, which go to the dead-letter topic);
-5. prints each closed window's verdicts and every alert as they arrive on their topics;
+   malformed messages, which go to the dead-letter topic), and the predictions' labels on a
+   labels topic, each 1 to 20 minutes (event time) after its prediction: from the drift on the
+   labels stop following the score, so the model's accuracy drops there;
+5. prints each closed window's verdicts, each window's performance once its late labels have
+   come (joined by prediction id), and every alert as they arrive on their topics;
 6. stops the consumer with SIGTERM and prints a summary: events, windows, alerts, and where
    the drift was found against where it was injected;
 7. writes an HTML report of the records serve wrote (``records.jsonl``), and prints where
@@ -23,6 +26,7 @@ README's quick tour.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import shutil
@@ -36,9 +40,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
+from detectors.config import parse_duration_ms
 from detectors.evaluate import iso_ms
+from detectors.performance import FEATURE as PERFORMANCE
 from detectors.reference import ReferenceProfile
 from stream.demo import synthetic
 from stream.demo.broker import EmbeddedBroker, free_port
@@ -51,6 +58,7 @@ CONFIG_HEADER = """\
 # take the defaults. Every setting, commented: deploy/examples/monitor.yaml in the repository.
 """
 TOPIC, STATS, ALERTS, DLQ = "predictions", "streamdrift.statistics", "streamdrift.alerts", "streamdrift.dead-letters"
+LABELS = "labels"
 MALFORMED = (b"not json at all", b'{"timestamp": "yesterday", "features": {}}', b'{"features": {"income": "high"}}')
 
 
@@ -123,9 +131,18 @@ class Demo:
         self.windows: dict[str, dict[str, Any]] = defaultdict(dict)  # window_start -> feature -> worst record
         self.alerts: list[dict[str, Any]] = []
         self.concept: list[dict[str, Any]] = []
+        self.performance: dict[str, dict[str, Any]] = {}  # window_start -> statistic -> overall record
+        self.perf_printed: set[str] = set()
+        self.perf_alerts: list[dict[str, Any]] = []
         self.counts: dict[str, float] = {}
         self.records = workdir / "records.jsonl"
         self.events = workdir / "events.jsonl"
+        self.labels = workdir / "labels.jsonl"
+        # a label arrives 1 minute to two windows after its prediction (event time, uniformly at random);
+        # a prediction waits three windows for it (labels.max_delay)
+        window_ms = parse_duration_ms(args.window, "--window")
+        self.label_delay_ms = (60_000, 2 * window_ms)
+        self.max_delay_ms = 3 * window_ms
 
     # -- steps ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -156,12 +173,16 @@ class Demo:
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=1, replication_factor=1) for t in (TOPIC, STATS, ALERTS, DLQ)]
+            [NewTopic(t, num_partitions=1, replication_factor=1) for t in (TOPIC, LABELS, STATS, ALERTS, DLQ)]
         )
         for f in futures.values():
             f.result(timeout=10)
 
     def _build_reference(self) -> Path:
+        import dataclasses
+
+        from detectors.performance import PerformanceProfile
+
         cols = synthetic.reference_columns(50_000, seed=self.args.seed + 1)
         ref = ReferenceProfile.build(
             cols,
@@ -169,9 +190,14 @@ class Demo:
             categorical=synthetic.CATEGORICAL,
             metadata={"source": "streamdrift demo baseline"},
         )
+        perf = PerformanceProfile.build(cols["score"], cols["label"], task="classification", threshold=0.5)
+        ref = dataclasses.replace(ref, performance=perf)
         path = self.workdir / "reference.json"
         ref.save(path)
-        _say(f"[2/6] reference profile: 50,000 baseline events, {len(ref.features)} features -> {path}")
+        _say(
+            f"[2/6] reference profile: 50,000 baseline events, {len(ref.features)} features, the model's accuracy "
+            f"{perf.metrics['accuracy']:.3f} on their labels -> {path}"
+        )
         _say(f"      fingerprint {ref.fingerprint[:23]}...")
         return path
 
@@ -184,11 +210,17 @@ class Demo:
                 "features_field": "features",
                 "segment_fields": ["country"],
                 "prediction_field": "score",
-                "label_field": "label",
             },
             "window": {"kind": "tumbling", "size": self.args.window},
             "statistics": {"min_events": 200},
             "concept": {"detector": "adwin", "stream": "model_error", "error": "absolute"},
+            # the labels come later, on their own topic, joined to the predictions by id
+            "labels": {
+                "topic": LABELS,
+                "id_field": "id",
+                "label_field": "label",
+                "max_delay": f"{self.max_delay_ms // 1000}s",
+            },
             "kafka": {"bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": "streamdrift-demo"},
             "outputs": {
                 "statistics_topic": STATS,
@@ -251,20 +283,45 @@ class Demo:
             f"[4/6] producing {n:,} events to '{TOPIC}' (event time {iso_ms(self.spec.start_ms)} + 100 ms each); "
             f"drift injected at event {drift_index:,} = {iso_ms(self.spec.drift_start_ms)}"
         )
+        _say(
+            f"      and their labels to '{LABELS}', each {self.label_delay_ms[0] // 60_000} to "
+            f"{self.label_delay_ms[1] // 60_000} minutes after its prediction (joined by id; labels.max_delay "
+            f"{self.max_delay_ms // 60_000}m);\n"
+            "      from the drift on the labels stop following the score: the model's accuracy drops there"
+        )
         bad_at = {n // 4 + k * 7 for k in range(len(MALFORMED))}
         n_bad = 0
-        with self.events.open("wb") as copy:  # (the valid events, for `report --events` and a backfill)
+        rng = np.random.default_rng(self.args.seed + 2)
+        pending: list[tuple[int, int, bytes]] = []  # (label time, seq, label message): a heap
+        with self.events.open("wb") as copy, self.labels.open("wb") as labels:
+            # (the valid events and the labels, for `report --events` and a backfill --labels)
+
+            def send_labels(until_ms: int) -> None:
+                while pending and pending[0][0] <= until_ms:
+                    _t, _seq, value = heapq.heappop(pending)
+                    p.produce(LABELS, value)
+                    labels.write(value + b"\n")
+
             for i, ev in enumerate(synthetic.events(self.spec)):
                 if i in bad_at:
                     p.produce(TOPIC, MALFORMED[n_bad])
                     n_bad += 1
+                ev["id"] = f"e{i}"
+                label = ev.pop("label")
+                send_labels(ev["timestamp"])
                 value = json.dumps(ev, separators=(",", ":")).encode()
                 p.produce(TOPIC, value)
                 copy.write(value + b"\n")
+                t_label = ev["timestamp"] + int(rng.integers(*self.label_delay_ms))
+                heapq.heappush(
+                    pending,
+                    (t_label, i, json.dumps({"id": ev["id"], "label": label, "timestamp": t_label}).encode()),
+                )
                 if i % 5000 == 0:
                     p.poll(0)
                 if (i + 1) % (n // 4) == 0:
                     _say(f"      produced {i + 1:,}/{n:,}")
+            send_labels(2**62)
         p.flush(30)
         return n_bad
 
@@ -298,14 +355,20 @@ class Demo:
                     if msg.topic() == ALERTS:
                         if rec["feature"] == "model_error":
                             self.concept.append(rec)
+                        elif rec["feature"] == PERFORMANCE:
+                            self.perf_alerts.append(rec)
                         else:
                             self.alerts.append(rec)
                         continue
                     last_window_seen = time.monotonic()
                     if rec["segment"] or rec["feature"] == "model_error":
                         continue
+                    if rec["feature"] == PERFORMANCE:
+                        self.performance.setdefault(rec["window_start"], {})[rec["statistic"]] = rec
+                        continue
                     self._keep(rec)
                 self._print_ready(features, printed)
+                self._print_performance()
                 counts = self._scrape() or {}
                 if counts:
                     self.counts = dict(counts)
@@ -335,6 +398,21 @@ class Demo:
             n_alerts = sum(1 for a in self.alerts if a["window_start"] == start)
             _say(f"      {start}  {cells}   {n_alerts}")
 
+    def _print_performance(self) -> None:
+        """Each window's performance, once its late labels are in (its records come together)."""
+        mark = {"ok": "ok", "warning": "DROP (warning)", "critical": "DROP (critical)", "insufficient_data": "?"}
+        for start in sorted(self.performance):
+            recs = self.performance[start]
+            acc, cov = recs.get("accuracy"), recs.get("label_coverage")
+            if start in self.perf_printed or acc is None or cov is None:
+                continue
+            self.perf_printed.add(start)
+            value = "-" if acc["value"] is None else f"{acc['value']:.3f}"
+            _say(
+                f"      performance of window {start}: accuracy {value} on {acc['n_window']:,} late labels "
+                f"(coverage {cov['value']:.2f})  {mark[acc['severity']]}"
+            )
+
     def _stop_consumer(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -363,14 +441,26 @@ class Demo:
             "window stays open until later events move the watermark past its end"
         )
         _say(f"  feature alerts         {len(self.alerts)} on '{ALERTS}'; concept-drift detections {len(self.concept)}")
-        _say(f"  drift injected at      {drift_start} into {', '.join(synthetic.DRIFTED_FEATURES)} (and the labels)")
+        _say(
+            f"  drift injected at      {drift_start} into {', '.join(synthetic.DRIFTED_FEATURES)} (and the labels: "
+            "the accuracy drops)"
+        )
         for f in [*synthetic.NUMERIC, *synthetic.CATEGORICAL]:
             starts = flagged.get(f, [])
             where = f"first flagged in window {starts[0]} ({len(starts)} windows)" if starts else "never flagged"
             expect = "drifted" if f in synthetic.DRIFTED_FEATURES else "stable "
             _say(f"    {f:<12} {expect}  {where}")
+        dropped = sorted(s for s, recs in self.performance.items() if (recs.get("accuracy") or {}).get("drift"))
+        where = f"first flagged in window {dropped[0]}" if dropped else "never flagged"
+        _say(
+            f"  performance            {len(self.performance)} windows from late labels (the last ones wait for "
+            f"theirs: labels.max_delay); accuracy drop {where} ({len(self.perf_alerts)} performance alerts)"
+        )
         if self.concept:
-            _say(f"    model error  ADWIN first detection at {self.concept[0]['window_end']}")
+            _say(
+                f"    model error  ADWIN first detection at {self.concept[0]['window_end']} (on the joined labels, "
+                "in label-arrival order)"
+            )
         _say(f"  wall time              {seconds:.1f} s")
 
     def _report(self, config_path: Path) -> Path:
@@ -395,13 +485,17 @@ class Demo:
         _say(f"  {report.name:<15} the drift report: open it in a browser")
         _say(f"  {self.records.name:<15} the window statistic records serve wrote (also on '{STATS}')")
         _say(f"  {self.events.name:<15} the events the demo sent (nested JSON lines)")
+        _say(f"  {self.labels.name:<15} their labels, in the order they were sent to '{LABELS}'")
         _say(f"  {'reference.json':<15} the reference profile the windows were compared with")
         _say(f"  {config_path.name:<15} the monitor's configuration")
         _say("next")
         _say("  the report of one segment (or --window START for another window's histograms):")
         _say(f"    {report_cmd}")
         _say("  the same statistics from the events file, without Kafka:")
-        _say(f"    streamdrift backfill --config {config_path} --input {self.events} --output {w / 'backfill.jsonl'}")
+        _say(
+            f"    streamdrift backfill --config {config_path} --input {self.events} --labels {self.labels} "
+            f"--output {w / 'backfill.jsonl'}"
+        )
         _say("  your own data (a file of past events for the reference, and the events to check):")
         _say(f"    cp {config_path} monitor.yaml   # then set reference, events.* (your columns) and kafka.*")
         _say("    streamdrift reference build --input baseline.csv --config monitor.yaml --out reference.json")

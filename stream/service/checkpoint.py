@@ -5,6 +5,7 @@ Layout of ``state.dir``::
     .lock                  flock'ed by the active ``serve`` process (:class:`StateLock`)
     manifest-<seq>         a checkpoint: the small state, and how much of the pane log belongs to it
     panes-<gen>.log        the window panes: an append-only binary log
+    blob-<seq>.bin         with a labels section: the join's binary snapshot of checkpoint <seq>
 
 A **manifest** is text: its first line is the sha256 (hex) of the rest, the rest is JSON::
 
@@ -25,6 +26,12 @@ per checkpoint, each holding only what changed since the previous checkpoint::
     body:         n_deleted records (segment i4, pane i8): panes dropped (their windows closed)
                   n_updated records (segment i4, pane i8, n_events i8, counts i8[slots]):
                   the whole current state of each pane written since (the last one wins)
+
+A checkpoint of a monitor with a labels section also names a **blob** (``"blob": {"file":
+"blob-<seq>.bin", "sha256": .., "bytes": ..}``): the performance tracker's binary snapshot (join
+table, held labels, performance panes, :meth:`detectors.labelled.PerformanceTracker.snapshot`),
+written whole (fsync) before the manifest that names it, verified by its checksum when loaded
+and deleted with the manifest.
 
 Segments are the router's ids of the same checkpoint. The checksum is computed once, while the
 chunk is written; records are numpy structured arrays written in one go. Replaying the chunks up
@@ -84,6 +91,7 @@ KEEP = 2
 LOCK_NAME = ".lock"
 _MANIFEST = re.compile(r"^manifest-(\d{12})$")
 _LOG = re.compile(r"^panes-(\d{12})\.log$")
+_BLOB = re.compile(r"^blob-(\d{12})\.bin$")
 #: the layouts of earlier versions, refused with an error naming what to do
 _LEGACY = (re.compile(r"^checkpoint-\d{12}\.json$"), re.compile(r"^partitions$"))
 
@@ -192,6 +200,7 @@ class Checkpoint:
     state: dict[str, Any]
     panes: Panes
     slots: int
+    blob: bytes | None = None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -288,9 +297,27 @@ class StateStore:
         if not _LOG.match(name):
             raise CheckpointError(f"names no pane log: {name!r}")
         panes = self._replay(self.dir / name, length, slots)
+        blob = self._read_blob(doc.get("blob"))
         self._good, self._log, self._length, self._slots = path.name, name, length, slots
         self._log_fingerprint = info.get("fingerprint")
-        return Checkpoint(seq, path, str(doc["fingerprint"]), state, panes, slots)
+        return Checkpoint(seq, path, str(doc["fingerprint"]), state, panes, slots, blob)
+
+    def _read_blob(self, info: Any) -> bytes | None:
+        if info is None:
+            return None
+        try:
+            name, digest, size = str(info["file"]), str(info["sha256"]), int(info["bytes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"incomplete manifest (blob): {exc!r}") from None
+        if not _BLOB.match(name):
+            raise CheckpointError(f"names no blob: {name!r}")
+        try:
+            data = (self.dir / name).read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{name}: unreadable: {exc.strerror}") from None
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            raise CheckpointError(f"{name}: corrupt (checksum mismatch)")
+        return data
 
     def _replay(self, path: Path, length: int, slots: int) -> Panes:
         """The panes of the first ``length`` bytes of a log, every chunk verified."""
@@ -339,9 +366,11 @@ class StateStore:
         deleted: set[tuple[int, int]],
         slots: int,
         layout_fingerprint: str,
+        blob: bytes | None = None,
     ) -> Path:
         """Write a checkpoint: ``state`` (JSON), and the panes (``panes``: every live one; ``changed``:
-        the keys written since the last checkpoint, ``deleted``: those dropped since). Returns the
+        the keys written since the last checkpoint, ``deleted``: those dropped since; ``blob``: the labels'
+        binary state, written whole). Returns the
         manifest's path; raises :class:`CheckpointError` if something could not be written (nothing
         of it is then part of any checkpoint)."""
         t0 = time.perf_counter()
@@ -361,6 +390,16 @@ class StateStore:
             name = self._log
             length = self._append(name, panes, changed, deleted, slots)
         self.seq += 1
+        blob_info: dict[str, Any] | None = None
+        if blob is not None:
+            blob_name = f"blob-{self.seq:012d}.bin"
+            try:
+                self._write_atomic(self.dir / blob_name, blob)
+            except CheckpointError:
+                if fresh:
+                    (self.dir / name).unlink(missing_ok=True)
+                raise
+            blob_info = {"file": blob_name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
         doc = {
             "format": FORMAT,
             "version": VERSION,
@@ -371,6 +410,8 @@ class StateStore:
             "panes": {"log": name, "length": length, "slots": slots, "fingerprint": layout_fingerprint},
             "state": state,
         }
+        if blob_info is not None:
+            doc["blob"] = blob_info
         body = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode()
         path = self.dir / f"manifest-{self.seq:012d}"
         try:
@@ -378,6 +419,8 @@ class StateStore:
         except CheckpointError:
             if fresh:  # (the new log is part of no checkpoint: do not leave it taking space)
                 (self.dir / name).unlink(missing_ok=True)
+            if blob_info is not None:
+                (self.dir / blob_info["file"]).unlink(missing_ok=True)
             raise
         self.last_bytes = length - (0 if fresh else self._length)
         self.last_compacted = fresh
@@ -490,10 +533,14 @@ class StateStore:
                 path.unlink(missing_ok=True)
                 continue
             try:
-                raw = path.read_bytes()
-                logs.add(str(json.loads(raw.partition(b"\n")[2])["panes"]["log"]))
+                doc = json.loads(path.read_bytes().partition(b"\n")[2])
+                logs.add(str(doc["panes"]["log"]))
+                if doc.get("blob") is not None:
+                    logs.add(str(doc["blob"]["file"]))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         for p in self.dir.iterdir():
-            if (_LOG.match(p.name) and p.name not in logs) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            if ((_LOG.match(p.name) or _BLOB.match(p.name)) and p.name not in logs) or (
+                p.name.startswith(".") and p.name.endswith(".tmp")
+            ):
                 p.unlink(missing_ok=True)

@@ -34,6 +34,13 @@ identically. What a window contains does not depend on how the partitions interl
 backfill (:func:`detectors.engine.run_local`) runs one detector over the whole history in
 event-time order (segment ``{}``): on a one-partition topic in time order, the same detections.
 
+**Late labels.** With a ``labels`` section the partitions of ``labels.topic`` are assigned next
+to the predictions' on the same consumer; label messages are split off each batch and handed to
+:class:`stream.service.labels.ServeLabels` (decoding, dead letters, the label partitions' own
+watermark, the join and the performance records), which is advanced to the windows' close
+frontier after every step. Its binary state is part of every checkpoint, with the first label
+offset not yet released to the join of each label partition.
+
 **Model versions.** A reference that names an MLflow model version (``reference:
 models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, :mod:`stream.modelref`): every record, alert and
 checkpoint says which version it belongs to, and ``streamdrift_reference_info`` carries the version
@@ -92,6 +99,7 @@ from stream.modelref import AliasWatcher, ModelRegistry, ModelVersion
 from stream.publish import Publisher
 from stream.service.checkpoint import Checkpoint, StateLock, StateStore
 from stream.service.connect import check_broker
+from stream.service.labels import ServeLabels, check_serve_labels
 from stream.service.windows import ClosedWindow, WindowManager
 from stream.settings import ServeConfig
 
@@ -131,6 +139,9 @@ class RunStats:
     alerts: int = 0
     concept_detections: int = 0
     checkpoints: int = 0
+    label_messages: int = 0
+    label_invalid: int = 0
+    performance_records: int = 0
     metrics_port: int | None = None
     standby_s: float = 0.0  # how long it waited for the state lock
 
@@ -202,7 +213,23 @@ class DriftConsumer:
         else:
             reference = ReferenceProfile.load(self.monitor.reference)
         self.schema_registry = schema_registry
+        check_serve_labels(config)
         self._use_reference(reference, None)
+        #: late labels (a labels section): the labels topic, the join and the performance records
+        self.labels: ServeLabels | None = None
+        if self.monitor.labels is not None:
+            m = self.model
+            self.labels = ServeLabels(
+                self.monitor,
+                reference,
+                max_event_bytes=config.kafka.max_event_bytes,
+                clock=clock,
+                wall_clock=wall_clock,
+                model_name=None if m is None else m.name,
+                model_version=None if m is None else m.version,
+            )
+        self.label_partitions: set[int] = set()
+        self.label_offset: dict[int, int] = {}  # label partition -> next offset to read (this process)
         #: partition -> its concept detector and tracker (made at the partition's first event)
         self.concept: dict[int, tuple[ConceptDetector, ConceptTracker]] = {}
         self.metrics = Metrics(self.registry, self.monitor.monitor, _version(), active=False)
@@ -377,6 +404,8 @@ class DriftConsumer:
         self._check_slots(cp, self.layout)
         self.windows.restore(state["windows"], cp.panes)
         self._overflowed = self.windows.router.overflowed
+        if self.labels is not None:
+            self.label_offset = self.labels.restore(state.get("labels"), cp.blob)
         self.concept = {}
         for p, saved in state["concept"]:
             _fresh, tracker = self._concept_for(int(p))
@@ -399,6 +428,7 @@ class DriftConsumer:
                 for p, (det, tracker) in sorted(self.concept.items())
             ],
             "reference": self.reference_state(),
+            "labels": None if self.labels is None else self.labels.state(),
         }
 
     def checkpoint(self, reason: str) -> bool:
@@ -409,7 +439,13 @@ class DriftConsumer:
         changed, dropped = self.windows.changes()
         try:
             path = self.store.save(
-                self.state(), self.windows.panes, changed, dropped, self.layout.size, self.layout.fingerprint
+                self.state(),
+                self.windows.panes,
+                changed,
+                dropped,
+                self.layout.size,
+                self.layout.fingerprint,
+                None if self.labels is None else self.labels.snapshot(),
             )
         except CheckpointError as exc:
             self.metrics.checkpoints.labels(self.monitor.monitor, "failed").inc()
@@ -438,6 +474,12 @@ class DriftConsumer:
         offsets = [
             TopicPartition(self.topic, p, o) for p, o in sorted(self.next_offset.items()) if p in self.partitions
         ]
+        if self.labels is not None:  # (the first label not released to the join: what a restart reads again)
+            offsets += [
+                TopicPartition(self.labels.topic, p, o)
+                for p, o, _run in self.labels.merge.offsets()
+                if p in self.label_partitions
+            ]
         if not offsets:
             return
         try:
@@ -451,6 +493,8 @@ class DriftConsumer:
         """Read the topic's partitions and consume those not consumed yet (all of them at take-over)."""
         assert self._consumer is not None
         self._last_metadata = self.clock()
+        if self.labels is not None:
+            self._refresh_label_partitions()
         try:
             md = self._consumer.list_topics(self.topic, timeout=10)
         except KafkaException as exc:
@@ -491,14 +535,61 @@ class DriftConsumer:
             else:
                 tp.offset, how = OFFSET_BEGINNING, "earliest"
             where.append(f"{p}@{tp.offset if tp.offset >= 0 else how} ({how})")
-        if self.partitions:
-            self._consumer.incremental_assign(tps)
-        else:
-            self._consumer.assign(tps)
+        self._assign(tps)
         self.partitions |= set(partitions)
         self.windows.assign(partitions)
         self.metrics.assigned.labels(self.monitor.monitor).set(len(self.partitions))
         log.info("consuming %s partitions %s", self.topic, ", ".join(where))
+
+    def _assign(self, tps: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        if self.partitions or self.label_partitions:
+            self._consumer.incremental_assign(tps)
+        else:
+            self._consumer.assign(tps)
+
+    def _refresh_label_partitions(self) -> None:
+        """Consume the labels topic's partitions not consumed yet: each from the checkpoint's offset (the
+        first label not released to the join), else the group's committed offset, else the earliest. An
+        absent or empty labels topic holds nothing back (its partitions are not in the windows' watermark)."""
+        assert self._consumer is not None and self.labels is not None
+        topic = self.labels.topic
+        try:
+            md = self._consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            log.warning("cannot read the partitions of labels topic %s (trying again): %s", topic, exc)
+            return
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            if not self.label_partitions:
+                log.info("labels topic %s has no partitions (yet): %s", topic, None if t is None else t.error)
+            return
+        new = sorted(set(t.partitions) - self.label_partitions)
+        if not new:
+            return
+        tps = [TopicPartition(topic, p) for p in new]
+        missing = [tp for tp in tps if tp.partition not in self.label_offset]
+        committed: dict[int, int] = {}
+        if missing:
+            try:
+                got = self._consumer.committed(missing, timeout=10)
+                committed = {tp.partition: tp.offset for tp in got if tp.error is None and tp.offset >= 0}
+            except KafkaException as exc:
+                log.warning("cannot read the committed offsets of %s: %s", topic, exc)
+        where = []
+        for tp in tps:
+            p = tp.partition
+            if p in self.label_offset:
+                tp.offset, how = self.label_offset[p], "checkpoint"
+            elif p in committed:
+                tp.offset, how = committed[p], "committed"
+            else:
+                tp.offset, how = OFFSET_BEGINNING, "earliest"
+            where.append(f"{p}@{tp.offset if tp.offset >= 0 else how} ({how})")
+        self._assign(tps)
+        self.label_partitions |= set(new)
+        self.labels.merge.assign(new)
+        log.info("consuming labels topic %s partitions %s", topic, ", ".join(where))
 
     # -- the loop ---------------------------------------------------------------------------
     def _wait_for_lock(self, stop: threading.Event) -> bool:
@@ -612,11 +703,18 @@ class DriftConsumer:
                 log.warning("consumer error: %s", err)
         out = WindowOutput([], [], [])
         counted = (0, 0, 0)
+        label_msgs: list[Message] = []
+        if data and self.label_partitions:
+            data, label_msgs = self._split(data)
         if data:
             out, counted = self._process_data(data)
+        if label_msgs:
+            self._process_labels(label_msgs)
         closed = self.windows.advance()
         if closed:
             out.records.extend(self._emit(closed, out))
+        if self.labels is not None:
+            self._advance_labels(out)
         if out.records or out.concept:
             self._publish(out)
         if msgs:
@@ -666,6 +764,8 @@ class DriftConsumer:
         res = self.windows.add(cols, valid_parts)  # (rows are positions in data, in order: all of them, or a subset)
         st.valid += res.n_added
         st.late += res.n_late
+        if self.labels is not None:
+            self.labels.add_predictions(cols, res.rows)
         over = self.windows.router.overflowed
         if over > self._overflowed:
             self.metrics.segments_overflow.labels(mon).inc(over - self._overflowed)
@@ -682,9 +782,79 @@ class DriftConsumer:
         self._lag(set(present.tolist()))
         return out, (res.n_added, len(rejected), res.n_late)
 
+    def _split(self, data: list[Message]) -> tuple[list[Message], list[Message]]:
+        """(prediction messages, label messages) of a batch, each in the order consumed."""
+        assert self.labels is not None
+        topics = list(map(Message.topic, data))
+        lt = self.labels.topic
+        if lt not in topics:
+            return data, []
+        if topics.count(lt) == len(topics):
+            return [], data
+        return [m for m, t in zip(data, topics, strict=True) if t != lt], [
+            m for m, t in zip(data, topics, strict=True) if t == lt
+        ]
+
+    def _process_labels(self, msgs: list[Message]) -> None:
+        """Decode label messages (bad ones to the dead-letter topic, counted) and buffer them for the join."""
+        assert self.labels is not None
+        mon = self.monitor.monitor
+        n = len(msgs)
+        values: list[bytes | None] = list(map(Message.value, msgs))
+        parts = np.fromiter(map(Message.partition, msgs), dtype=np.int64, count=n)
+        offs = np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n)  # (set on every consumed message)
+        kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, msgs)]
+        rejected = self.labels.add_labels(values, parts, offs, kts)
+        pub = self._publisher
+        for r in rejected:
+            m = msgs[r.index]
+            if pub is not None:
+                pub.dead_letter(
+                    values[r.index], m.key(), r.reason, r.code, m.topic() or "", int(parts[r.index]), int(offs[r.index])
+                )
+            self.metrics.dead_letters.labels(mon, r.code).inc()
+        if rejected:
+            log.debug("%d invalid label events; first: %s", len(rejected), rejected[0].reason)
+        self.stats.label_messages += n
+        self.stats.label_invalid += len(rejected)
+        self._dirty = True
+        if self._consumer is not None:
+            for p in np.unique(parts).tolist():
+                try:
+                    _lo, hi = self._consumer.get_watermark_offsets(TopicPartition(self.labels.topic, p), cached=True)
+                except KafkaException:
+                    continue
+                if hi is not None and hi >= 0:
+                    nxt = int(offs[parts == p][-1]) + 1
+                    self.metrics.set_lag(self.labels.topic, p, max(0, hi - nxt))
+
+    def _advance_labels(self, out: WindowOutput) -> None:
+        """Labels released to the join and processed up to the windows' close frontier: the performance
+        records (and concept detections on the joined labels) due, and the join's metrics."""
+        from detectors.performance import FEATURE
+
+        assert self.labels is not None
+        wl = self.labels.tracker.join.label_watermark
+        recs = self.labels.advance(self.windows.frontier)
+        if self.labels.tracker.join.label_watermark != wl:
+            self._dirty = True
+        perf = [r for r in recs if r.get("feature") == FEATURE]
+        concept = [r for r in recs if r.get("feature") != FEATURE]
+        if perf:
+            out.records.extend(perf)
+            self.metrics.performance_records(perf)
+            self.stats.performance_records += len(perf)
+        if concept:
+            out.concept.extend(concept)
+            c = self.monitor.concept
+            self.metrics.concept.labels(self.monitor.monitor, c.detector, c.stream).inc(len(concept))
+            self.stats.concept_detections += len(concept)
+        self.metrics.set_label_counts(self.labels.counts)
+
     def _concept(self, cols: EventColumns, partitions: npt.NDArray[np.int64]) -> list[dict[str, Any]]:
-        """Each partition's events, in offset order, through that partition's concept detector."""
-        if not self.monitor.concept_active or len(cols) == 0:
+        """Each partition's events, in offset order, through that partition's concept detector (with a labels
+        section the concept detector runs on the joined labels instead: :mod:`stream.service.labels`)."""
+        if not self.monitor.concept_active or self.monitor.concept_on_labels or len(cols) == 0:
             return []
         vals = concept_values(cols, self.monitor)
         times = cols.time_ms

@@ -90,6 +90,7 @@ class AddResult:
     n_added: int
     n_late: int
     closed: list[ClosedWindow]  # count windows that filled up
+    rows: npt.NDArray[np.int64] | None = None  # positions of the events added (None: every one)
 
 
 def unique_pairs(
@@ -223,7 +224,7 @@ class WindowManager:
         else:
             self._add_panes(cols, idx, rows)
             closed = []
-        return AddResult(len(rows), int(late.sum()), closed)
+        return AddResult(len(rows), int(late.sum()), closed, None if len(rows) == n else rows)
 
     def _late(self, t: npt.NDArray[np.int64], partitions: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         p0 = int(partitions[0])

@@ -18,6 +18,16 @@ Throughput (:func:`throughput`)
     join processed. First the join alone, then the whole :class:`detectors.labelled.PerformanceTracker`
     (pane states, emission, records) without and with the ADWIN concept detector.
 
+Serve with a labels topic (:func:`serve_rate`, two ``streamdrift serve`` subprocesses on the embedded broker)
+    ``N`` prediction events (20 numeric features as in the ``kafka`` section's data, an ``id`` and a ``score``;
+    1 ms of event time apart) on one topic, and their ``N`` labels (1 to 60 seconds later in event time, in
+    label-time order, ~60 bytes) on a labels topic, both produced beforehand. ``serve`` without a labels section
+    reads the predictions; ``serve`` with one (``labels.max_delay: 5m``, 60 s windows) reads both topics on the
+    same consumer. Each rate is predictions per second from serve's own batch clock, as in the ``kafka``
+    section's serve figure (:mod:`tests.benchmarks.bench_serve`); the labelled run is timed until every label
+    has been read too (joined, orphaned or waiting), so labels come in at the predictions' rate. Target: the
+    labelled run at least 0.7x the other.
+
 Detection (:func:`detection`, through the backfill path :func:`detectors.engine.run_local_labels`)
     A reference of 50,000 labelled predictions of a classifier right 90 % of the time; 12 hours of
     predictions at 10 a second whose accuracy drops to 85 % at 6:00 exactly; each label 1 minute to
@@ -203,6 +213,166 @@ def throughput(n: int, log: Callable[[str], None]) -> dict[str, Any]:
     return out
 
 
+# -- serve with a labels topic -------------------------------------------------------------------------
+def _serve_config(workdir: Path, ref: Path, bootstrap: str, topic: str, labels: str | None, port: int) -> Path:
+    import yaml
+
+    tag = "labels" if labels else "plain"
+    cfg: dict[str, Any] = {
+        "monitor": "bench",
+        "reference": str(ref),
+        "events": {
+            "time_field": "timestamp",
+            "time_unit": "ms",
+            "features_field": "features",
+            "prediction_field": "score",
+        },
+        "window": {"kind": "tumbling", "size": "60s", "allowed_lateness": "0s", "idle_timeout": "60s"},
+        "concept": {"detector": "none"},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topic": topic,
+            "group_id": f"bench-labels-{tag}",
+            "extra": {
+                "session.timeout.ms": 6000,
+                "fetch.queue.backoff.ms": 10,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+                "fetch.wait.max.ms": 10,
+            },
+        },
+        "outputs": {"statistics_topic": f"{topic}-{tag}-stats", "alerts_topic": f"{topic}-{tag}-alerts"},
+        "metrics": {"address": "127.0.0.1", "port": port},
+        "state": {"dir": str(workdir / f"state-{tag}"), "checkpoint_interval": "10s"},
+    }
+    if labels:
+        cfg["labels"] = {"topic": labels, "max_delay": "5m", "clock_skew": "0s"}
+    path = workdir / f"serve-{tag}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _progress(port: int) -> dict[str, float] | None:
+    import urllib.error
+    import urllib.request
+
+    names = ("streamdrift_events_total", "streamdrift_last_batch_timestamp_seconds", "streamdrift_label_joins_total")
+    query = "?" + "&".join(f"name[]={n}" for n in (*names, "streamdrift_labels_waiting"))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=2) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("streamdrift_"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        if name == "streamdrift_label_joins_total":
+            outcome = name_labels.split('outcome="', 1)[1].split('"', 1)[0]
+            if outcome in ("joined", "label_orphan"):  # (labels read: paired, orphaned, or waiting below)
+                out["labels_read"] = out.get("labels_read", 0.0) + float(value)
+        elif name == "streamdrift_labels_waiting":
+            if 'kind="label"' in name_labels:
+                out["labels_read"] = out.get("labels_read", 0.0) + float(value)
+        elif name in names:
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def _serve_once(config: Path, n: int, port: int, with_labels: bool, timeout: float = 600.0) -> dict[str, Any]:
+    import signal
+
+    from tests.benchmarks.bench_serve import cpu_seconds
+
+    log_path = config.with_suffix(".log")
+    cmd = [sys.executable, "-m", "stream.cli", "--log-level", "WARNING", "serve", "--config", str(config)]
+    with log_path.open("wb") as logf:
+        t_start = time.time()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            first: tuple[float, float, float] | None = None
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                if time.time() - t_start > timeout:
+                    raise RuntimeError(f"serve did not finish in {timeout} s")
+                m = _progress(port)
+                if m is not None:
+                    seen = m.get("streamdrift_events_total", 0.0)
+                    if seen > 0 and first is None:
+                        first = (m["streamdrift_last_batch_timestamp_seconds"], seen, cpu_seconds(proc.pid))
+                    if seen >= n and (not with_labels or m.get("labels_read", 0.0) >= n):
+                        cpu_done = cpu_seconds(proc.pid)
+                        time.sleep(0.05)
+                        again = _progress(port) or m
+                        t_done = again["streamdrift_last_batch_timestamp_seconds"]
+                        break
+                time.sleep(0.01 if first is None else 0.1)
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert first is not None and rc == 0, rc
+    steady = n - first[1]
+    return {
+        "rate": steady / (t_done - first[0]),
+        "cpu_rate": steady / (cpu_done - first[2]),
+        "wall_s": t_done - t_start,
+        "labels_read": again.get("labels_read"),
+    }
+
+
+def serve_rate(n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Predictions/s of ``serve`` with and without a labels topic on the same data (module docstring)."""
+    import tempfile
+
+    from detectors.reference import ReferenceProfile
+    from stream.demo.broker import EmbeddedBroker, free_port
+    from tests.benchmarks.bench_common import NUMERIC_ONLY, REFERENCE_SEED, columns, fresh_topic, produce
+
+    rng = np.random.default_rng(7)
+    cols = columns(n, 11, NUMERIC_ONLY)
+    t = T0 + np.arange(n, dtype=np.int64)
+    y = (rng.random(n) < 0.3).astype(int)
+    score = np.round(np.clip(np.where(rng.random(n) < 0.9, y, 1 - y) * 0.8 + rng.uniform(0, 0.2, n), 0, 1), 4)
+    feats = [f"f{j:02d}" for j in range(20)]
+    preds = []
+    for i in range(n):
+        f = ",".join(f'"{k}":{cols[k][i]}' for k in feats)
+        preds.append(f'{{"timestamp":{t[i]},"id":"p{i}","score":{score[i]},"features":{{{f}}}}}'.encode())
+    lt = t + rng.integers(1_000, 60_000, n)
+    order = np.argsort(lt, kind="stable")
+    labels = [f'{{"id":"p{i}","label":{y[i]},"timestamp":{lt[i]}}}'.encode() for i in order.tolist()]
+    out: dict[str, Any] = {"predictions": n, "labels": n}
+    with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp, EmbeddedBroker() as broker:
+        work = Path(tmp)
+        ref_cols = columns(100_000, REFERENCE_SEED, NUMERIC_ONLY)
+        ref = work / "ref.json"
+        ReferenceProfile.build(ref_cols, features=feats).save(ref)
+        topic = fresh_topic(broker.bootstrap, "bench-pred")
+        label_topic = fresh_topic(broker.bootstrap, "bench-labels")
+        produce(broker.bootstrap, topic, preds)
+        produce(broker.bootstrap, label_topic, labels)
+        del preds, labels
+        for name, lab in (("without_labels", None), ("with_labels", label_topic)):
+            port = free_port()
+            cfg = _serve_config(work, ref, broker.bootstrap, topic, lab, port)
+            out[name] = _serve_once(cfg, n, port, lab is not None)
+            log(
+                f"  serve {name.replace('_', ' ')}: {out[name]['rate'] / 1000:.0f}k predictions/s "
+                f"({out[name]['cpu_rate'] / 1000:.0f}k per CPU second)"
+            )
+    out["ratio"] = out["with_labels"]["rate"] / out["without_labels"]["rate"]
+    out["cpu_ratio"] = out["with_labels"]["cpu_rate"] / out["without_labels"]["cpu_rate"]
+    log(f"  ratio {out['ratio']:.2f}x (per CPU second {out['cpu_ratio']:.2f}x)")
+    return out
+
+
 # -- detection ----------------------------------------------------------------------------------------
 def _classifier(rng: np.random.Generator, n: int, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
     y = (rng.random(n) < 0.3).astype(np.float64)
@@ -311,6 +481,8 @@ def run(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     res["memory"] = memory(sizes, log)
     log("labels: throughput")
     res["throughput"] = throughput(200_000 if quick else 1_000_000, log)
+    log("labels: serve with a labels topic against serve without")
+    res["serve"] = serve_rate(200_000 if quick else 1_000_000, log)
     log("labels: detection from late labels (accuracy 0.90 -> 0.85)")
     res["detection"] = detection(hours=4 if quick else 12)
     d = res["detection"]
@@ -342,6 +514,15 @@ def report(res: dict[str, Any]) -> tuple[list[str], dict[str, tuple[str, bool | 
         f"{tp['tracker_pairs_per_s'] / 1000:,.0f}k pairs/s; plus ADWIN on the joined errors "
         f"{tp['tracker_adwin_pairs_per_s'] / 1000:,.0f}k pairs/s.",
     ]
+    sv = res.get("serve")
+    if sv is not None:
+        lines += [
+            "",
+            f"Serve with a labels topic ({sv['predictions']:,} predictions and {sv['labels']:,} labels on two "
+            f"topics, one consumer): {sv['with_labels']['rate'] / 1000:,.0f}k predictions/s against "
+            f"{sv['without_labels']['rate'] / 1000:,.0f}k without labels on the same predictions: "
+            f"{sv['ratio']:.2f}x ({sv['cpu_ratio']:.2f}x per CPU second).",
+        ]
     d = res["detection"]
     lines += [
         "",
@@ -363,12 +544,20 @@ def report(res: dict[str, Any]) -> tuple[list[str], dict[str, tuple[str, bool | 
             max(worst, traced) <= 100 and n_max >= 10_000_000,
         )
     }
+    if sv is not None:
+        targets[">= 0.7x: serve with a labels topic at the predictions' rate vs without"] = (
+            f"{sv['ratio']:.2f}x",
+            sv["ratio"] >= 0.7,
+        )
     return lines, targets
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["memory"]:
         print(json.dumps(memory_one(int(argv[1]))))
+        return 0
+    if argv[:1] == ["serve"]:
+        print(json.dumps(serve_rate(int(argv[1]), lambda m: print(m, file=sys.stderr)), indent=1))
         return 0
     print(json.dumps(run("--quick" in argv, lambda m: print(m, file=sys.stderr)), indent=1, default=str))
     return 0

@@ -23,7 +23,8 @@ Sections (``--sections``, default all):
          ones, for streamdrift, textbook KS/chi-square at the same false-alarm rate, Evidently and
          NannyML (``bench_verdicts.py``); ``--quick`` makes it a smoke run of about a minute
   labels  late labels (``bench_labels.py``): memory per waiting prediction at 1M and 10M, the join's
-         throughput, and detection of an accuracy drop (0.90 -> 0.85) from labels 1 min to 1 h late
+         throughput, ``serve`` with a labels topic at the predictions' rate against ``serve`` without
+         labels, and detection of an accuracy drop (0.90 -> 0.85) from labels 1 min to 1 h late
          through the backfill path; ``--quick``: 1M only, smaller streams
 
 Prints Markdown tables and writes every figure to ``--json``.

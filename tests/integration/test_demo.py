@@ -40,6 +40,9 @@ def test_demo_finds_the_injected_drift_and_nothing_else(tmp_path):
     assert counted, out
     assert [int(g.replace(",", "")) for g in counted.groups()] == [3, 0, 24000]
     assert "ADWIN first detection" in out
+    # the accuracy drop, caught from the late labels (joined from their own topic) where it was injected
+    assert re.search(rf"performance .* accuracy drop first flagged in window {drift_window}", out), out
+    assert "performance of window" in out and "DROP (critical)" in out
     assert (tmp_path / "state").is_dir()
 
     # what it leaves, and says where it is
@@ -48,7 +51,7 @@ def test_demo_finds_the_injected_drift_and_nothing_else(tmp_path):
     assert {r["feature"] for r in records} >= {*synthetic.NUMERIC, *synthetic.CATEGORICAL}
     page = (workdir / "report.html").read_text(encoding="utf-8")
     assert 'id="drift-map"' in page and 'id="hist-0"' in page
-    for name in ("report.html", "records.jsonl", "events.jsonl", "reference.json", "monitor.yaml"):
+    for name in ("report.html", "records.jsonl", "events.jsonl", "labels.jsonl", "reference.json", "monitor.yaml"):
         assert re.search(rf"^  {re.escape(name)}\s+\S", out, re.M), name
     assert f"files in {workdir}" in out
     # the alerts column is explained before the table
@@ -69,3 +72,6 @@ def test_demo_finds_the_injected_drift_and_nothing_else(tmp_path):
     backfill = read_records(workdir / "backfill.jsonl")
     served = [r for r in records if r["statistic"] in WINDOW_STATISTICS]
     assert served and all(r in backfill for r in served)
+    # and, with --labels, every performance record serve gave (from the labels topic)
+    served_perf = [r for r in records if r["feature"] == "performance"]
+    assert served_perf and all(r in backfill for r in served_perf)

@@ -151,7 +151,7 @@ def test_the_example_config_documents_every_labels_setting() -> None:
     assert config.labels == defaults.model_copy(update={"topic": "labels"})  # every value shown is the default
 
 
-def test_serve_refuses_a_labels_section_until_it_joins_labels(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_serve_takes_a_labels_section_with_a_topic(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     import yaml
 
     from stream.cli import main
@@ -159,7 +159,15 @@ def test_serve_refuses_a_labels_section_until_it_joins_labels(tmp_path, capsys) 
     doc = {**BASE, "labels": {"max_delay": "1h"}, "kafka": {"bootstrap_servers": "127.0.0.1:1", "topic": "t"}}
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
     assert main(["serve", "--config", str(tmp_path / "m.yaml"), "--check"]) == 2
-    assert "labels: serve does not join late labels yet" in capsys.readouterr().err
+    assert "labels.topic: serve reads the labels from a topic; name it" in capsys.readouterr().err
+    doc["labels"]["topic"] = "t"
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["serve", "--config", str(tmp_path / "m.yaml"), "--check"]) == 2
+    assert "labels.topic: 't' is kafka.topic" in capsys.readouterr().err
+    doc["labels"]["topic"] = "labels"
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["serve", "--config", str(tmp_path / "m.yaml"), "--check"]) == 0
+    assert "config ok" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
