@@ -38,6 +38,7 @@ import html
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -295,12 +296,31 @@ def window_records_of(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     return [r for r in records if r["statistic"] in WINDOW_STATISTICS]
 
 
+#: a window: (window_start, window_end, window_index). The index tells apart count windows whose
+#: times tie (None in records written before it existed)
+WindowKey = tuple[str, str, int | None]
+
+
+def window_key(r: Mapping[str, Any]) -> WindowKey:
+    return (r["window_start"], r["window_end"], r.get("window_index"))
+
+
+def _window_order(w: WindowKey) -> tuple[int, int, int]:
+    return (_ms(w[0]), _ms(w[1]), -1 if w[2] is None else w[2])
+
+
+def window_labels(windows: Sequence[WindowKey]) -> list[str]:
+    """Axis labels of ``windows``: the start (UTC), and ``#index`` where starts tie (count windows)."""
+    starts = Counter(w[0] for w in windows)
+    return [_display_time(w[0]) + (f" #{w[2]}" if starts[w[0]] > 1 and w[2] is not None else "") for w in windows]
+
+
 def summarize(records: Sequence[dict[str, Any]]) -> list[FeatureSummary]:
     """Per feature, in order of first appearance."""
     out: dict[str, FeatureSummary] = {}
-    per_window: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    per_window: dict[tuple[str, WindowKey], list[dict[str, Any]]] = {}
     for r in window_records_of(records):
-        per_window.setdefault((r["feature"], r["window_start"]), []).append(r)
+        per_window.setdefault((r["feature"], window_key(r)), []).append(r)
         s = out.setdefault(r["feature"], FeatureSummary(r["feature"]))
         if SEVERITY_LEVEL.get(r["severity"], -1) > SEVERITY_LEVEL[s.worst]:
             s.worst = r["severity"]
@@ -310,7 +330,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[FeatureSummary]:
         q = r.get("p_value_adjusted")
         if q is not None and (s.min_p_adjusted is None or q < s.min_p_adjusted):
             s.min_p_adjusted = float(q)
-    for (feature, start), recs in sorted(per_window.items(), key=lambda kv: (kv[0][0], _ms(kv[0][1]))):
+    for (feature, (start, _end, _index)), recs in sorted(
+        per_window.items(), key=lambda kv: (kv[0][0], _window_order(kv[0][1]))
+    ):
         s = out[feature]
         s.windows += 1
         if all(r["severity"] == "insufficient_data" for r in recs):
@@ -329,26 +351,31 @@ class DriftWindow:
     worst: str
     hits: list[dict[str, Any]]  # the drifted records
     score: tuple[int, float] = (0, 0.0)
+    index: int | None = None  # window_index
+
+    @property
+    def key(self) -> WindowKey:
+        return (self.start, self.end, self.index)
 
 
 def drift_windows(records: Sequence[dict[str, Any]]) -> list[DriftWindow]:
     """Every window with at least one drifted statistic, in time order."""
-    by_window: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_window: dict[WindowKey, list[dict[str, Any]]] = {}
     for r in window_records_of(records):
         if r.get("drift"):
-            by_window.setdefault((r["window_start"], r["window_end"]), []).append(r)
+            by_window.setdefault(window_key(r), []).append(r)
     out = []
-    for (start, end), hits in sorted(by_window.items(), key=lambda kv: (_ms(kv[0][0]), _ms(kv[0][1]))):
+    for (start, end, index), hits in sorted(by_window.items(), key=lambda kv: _window_order(kv[0])):
         worst = max((h["severity"] for h in hits), key=lambda s: SEVERITY_LEVEL.get(s, -1))
         level = sum(SEVERITY_LEVEL.get(h["severity"], 0) for h in hits)
         psi_max = max((float(h["value"]) for h in hits if h["statistic"] == "psi"), default=0.0)
-        out.append(DriftWindow(start, end, worst, hits, (level, psi_max)))
+        out.append(DriftWindow(start, end, worst, hits, (level, psi_max), index))
     return out
 
 
-def all_windows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    seen = {(r["window_start"], r["window_end"]) for r in window_records_of(records)}
-    return sorted(seen, key=lambda w: (_ms(w[0]), _ms(w[1])))
+def all_windows(records: Sequence[dict[str, Any]]) -> list[WindowKey]:
+    seen = {window_key(r) for r in window_records_of(records)}
+    return sorted(seen, key=_window_order)
 
 
 @dataclass
@@ -364,9 +391,9 @@ class DriftRun:
     starts: list[str] = field(default_factory=list)  # every window's start
 
 
-def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[tuple[str, str]]) -> list[DriftRun]:
+def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[WindowKey]) -> list[DriftRun]:
     """Runs of drifted windows that follow each other in ``windows`` (time order)."""
-    drifted = {(w.start, w.end): w for w in drift_windows(records)}
+    drifted = {w.key: w for w in drift_windows(records)}
     runs: list[DriftRun] = []
     previous = False
     for key in windows:
@@ -396,9 +423,7 @@ MAP_LEVEL = {"insufficient_data": 0, "ok": 1, "warning": 2, "critical": 3}
 MAP_COLORS = ("#bdbdbd", "#c8e6c9", SEVERITY_COLOR["warning"], SEVERITY_COLOR["critical"])
 
 
-def drift_map_figure(
-    records: Sequence[dict[str, Any]], features: Sequence[str], windows: Sequence[tuple[str, str]]
-) -> Any:
+def drift_map_figure(records: Sequence[dict[str, Any]], features: Sequence[str], windows: Sequence[WindowKey]) -> Any:
     """A feature x window grid coloured by the worst verdict of the feature's statistics in the window."""
     import plotly.graph_objects as go
 
@@ -407,7 +432,7 @@ def drift_map_figure(
     z: list[list[int | None]] = [[None] * len(windows) for _ in features]
     text: list[list[str]] = [[""] * len(windows) for _ in features]
     for r in window_records_of(records):
-        i, j = row.get(r["feature"]), col.get((r["window_start"], r["window_end"]))
+        i, j = row.get(r["feature"]), col.get(window_key(r))
         if i is None or j is None:
             continue
         level = MAP_LEVEL.get(r["severity"], 0)
@@ -422,7 +447,7 @@ def drift_map_figure(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=[_display_time(ws) for ws, _we in windows],
+            x=window_labels(windows),
             y=list(features),
             text=text,
             hovertemplate="%{y} · %{x}%{text}<extra></extra>",
@@ -456,10 +481,10 @@ def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> t
             raise ConfigError(
                 f"--window: {exc}; give the window start as ISO-8601, e.g. 2026-01-01T00:05:00Z"
             ) from None
-        for start, end in windows:
+        for start, end, _index in windows:
             if _ms(start) == want:
                 return start, end
-        near = ", ".join(s for s, _ in windows[:5])
+        near = ", ".join(w[0] for w in windows[:5])
         raise ConfigError(f"--window: no window starts at {requested} for this segment (first ones: {near}, ...)")
     drifted = drift_windows(records)
     if drifted:
@@ -473,7 +498,7 @@ def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> t
     if psi:
         _v, start, end = max(psi, key=lambda p: p[0])
         return start, end
-    return windows[-1]
+    return windows[-1][0], windows[-1][1]
 
 
 # -- histograms for the chosen window ------------------------------------------------------
@@ -609,15 +634,24 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
 
     recs = sorted(
         (r for r in records if r["feature"] == feature and r["statistic"] in WINDOW_STATISTICS),
-        key=lambda r: _ms(r["window_start"]),
+        key=lambda r: _window_order(window_key(r)),
     )
     stats = [s for s in WINDOW_STATISTICS if any(r["statistic"] == s for r in recs)]
     titles = [STAT_TITLE[s] for s in stats] + [
         f"p-values (calibrated, adjusted for the window's tests; ▼ = below {P_MARK:g})"
     ]
     fig = make_subplots(rows=len(stats) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
-    windows = sorted({(r["window_start"], r["window_end"]) for r in recs}, key=lambda w: _ms(w[0]))
-    x0, x1 = _plot_time(windows[0][0]), _plot_time(windows[-1][0])
+    windows = sorted({window_key(r) for r in recs}, key=_window_order)
+    labels = dict(zip(windows, window_labels(windows), strict=True))
+    # windows whose starts tie (count windows) are told apart by their index on a category axis
+    tied = len({w[0] for w in windows}) < len(windows)
+
+    def xs(rs: Sequence[dict[str, Any]]) -> list[str]:
+        return [labels[window_key(r)] if tied else _plot_time(r["window_start"]) for r in rs]
+
+    x0, x1 = (
+        (labels[windows[0]], labels[windows[-1]]) if tied else (_plot_time(windows[0][0]), _plot_time(windows[-1][0]))
+    )
     lines = {
         "psi": [("PSI critical", th.psi_critical, SEVERITY_COLOR["critical"])],
         "ks": [("KS critical D", th.ks_critical, SEVERITY_COLOR["critical"])],
@@ -628,7 +662,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         rs = [r for r in recs if r["statistic"] == stat]
         fig.add_trace(
             go.Scatter(
-                x=[_plot_time(r["window_start"]) for r in rs],
+                x=xs(rs),
                 y=[effect(r) for r in rs],
                 mode="lines+markers",
                 name=STAT_TITLE[stat],
@@ -643,7 +677,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         )
         fig.add_trace(
             go.Scatter(
-                x=[_plot_time(r["window_start"]) for r in rs],
+                x=xs(rs),
                 y=[None if r.get("threshold") is None else float(r["threshold"]) for r in rs],
                 mode="lines",
                 name="threshold",
@@ -665,7 +699,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         ps = [None if r.get("p_value_adjusted") is None else float(r["p_value_adjusted"]) for r in rs]
         fig.add_trace(
             go.Scatter(
-                x=[_plot_time(r["window_start"]) for r in rs],
+                x=xs(rs),
                 y=[None if p is None else max(p, P_MARK) for p in ps],
                 mode="lines+markers",
                 name=f"p {STAT_TITLE[stat]}",
@@ -686,16 +720,16 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         _hline(fig, x0, x1, rate, f"false-alarm rate {rate:g}", SEVERITY_COLOR["warning"], prow, True)
     # drifted windows, shaded by the feature's worst severity there (added after the traces:
     # plotly leaves out subplots that are still empty)
-    worst: dict[tuple[str, str], str] = {}
+    worst: dict[WindowKey, str] = {}
     for r in recs:
         if r.get("drift"):
-            key = (r["window_start"], r["window_end"])
+            key = window_key(r)
             if key not in worst or SEVERITY_LEVEL[r["severity"]] > SEVERITY_LEVEL[worst[key]]:
                 worst[key] = r["severity"]
-    for (ws, we), sev in worst.items():
+    for key, sev in worst.items():  # (a category axis: the window's own slot)
         fig.add_vrect(
-            x0=_plot_time(ws),
-            x1=_plot_time(we),
+            x0=_plot_time(key[0]) if not tied else windows.index(key) - 0.5,
+            x1=_plot_time(key[1]) if not tied else windows.index(key) + 0.5,
             fillcolor=SEVERITY_COLOR[sev],
             opacity=0.12,
             line_width=0,
@@ -704,7 +738,9 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     for row, stat in enumerate(stats, start=1):
         fig.update_yaxes(title_text=STAT_TITLE[stat], rangemode="tozero", row=row, col=1)
     fig.update_yaxes(type="log", exponentformat="power", title_text="adjusted p (log)", row=prow, col=1)
-    fig.update_xaxes(title_text="window start (UTC)", row=prow, col=1)
+    fig.update_xaxes(title_text="window start (UTC)" + (" #window index" if tied else ""), row=prow, col=1)
+    if tied:
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=[labels[w] for w in windows])
     fig.update_layout(
         height=230 * (len(stats) + 1) + 60,
         margin={"l": 60, "r": 20, "t": 40, "b": 40},
