@@ -345,7 +345,7 @@ class BatchWriter:
         self.late_by_window: dict[tuple[int, int], int] = {}  # this process's late counts (also logged)
         self.batches = 0
         self.partitions: set[int] = set()  # Kafka partitions read so far
-        #: the last window (end // slide) in which each segment (by label) had events: a segment silent
+        #: the last window (the pane of its end) in which each segment (by label) had events: a segment silent
         #: for segment_ttl_windows windows loses its verdict series, as in the consumer
         self._segment_window: dict[str, int] = {}
 
