@@ -213,13 +213,17 @@ def window_metrics(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, floa
     events) is left out, never logged as 0."""
     from detectors.evaluate import parse_iso_ms
 
-    windows = sorted({(r["window_end"], r["window_start"]) for r in records})
+    def window(r: Mapping[str, Any]) -> tuple[str, str, int]:  # (count windows with tied times: by index)
+        index = r.get("window_index")
+        return (r["window_end"], r["window_start"], -1 if index is None else int(index))
+
+    windows = sorted({window(r) for r in records})
     step = {w: i for i, w in enumerate(windows)}
     out = []
     for r in records:
         if r["value"] is None:
             continue
-        s = step[(r["window_end"], r["window_start"])]
+        s = step[window(r)]
         ts = parse_iso_ms(r["window_end"])
         out.append((metric_key(r), float(r["value"]), ts, s))
         if r["drift"] is not None:
@@ -334,7 +338,7 @@ def _log_backfill(
     )
 
     n = registry.log_window_metrics(run, records)
-    windows = len({(r["window_start"], r["window_end"]) for r in records})
+    windows = len({(r["window_start"], r["window_end"], r.get("window_index")) for r in records})
     recs = [dict(r) for r in records]
     if not any(r["statistic"] in ("psi", "ks", "chi2", "unseen") for r in recs):
         print(f"mlflow: {n} metrics of {windows} windows -> run {run} (no window statistics: no report)")
