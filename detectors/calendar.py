@@ -61,7 +61,8 @@ class Steps:
             month = t.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
             out = np.floor_divide(month, self.months)
         else:
-            out = np.floor_divide(np.asarray(t_ms, dtype=np.int64) - self.origin_ms, self.step_ms)
+            t = np.asarray(t_ms, dtype=np.int64)
+            out = np.floor_divide(t - self.origin_ms if self.origin_ms else t, self.step_ms)
         return int(out) if np.ndim(out) == 0 else out
 
     def pane_start(self, pane: Any) -> Any:

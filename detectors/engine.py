@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -150,7 +151,7 @@ class WindowSpec:
             return cls(w.kind, w.size_ms, 0, 0, w.months, w.origin_ms)
         return cls(w.kind, w.size_ms, w.slide_ms, 0, 0, w.origin_ms)
 
-    @property
+    @cached_property
     def steps(self) -> Steps:
         return Steps(0 if self.months else self.slide_ms, self.months, self.origin_ms)
 

@@ -164,6 +164,8 @@ def _closed_part(want: list[dict[str, Any]], frontier: int | None) -> list[dict[
     [
         {"kind": "tumbling", "size": "1m"},
         {"kind": "sliding", "size": "2m", "slide": "30s"},
+        {"kind": "tumbling", "size": "1m", "offset": "20s"},
+        {"kind": "sliding", "size": "2m", "slide": "30s", "offset": "10s"},
     ],
 )
 def test_time_windows_equal_backfill_for_any_batch_split(window: dict[str, Any]) -> None:
@@ -237,6 +239,23 @@ def test_restore_mid_stream_gives_the_same_records(window: dict[str, Any], tmp_p
         restored, _, _ = _run(cols, config, seed=6, restore_at=restore_at, store=store)
         assert straight == restored
     assert straight
+
+
+def test_tied_count_windows_keep_their_ordinals_across_a_restore(tmp_path: Any) -> None:
+    """Count windows whose events all share one time differ only by window_index: the consumer numbers
+    them per segment as the backfill does, and a restart from a checkpoint goes on counting."""
+    config = _config({"kind": "count", "size": 100})
+    cols = _events(3000, seed=8)
+    cols.time_ms[:] = T0
+    want = run_local(cols, config, REF, Layout(REF))
+    assert len({(r["window_start"], r["window_end"]) for r in want}) == 1
+    for restore_at in (None, 6):
+        store = StateStore(tmp_path / f"at{restore_at}", "m", REF.fingerprint)
+        got, _, _ = _run(cols, config, seed=8, restore_at=restore_at, store=store)
+        key = lambda r: (json.dumps(r["segment"], sort_keys=True), r["window_index"], r["feature"], r["statistic"])  # noqa: E731
+        assert sorted(got, key=key) == sorted(want, key=key)
+    overall = sorted({r["window_index"] for r in want if not r["segment"]})
+    assert overall == list(range(30))
 
 
 def test_idle_partition_stops_holding_windows_back() -> None:
