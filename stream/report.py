@@ -310,9 +310,9 @@ def _window_order(w: WindowKey) -> tuple[int, int, int]:
 
 
 def window_labels(windows: Sequence[WindowKey]) -> list[str]:
-    """Axis labels of ``windows``: the start (UTC), and ``#index`` where starts tie (count windows)."""
+    """Axis labels of ``windows``: the start (UTC), after ``#index`` where starts tie (count windows)."""
     starts = Counter(w[0] for w in windows)
-    return [_display_time(w[0]) + (f" #{w[2]}" if starts[w[0]] > 1 and w[2] is not None else "") for w in windows]
+    return [(f"#{w[2]} " if starts[w[0]] > 1 and w[2] is not None else "") + _display_time(w[0]) for w in windows]
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[FeatureSummary]:
@@ -459,7 +459,8 @@ def drift_map_figure(records: Sequence[dict[str, Any]], features: Sequence[str],
             ygap=1,
         )
     )
-    fig.update_xaxes(title_text="window start (UTC)", type="category", nticks=12)
+    tied = len({w[0] for w in windows}) < len(windows)
+    fig.update_xaxes(title_text=("#window index, " if tied else "") + "window start (UTC)", type="category", nticks=12)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_layout(
         height=110 + 26 * len(features),
@@ -738,7 +739,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     for row, stat in enumerate(stats, start=1):
         fig.update_yaxes(title_text=STAT_TITLE[stat], rangemode="tozero", row=row, col=1)
     fig.update_yaxes(type="log", exponentformat="power", title_text="adjusted p (log)", row=prow, col=1)
-    fig.update_xaxes(title_text="window start (UTC)" + (" #window index" if tied else ""), row=prow, col=1)
+    fig.update_xaxes(title_text=("#window index, " if tied else "") + "window start (UTC)", row=prow, col=1)
     if tied:
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=[labels[w] for w in windows])
     fig.update_layout(
