@@ -347,7 +347,14 @@ def _log_backfill(
     window = choose_window(mine, None)
     features = list(dict.fromkeys(r["feature"] for r in window_records_of(mine)))
     hist = window_histogram(
-        reference, features, config=config, events_path=events_path, segment=segment, start=window[0], end=window[1]
+        reference,
+        features,
+        config=config,
+        events_path=events_path,
+        segment=segment,
+        start=window[0],
+        end=window[1],
+        index=window[2],
     )
     page = render_html(
         mine,

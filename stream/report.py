@@ -470,8 +470,9 @@ def drift_map_figure(records: Sequence[dict[str, Any]], features: Sequence[str],
     return fig
 
 
-def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> tuple[str, str]:
-    """The window given by its ISO start, or the most drifted one (most severity, then largest PSI)."""
+def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> WindowKey:
+    """The window given by its ISO start (the first of those that start then), or the most drifted one
+    (most severity, then largest PSI)."""
     windows = all_windows(records)
     if not windows:
         raise InputFileError("no windows in the records")
@@ -482,24 +483,21 @@ def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> t
             raise ConfigError(
                 f"--window: {exc}; give the window start as ISO-8601, e.g. 2026-01-01T00:05:00Z"
             ) from None
-        for start, end, _index in windows:
-            if _ms(start) == want:
-                return start, end
+        for w in windows:
+            if _ms(w[0]) == want:
+                return w
         near = ", ".join(w[0] for w in windows[:5])
         raise ConfigError(f"--window: no window starts at {requested} for this segment (first ones: {near}, ...)")
     drifted = drift_windows(records)
     if drifted:
         best = max(drifted, key=lambda w: w.score)  # max() keeps the earliest of equals
-        return best.start, best.end
+        return best.key
     psi = [
-        (float(r["value"]), r["window_start"], r["window_end"])
-        for r in records
-        if r["statistic"] == "psi" and r.get("value") is not None
+        (float(r["value"]), window_key(r)) for r in records if r["statistic"] == "psi" and r.get("value") is not None
     ]
     if psi:
-        _v, start, end = max(psi, key=lambda p: p[0])
-        return start, end
-    return windows[-1][0], windows[-1][1]
+        return max(psi, key=lambda p: p[0])[1]
+    return windows[-1]
 
 
 # -- histograms for the chosen window ------------------------------------------------------
@@ -545,8 +543,10 @@ def window_histogram(
     segment: str,
     start: str,
     end: str,
+    index: int | None = None,
 ) -> WindowHistogram:
-    """Reference buckets always; the window's, recomputed from the events, when events and config are given."""
+    """Reference buckets always; the window's, recomputed from the events, when events and config are given
+    (a count window: the ``index``-th of the segment, else the first that spans ``start`` .. ``end``)."""
     feats = [f for f in features if f in reference.features]
     labels = {f: bucket_labels(reference.features[f]) for f in feats}
     ref_counts = {f: bucket_counts(reference.features[f], reference.features[f].counts) for f in feats}
@@ -578,7 +578,8 @@ def window_histogram(
     if spec.kind == "count":
         groups = len(idx) // spec.count
         chosen = None
-        for g in range(groups):
+        order = range(groups) if index is None else [index] if 0 <= index < groups else []
+        for g in order:
             tg = t[g * spec.count : (g + 1) * spec.count]
             if int(tg.min()) == lo and int(tg.max()) + 1 == hi:
                 chosen = idx[g * spec.count : (g + 1) * spec.count]
@@ -868,7 +869,7 @@ def render_html(
     monitor: str,
     segment: str,
     thresholds: Thresholds,
-    window: tuple[str, str],
+    window: WindowKey,
     hist: WindowHistogram | None,
     reference: ReferenceProfile | None,
     source: str,
@@ -982,9 +983,11 @@ def render_html(
         parts.append(f'<h3 id="feature-{e(f)}">{e(f)}</h3>')
         parts.append(_figure_html(feature_figure(f, records, thresholds), f"stat-{i}"))
     # histograms
-    ws, we = window
+    ws, we, wi = window
+    label = f"#{wi} " if wi is not None and sum(1 for w in windows if w[0] == ws) > 1 else ""  # (tied starts)
     parts.append(
-        f'<h2 id="histograms" data-window-start="{e(ws)}">Reference vs window {e(_display_time(ws))} – '
+        f'<h2 id="histograms" data-window-start="{e(ws)}" data-window-index="{"" if wi is None else wi}">'
+        f"Reference vs window {e(label)}{e(_display_time(ws))} – "
         f"{e(_display_time(we))} UTC</h2>"
     )
     if hist is None or reference is None:
@@ -997,7 +1000,7 @@ def render_html(
         if hist.note:
             parts.append(f'<p class="note" id="histogram-note">{e(hist.note)}</p>')
         if hist.n_events is not None:
-            n_rec = {r.get("n_window") for r in records if r["window_start"] == ws and r["statistic"] == "psi"}
+            n_rec = {r.get("n_window") for r in records if window_key(r) == window and r["statistic"] == "psi"}
             parts.append(
                 f'<p class="meta">{hist.n_events} events of segment {e(segment)} in this window, '
                 f"recomputed from the events file (records: n_window {sorted(x for x in n_rec if x is not None)}).</p>"
@@ -1095,7 +1098,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
         features = list(dict.fromkeys(r["feature"] for r in window_records_of(recs)))
         hist = window_histogram(
-            reference, features, config=config, events_path=args.events, segment=segment, start=window[0], end=window[1]
+            reference,
+            features,
+            config=config,
+            events_path=args.events,
+            segment=segment,
+            start=window[0],
+            end=window[1],
+            index=window[2],
         )
     elif args.events:
         notes.append("--events was given without a reference profile (--reference or --config): no histograms.")
