@@ -259,7 +259,12 @@ class WindowConfig(_Model):
             else:
                 size = n * WEEK_MS
         else:
-            size = parse_duration_ms(self.size, "window.size")
+            try:
+                size = parse_duration_ms(self.size, "window.size")
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}; or calendar weeks / months: '1w' (from Monday), '1mo' (from the 1st)"
+                ) from None
             if size <= 0:
                 raise ValueError("window.size must be positive")
         if self.kind == "sliding":
