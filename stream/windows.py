@@ -465,8 +465,15 @@ class WindowManager:
 
     def restore(self, snap: Mapping[str, Any], panes: Mapping[PaneKey, tuple[int, npt.NDArray[np.int64]]]) -> None:
         """Go on from a checkpoint: :meth:`snapshot`'s state and the panes (as the checkpoint holds them)."""
-        if snap.get("version") != SNAPSHOT_VERSION:
-            raise CheckpointError(f"window state version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")
+        version = snap.get("version")
+        if version not in (3, SNAPSHOT_VERSION):
+            raise CheckpointError(f"window state version {version!r} is not {SNAPSHOT_VERSION}")
+        if version == 3 and self.spec.kind == "count" and int(snap["count_events"]):
+            # (time windows need no ordinals: a version 3 state of theirs goes on as it is)
+            raise CheckpointError(
+                "window state version 3 has no count-window ordinals (window_index): start count windows "
+                "afresh with a new state.dir"
+            )
         self.router.restore(snap["router"])
         self.frontier = None if snap["frontier"] is None else int(snap["frontier"])
         self.max_time = {int(p): int(t) for p, t in snap["max_time"]}
@@ -475,7 +482,7 @@ class WindowManager:
             for q, s, st, a, b, raw in snap["count_windows"]
         }
         self._count_events = int(snap["count_events"])
-        self.count_index = {int(s): int(i) for s, i in snap["count_index"]}
+        self.count_index = {int(s): int(i) for s, i in snap.get("count_index", [])}  # (version 3: none)
         self.window_clock = snap["window_clock"]
         self.segment_window = {int(s): int(w) for s, w in snap["segment_window"]}
         size, fp = self.layout.size, self.layout.fingerprint

@@ -18,6 +18,7 @@ from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
 from stream.checkpoint import StateStore
 from stream.consumer import closed_records
+from stream.exceptions import CheckpointError
 from stream.windows import WindowManager
 
 pytestmark = pytest.mark.unit
@@ -546,3 +547,27 @@ def test_a_restart_from_any_checkpoint_replays_to_the_same_windows(tmp_path: Any
                 assert got[_key(r)] == r, "a window re-closed with other values"
             got[_key(r)] = r
         assert_records_equal(list(got.values()), list(want.values()))
+
+
+def test_a_version_3_window_state_restores_for_time_windows_only() -> None:
+    """Version 3 states (before window_index) have no count-window ordinals: time windows go on from
+    them, count windows with events refuse them (ordinals from 0 again would repeat indexes)."""
+    layout = Layout(REF)
+    cols = _events(600, seed=9)
+    for window, ok in (({"kind": "tumbling", "size": "1m"}, True), ({"kind": "count", "size": 250}, False)):
+        config = _config(window)
+        wm = WindowManager(config, layout, clock=FakeClock())
+        wm.assign([0])
+        wm.add(cols, np.zeros(len(cols), dtype=np.int64))
+        snap = json.loads(json.dumps(wm.snapshot()))
+        assert snap["version"] == 4
+        del snap["count_index"]
+        snap["version"] = 3
+        new = WindowManager(config, layout, clock=FakeClock())
+        panes = {k: (st.n_events, st.counts) for k, st in wm.panes.items()}
+        if ok:
+            new.restore(snap, panes)
+            assert new.panes.keys() == wm.panes.keys() and new.count_index == {}
+        else:
+            with pytest.raises(CheckpointError, match="version 3 has no count-window ordinals"):
+                new.restore(snap, panes)
