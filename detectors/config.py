@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detectors.calendar import LONGEST_MONTH_MS, MONDAY_MS, SHORTEST_MONTH_MS, WEEK_MS
 from detectors.exceptions import ConfigError
 
 #: top-level sections that belong to other components (stream/, jobs/)
@@ -192,18 +193,39 @@ class FeaturesConfig(_Model):
     categorical: tuple[str, ...] = Field((), description="used by `reference build` to type columns")
 
 
+_CALENDAR = re.compile(r"^\s*(\d+)\s*(w|mo)\s*$")
+
+
+def parse_calendar(value: Any) -> tuple[int, str] | None:
+    """``"1mo"`` -> (1, "mo"), ``"2w"`` -> (2, "w"); None for anything else (a duration, say).
+
+    >>> parse_calendar("3mo"), parse_calendar("1w"), parse_calendar("7d")
+    ((3, 'mo'), (1, 'w'), None)
+    """
+    if not isinstance(value, str):
+        return None
+    m = _CALENDAR.match(value)
+    return None if m is None else (int(m.group(1)), m.group(2))
+
+
 class WindowConfig(_Model):
     kind: Literal["tumbling", "sliding", "count"] = "tumbling"
     size: int | str = Field(
-        "5m", description="duration with its unit for time windows ('5m'), number of events for count windows"
+        "5m",
+        description="duration with its unit for time windows ('5m', '1d'), calendar weeks ('1w', from Monday "
+        "00:00 UTC) or months ('1mo', from the 1st 00:00 UTC; tumbling only), number of events for count windows",
     )
     slide: int | str | None = None
+    offset: int | str = Field(
+        "0s", description="time windows: every boundary moves later by this (less than the window, or the slide)"
+    )
     allowed_lateness: int | str = "0s"
     idle_timeout: int | str = "60s"
     keep_raw: bool = Field(False, description="count windows only: keep raw values for an exact KS")
 
     @model_validator(mode="after")
     def _check(self) -> WindowConfig:
+        offset = parse_duration_ms(self.offset, "window.offset")
         if self.kind == "count":
             if isinstance(self.size, str) and not self.size.isdigit():
                 raise ValueError(f"window.size: a count window needs a number of events, not {self.size!r}")
@@ -211,35 +233,94 @@ class WindowConfig(_Model):
                 raise ValueError("window.size: a count window needs at least 1 event")
             if self.slide is not None:
                 raise ValueError("window.slide: count windows do not slide; remove slide")
+            if offset:
+                raise ValueError("window.offset: count windows have no time boundaries to shift; remove offset")
+            return self
+        if self.keep_raw:
+            raise ValueError("window.keep_raw: only count windows can keep raw values")
+        cal = parse_calendar(self.size)
+        if cal is not None:
+            n, unit = cal
+            if n < 1:
+                raise ValueError(f"window.size: {self.size!r} needs at least 1 {unit}")
+            if unit == "mo":
+                if self.kind == "sliding":
+                    raise ValueError(
+                        f"window.size: {self.size!r} (calendar months) is for tumbling windows only: months differ "
+                        "in length, so they cannot be cut into equal slides; use kind: tumbling, or a sliding "
+                        "window in days ('30d') or weeks"
+                    )
+                if offset >= n * SHORTEST_MONTH_MS:
+                    raise ValueError(
+                        f"window.offset: {self.offset!r} must be shorter than the shortest window of {self.size!r} "
+                        f"({n * 28} days)"
+                    )
+                size = 0
+            else:
+                size = n * WEEK_MS
         else:
-            if self.keep_raw:
-                raise ValueError("window.keep_raw: only count windows can keep raw values")
-            size = parse_duration_ms(self.size, "window.size")
+            try:
+                size = parse_duration_ms(self.size, "window.size")
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc}; or calendar weeks / months: '1w' (from Monday), '1mo' (from the 1st)"
+                ) from None
             if size <= 0:
                 raise ValueError("window.size must be positive")
-            if self.kind == "sliding":
-                if self.slide is None:
-                    raise ValueError("window.slide: a sliding window needs a slide")
-                slide = parse_duration_ms(self.slide, "window.slide")
-                if slide <= 0 or size % slide != 0:
-                    raise ValueError(
-                        f"window.slide: size ({size} ms) must be a positive multiple of slide ({slide} ms)"
-                    )
-            elif self.slide is not None:
+        if self.kind == "sliding":
+            if self.slide is None:
+                raise ValueError("window.slide: a sliding window needs a slide")
+            slide = _time_step_ms(self.slide, "window.slide")
+            if slide <= 0 or size % slide != 0:
+                raise ValueError(f"window.slide: size ({size} ms) must be a positive multiple of slide ({slide} ms)")
+            if offset >= slide:
+                raise ValueError(
+                    f"window.offset: {self.offset!r} must be shorter than the slide ({self.slide!r}): an offset "
+                    "of a whole slide gives the same windows"
+                )
+        else:
+            if self.slide is not None:
                 raise ValueError("window.slide: only sliding windows have a slide")
+            if size and offset >= size:
+                raise ValueError(f"window.offset: {self.offset!r} must be shorter than the window ({self.size!r})")
         parse_duration_ms(self.allowed_lateness, "window.allowed_lateness")
         parse_duration_ms(self.idle_timeout, "window.idle_timeout")
         return self
 
     @property
+    def months(self) -> int:
+        """Calendar months per window (``size: 3mo`` -> 3); 0 for any other window."""
+        cal = parse_calendar(self.size) if self.kind != "count" else None
+        return cal[0] if cal is not None and cal[1] == "mo" else 0
+
+    @property
     def size_ms(self) -> int:
+        """A time window's length; for calendar months (no fixed length) the longest one (31 days a month)."""
+        cal = parse_calendar(self.size)
+        if cal is not None:
+            n, unit = cal
+            return n * (WEEK_MS if unit == "w" else LONGEST_MONTH_MS)
         return parse_duration_ms(self.size, "window.size")
 
     @property
     def slide_ms(self) -> int:
+        """The pane of a fixed-length time window (the slide, or the size of a tumbling window); not
+        defined for calendar months (see :attr:`months`)."""
+        if self.months:
+            raise ValueError("window.size: calendar months have no fixed length")
         if self.kind == "sliding":
-            return parse_duration_ms(self.slide, "window.slide")
+            return _time_step_ms(self.slide, "window.slide")
         return self.size_ms
+
+    @property
+    def offset_ms(self) -> int:
+        return parse_duration_ms(self.offset, "window.offset")
+
+    @property
+    def origin_ms(self) -> int:
+        """The start of window (pane) number 0: the offset, from Monday 1970-01-05 for weeks."""
+        weeks = parse_calendar(self.size) is not None and not self.months
+        return self.offset_ms + (MONDAY_MS if weeks else 0)
 
     @property
     def count(self) -> int:
@@ -252,6 +333,18 @@ class WindowConfig(_Model):
     @property
     def idle_timeout_ms(self) -> int:
         return parse_duration_ms(self.idle_timeout, "window.idle_timeout")
+
+
+def _time_step_ms(value: Any, name: str) -> int:
+    """A slide: a duration or whole weeks (``1w``); months are refused by the caller."""
+    cal = parse_calendar(value)
+    if cal is not None:
+        if cal[1] == "mo":
+            raise ValueError(
+                f"{name}: {value!r}: a slide in calendar months is not supported (months differ in length)"
+            )
+        return cal[0] * WEEK_MS
+    return parse_duration_ms(value, name)
 
 
 def _moved(data: Any, section: str) -> Any:

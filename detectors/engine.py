@@ -1,13 +1,17 @@
 """Windows, segments and the local (numpy) engine that turns events into window records.
 
 Windows (all times epoch milliseconds, UTC, half-open ``[start, end)``)
-    * tumbling of size ``S``: ``start = floor(t / S) * S``.
+    * tumbling of size ``S``: ``start = floor((t - O) / S) * S + O`` with the origin ``O`` the
+      ``offset`` (plus Monday 1970-01-05 for weeks, ``1w``); calendar months (``1mo``): the 1st
+      of the month (+ offset). :mod:`detectors.calendar` numbers the windows.
     * sliding of size ``S`` and slide ``L`` (``S`` a multiple of ``L``): the event belongs to
-      the ``S / L`` windows whose start is a multiple of ``L`` in ``(t - S, t]``. The state is
-      kept per *pane* of length ``L``; a window is the sum of its panes.
+      the ``S / L`` windows whose start is ``O`` + a multiple of ``L`` in ``(t - S, t]``. The
+      state is kept per *pane* of length ``L``; a window is the sum of its panes.
     * count windows of ``N`` events per segment, in input order; only full windows close.
       Their ``window_start`` / ``window_end`` are the first event's time and the last
       event's time + 1 ms.
+    Records carry ``window_index``: a time window's first pane number, a count window's ordinal
+    in its segment (0, 1, ...), so count windows whose times tie stay apart.
     A window is reported for a segment when it holds at least one event of that segment.
 
 Segments
@@ -27,11 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from detectors.calendar import DAY_MS, Steps
 from detectors.config import MonitorConfig
 from detectors.evaluate import evaluate_window, iso_ms, require_calibration, window_records
 from detectors.events import EventColumns, concept_values
@@ -125,28 +131,57 @@ class SegmentRouter:
 
 @dataclass(frozen=True)
 class WindowSpec:
+    """Windows as the engines compute them: time windows are sums of *panes* numbered by
+    :class:`detectors.calendar.Steps` (fixed steps from an origin, or calendar months); a window is
+    named by its first pane (its ``window_index``)."""
+
     kind: str
-    size_ms: int
-    slide_ms: int
+    size_ms: int  # a time window's length (calendar months: the longest, 31 days a month)
+    slide_ms: int  # the pane's length (calendar months: 0, the pane is a month)
     count: int
+    months: int = 0  # calendar months per window (tumbling only), else 0
+    origin_ms: int = 0  # the start of pane 0 (the offset; from Monday 1970-01-05 for weeks)
 
     @classmethod
     def from_config(cls, config: MonitorConfig) -> WindowSpec:
         w = config.window
         if w.kind == "count":
             return cls("count", 0, 0, w.count)
-        return cls(w.kind, w.size_ms, w.slide_ms, 0)
+        if w.months:
+            return cls(w.kind, w.size_ms, 0, 0, w.months, w.origin_ms)
+        return cls(w.kind, w.size_ms, w.slide_ms, 0, 0, w.origin_ms)
+
+    @cached_property
+    def steps(self) -> Steps:
+        return Steps(0 if self.months else self.slide_ms, self.months, self.origin_ms)
 
     @property
     def panes_per_window(self) -> int:
-        return self.size_ms // self.slide_ms if self.kind != "count" else 1
+        return self.size_ms // self.slide_ms if self.kind != "count" and not self.months else 1
 
-    def pane_of(self, t_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return np.floor_divide(t_ms, self.slide_ms)
+    @property
+    def tick_ms(self) -> int:
+        """A fixed step at which to look for windows to close: the pane (a day for calendar months)."""
+        return DAY_MS if self.months else self.slide_ms
+
+    def pane_of(self, t_ms: Any) -> Any:
+        """The pane of each time (an array for an array, an int for an int)."""
+        return self.steps.pane_of(t_ms)
+
+    def pane_start(self, pane: Any) -> Any:
+        return self.steps.pane_start(pane)
+
+    def window_end(self, first_pane: Any) -> Any:
+        """The end of the window that starts with ``first_pane`` (also: the end of the last window a
+        pane belongs to, the one it starts)."""
+        return self.steps.pane_start(np.asarray(first_pane, dtype=np.int64) + self.panes_per_window)
+
+    def last_closed(self, t_ms: int) -> int:
+        """The first pane of the last window that ends at or before ``t_ms``."""
+        return int(self.steps.pane_of(t_ms)) - self.panes_per_window
 
     def window_bounds(self, first_pane: int) -> tuple[int, int]:
-        start = first_pane * self.slide_ms
-        return start, start + self.size_ms
+        return int(self.pane_start(first_pane)), int(self.window_end(first_pane))
 
     def windows_of_panes(self, panes: Sequence[int]) -> list[int]:
         """First pane of every window that contains at least one of ``panes``, sorted."""
@@ -179,13 +214,13 @@ def run_local(
     seg_ids = router.route(cols.segments)
     # every (segment, window) with data; a window's segments are evaluated together (one family
     # with statistics.family: window)
-    by_window: dict[tuple[int, int], list[tuple[dict[str, str], Any, dict[str, Any] | None]]] = {}
+    by_window: dict[tuple[int, int, int], list[tuple[dict[str, str], Any, dict[str, Any] | None]]] = {}
     for seg_id, rows in _segment_rows(router, seg_ids, len(cols)):
         segment = router.segment(seg_id)
-        for start, end, counts, raw in _windows(cols, rows, spec, layout, config):
-            by_window.setdefault((start, end), []).append((segment, counts, raw))
+        for index, start, end, counts, raw in _windows(cols, rows, spec, layout, config):
+            by_window.setdefault((start, end, index), []).append((segment, counts, raw))
     records: list[dict[str, Any]] = []
-    for (start, end), members in by_window.items():
+    for (start, end, index), members in by_window.items():
         verdicts = evaluate_window(layout, [(c, raw) for _s, c, raw in members], config.statistics)
         for (segment, _c, _raw), results in zip(members, verdicts, strict=True):
             records.extend(
@@ -195,6 +230,7 @@ def run_local(
                     segment=segment,
                     window_start_ms=start,
                     window_end_ms=end,
+                    window_index=index,
                     fingerprint=reference.fingerprint,
                     model_name=model_name,
                     model_version=model_version,
@@ -224,7 +260,9 @@ def _windows(
     spec: WindowSpec,
     layout: Layout,
     config: MonitorConfig,
-) -> Iterator[tuple[int, int, Any, dict[str, Any] | None]]:
+) -> Iterator[tuple[int, int, int, Any, dict[str, Any] | None]]:
+    """(window index, start, end, counts, raw values) of every window of the events ``rows`` (of one
+    segment). The index of a time window is its first pane; of a count window, its ordinal (0, 1, ...)."""
     sub = {f: _take(v, rows) for f, v in cols.features.items()}
     t = cols.time_ms[rows]
     if spec.kind == "count":
@@ -241,7 +279,7 @@ def _windows(
             raw = None
             if config.window.keep_raw:
                 raw = {f: np.asarray(v[lo:hi]) for f, v in sub.items() if isinstance(v, np.ndarray)}
-            yield int(t[lo:hi].min()), int(t[lo:hi].max()) + 1, hist[g], raw
+            yield g, int(t[lo:hi].min()), int(t[lo:hi].max()) + 1, hist[g], raw
         return
     panes = spec.pane_of(t)
     uniq, inv = np.unique(panes, return_inverse=True)
@@ -252,7 +290,7 @@ def _windows(
         members = [pane_pos[p] for p in range(first, first + k) if p in pane_pos]
         counts = hist[members].sum(axis=0)
         start, end = spec.window_bounds(first)
-        yield start, end, counts, None
+        yield first, start, end, counts, None
 
 
 def _take(values: Any, idx: npt.NDArray[np.int64]) -> Any:
@@ -332,6 +370,7 @@ class ConceptTracker:
             "severity": "warning",
             "window_start": iso_ms(self.since_ms),
             "window_end": iso_ms(t_ms + 1),
+            "window_index": None,
             "n_reference": None,
             "n_window": self.n_since,
             "n_missing": 0,

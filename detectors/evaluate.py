@@ -101,6 +101,7 @@ RECORD_TYPES = (
     ("severity", "string"),
     ("window_start", "string"),
     ("window_end", "string"),
+    ("window_index", "int64"),
     ("n_reference", "int64"),
     ("n_window", "int64"),
     ("n_missing", "int64"),
@@ -516,11 +517,15 @@ def window_records(
     segment: Mapping[str, str],
     window_start_ms: int,
     window_end_ms: int,
+    window_index: int,
     fingerprint: str,
     model_name: str | None = None,
     model_version: str | None = None,
 ) -> list[dict[str, Any]]:
     """Window statistic records (docs/architecture.md "Record schema"), in a stable field order.
+
+    ``window_index``: a time window's number (its first pane, :class:`detectors.engine.WindowSpec`),
+    a count window's ordinal in its segment (0, 1, ...): unique where the times tie.
 
     ``model_name`` / ``model_version``: the registered model version the reference belongs to
     (a ``models:/`` reference), None for a reference file.
@@ -544,6 +549,7 @@ def window_records(
             "severity": r.severity,
             "window_start": start,
             "window_end": end,
+            "window_index": window_index,
             "n_reference": r.n_reference,
             "n_window": r.n_window,
             "n_missing": r.n_missing,
@@ -572,6 +578,8 @@ def alert_id(record: Mapping[str, Any]) -> str:
     ]
     if record.get("model_name") is not None:
         parts += [record["model_name"], record.get("model_version")]
+    if record.get("window_index") is not None:  # count windows with tied times differ only here
+        parts.append(record["window_index"])
     key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 

@@ -130,7 +130,7 @@ class PerformanceTracker:
             max_delay_ms=lab.max_delay_ms,
             clock_skew_ms=lab.clock_skew_ms,
             budget=lab.budget,
-            tick_ms=self.spec.slide_ms,
+            tick_ms=self.spec.tick_ms,
         )
         self._panes: dict[tuple[int, int], npt.NDArray[Any]] = {}  # (segment id, pane) -> state
         self._totals: dict[int, list[int]] = {}  # pane -> [predictions, labelled] over all segments
@@ -335,6 +335,7 @@ class PerformanceTracker:
             monitor=self.config.monitor,
             window_start_ms=start,
             window_end_ms=end,
+            window_index=first,
             fingerprint=self.reference.fingerprint,
             model_name=self.model_name,
             model_version=self.model_version,
@@ -368,7 +369,7 @@ class PerformanceTracker:
             self.spec.kind,
             self.spec.size_ms,
             self.spec.slide_ms,
-        ]
+        ] + ([self.spec.months, self.spec.origin_ms] if self.spec.months or self.spec.origin_ms else [])
 
     def snapshot(self) -> bytes:
         """Compact binary state; segments are named by their keys, so a restore into another router maps them."""

@@ -361,11 +361,11 @@ def run_backfill(
             windows = _pane_windows(monitor, summed)
     finally:
         tagged.unpersist()
-    by_window: dict[tuple[int, int], list[tuple[Any, np.ndarray]]] = {}
-    for seg, start, end, counts in windows:
-        by_window.setdefault((start, end), []).append((seg, counts))
+    by_window: dict[tuple[int, int, int], list[tuple[Any, np.ndarray]]] = {}
+    for seg, start, end, index, counts in windows:
+        by_window.setdefault((start, end, index), []).append((seg, counts))
     records: list[dict[str, Any]] = []
-    for (start, end), members in by_window.items():
+    for (start, end, index), members in by_window.items():
         verdicts = evaluate_window(monitor.layout, [(c, None) for _s, c in members], config.statistics)
         for (seg, _c), results in zip(members, verdicts, strict=True):
             records.extend(
@@ -375,6 +375,7 @@ def run_backfill(
                     segment={} if seg is None else segment_dict(monitor, seg),
                     window_start_ms=start,
                     window_end_ms=end,
+                    window_index=index,
                     fingerprint=monitor.reference.fingerprint,
                 )
             )
@@ -408,8 +409,9 @@ def _merge(a: Any, b: Any) -> Any:
     return a + b if isinstance(a, np.ndarray) else min(a, b)
 
 
-def _pane_windows(monitor: Monitor, summed: list[Any]) -> list[tuple[Any, int, int, np.ndarray]]:
-    """Time windows: each window of a segment is the sum of its panes."""
+def _pane_windows(monitor: Monitor, summed: list[Any]) -> list[tuple[Any, int, int, int, np.ndarray]]:
+    """Time windows (segment, start, end, window index: the first pane, counts): each window of a
+    segment is the sum of its panes."""
     panes: dict[Any, dict[int, np.ndarray]] = {}
     for (seg, pane), c in summed:
         panes.setdefault(seg, {})[int(pane)] = c
@@ -420,12 +422,13 @@ def _pane_windows(monitor: Monitor, summed: list[Any]) -> list[tuple[Any, int, i
         for first_pane in spec.windows_of_panes(sorted(by_pane)):
             members = [by_pane[p] for p in range(first_pane, first_pane + k) if p in by_pane]
             start, end = spec.window_bounds(first_pane)
-            out.append((seg, start, end, np.sum(members, axis=0)))
+            out.append((seg, start, end, first_pane, np.sum(members, axis=0)))
     return out
 
 
-def _count_windows(tagged: Any, bc_route: Any, count: int, size: int) -> list[tuple[Any, int, int, np.ndarray]]:
-    """Count windows: every segment's events sorted by input position, cut into full groups of ``count``.
+def _count_windows(tagged: Any, bc_route: Any, count: int, size: int) -> list[tuple[Any, int, int, int, np.ndarray]]:
+    """Count windows: every segment's events sorted by input position, cut into full groups of ``count``
+    (segment, start, end, window index: the group's ordinal in its segment, counts).
 
     Spark sorts (segment, position) within hash partitions of the segment, so one pass over a
     partition sees each segment's events in order and keeps one count vector at a time.
@@ -441,19 +444,19 @@ def _count_windows(tagged: Any, bc_route: Any, count: int, size: int) -> list[tu
     # crc32, not hash(): str hashes differ between Python workers unless PYTHONHASHSEED is fixed
     ordered = events.repartitionAndSortWithinPartitions(n_parts, partitionFunc=lambda k: zlib.crc32(k[0].encode()))
 
-    def groups(it: Iterator[Any]) -> Iterator[tuple[Any, int, int, np.ndarray]]:
-        seg, n, lo, hi, acc = None, 0, 0, 0, np.zeros(size, dtype=np.int64)
+    def groups(it: Iterator[Any]) -> Iterator[tuple[Any, int, int, int, np.ndarray]]:
+        seg, n, k, lo, hi, acc = None, 0, 0, 0, 0, np.zeros(size, dtype=np.int64)
         for (s, _pos), (t, slots) in it:
             if s != seg:
-                seg, n = s, 0
+                seg, n, k = s, 0, 0
             if n == 0:
                 acc = np.zeros(size, dtype=np.int64)
                 lo = hi = t
             acc[slots] += 1
             lo, hi, n = min(lo, t), max(hi, t), n + 1
             if n == count:
-                yield (None if s == "" else tuple(json.loads(s)), lo, hi + 1, acc)
-                n = 0
+                yield (None if s == "" else tuple(json.loads(s)), lo, hi + 1, k, acc)
+                n, k = 0, k + 1
 
     return ordered.mapPartitions(groups).collect()
 

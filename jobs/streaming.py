@@ -30,7 +30,8 @@ The plan of every micro-batch, from the executors to the driver:
 
 Rules (see the README for how they differ from ``streamdrift serve``):
 
-* a *pane* is ``floor(t / slide)``; a window is the sum of its panes (tumbling: one pane);
+* a *pane* is numbered by :class:`detectors.engine.WindowSpec` (``floor((t - offset) / slide)``, or a
+  calendar month); a window is the sum of its panes (tumbling: one pane);
 * an event is *late* if Spark's watermark, when its micro-batch runs, is at or past the end
   of every window it belongs to (those windows close in that batch, or closed before);
   late events are counted, per window (the last window they belong to), not added. The
@@ -207,7 +208,7 @@ class WindowStep:
             end
             for _s, p in st.panes
             for first in range(p - k + 1, p + 1)
-            if (end := first * spec.slide_ms + spec.size_ms) > (st.frontier if st.frontier is not None else -(2**62))
+            if (end := int(spec.window_end(first))) > (st.frontier if st.frontier is not None else -(2**62))
         ]
         return min(ends) if ends else None
 
@@ -240,8 +241,8 @@ class WindowStep:
         c = c.sort_values(["first_ms", "partition", "offset", "seg", "pane"], na_position="first", kind="stable")
         for seg_json, pane, n, counts in zip(c["seg"], c["pane"], c["n"], c["counts"], strict=True):
             pane, n = int(pane), int(n)
-            last_start = pane * spec.slide_ms  # the last window the events belong to starts with their pane
-            last_end = last_start + spec.size_ms
+            # the last window the events belong to starts with their pane
+            last_start, last_end = spec.window_bounds(pane)
             if last_end <= watermark:
                 late += n
                 late_by_window[(last_start, last_end)] = late_by_window.get((last_start, last_end), 0) + n
@@ -306,7 +307,7 @@ class WindowStep:
         closing: set[tuple[Seg, int]] = set()
         for s, p in st.panes:
             for first in range(p - k + 1, p + 1):
-                end = first * spec.slide_ms + spec.size_ms
+                end = int(spec.window_end(first))
                 if end <= watermark and (st.frontier is None or end > st.frontier):
                     closing.add((s, first))
         for s, first in sorted(closing, key=lambda x: (x[1], x[0] is not None, x[0] or ())):
@@ -314,7 +315,7 @@ class WindowStep:
             start, end = spec.window_bounds(first)
             seg = None if s is None else json.dumps(list(s))
             out.append({"kind": "w", "start": start, "end": end, "seg": seg, "counts": np.sum(members, axis=0)})
-        st.panes = {(s, p): c for (s, p), c in st.panes.items() if p * spec.slide_ms + spec.size_ms > watermark}
+        st.panes = {(s, p): c for (s, p), c in st.panes.items() if spec.window_end(p) > watermark}
         st.frontier = watermark
 
 
@@ -345,7 +346,7 @@ class BatchWriter:
         self.late_by_window: dict[tuple[int, int], int] = {}  # this process's late counts (also logged)
         self.batches = 0
         self.partitions: set[int] = set()  # Kafka partitions read so far
-        #: the last window (end // slide) in which each segment (by label) had events: a segment silent
+        #: the last window (the pane of its end) in which each segment (by label) had events: a segment silent
         #: for segment_ttl_windows windows loses its verdict series, as in the consumer
         self._segment_window: dict[str, int] = {}
 
@@ -415,6 +416,7 @@ class BatchWriter:
                     segment={} if seg is None else segment_dict(m, seg),
                     window_start_ms=start,
                     window_end_ms=end,
+                    window_index=int(m.spec.pane_of(start)),  # (the window's first pane)
                     fingerprint=m.reference.fingerprint,
                 )
             )
@@ -460,14 +462,14 @@ class BatchWriter:
     def _forget_silent_segments(self, out: BatchOutput) -> None:
         """Remove the verdict series of segments without events in the newest ``segment_ttl_windows``
         windows (their last verdicts would go on firing); they come back with their next window."""
-        slide = self.monitor.spec.slide_ms
+        spec = self.monitor.spec
         for r in out.records:
-            w = parse_iso_ms(r["window_end"]) // slide
+            w = int(spec.pane_of(parse_iso_ms(r["window_end"])))
             label = segment_label(r["segment"])
             if w > self._segment_window.get(label, w - 1):
                 self._segment_window[label] = w
         assert out.watermark is not None
-        clock = out.watermark // slide
+        clock = int(spec.pane_of(out.watermark))
         silent = [s for s, w in self._segment_window.items() if clock - w >= self.segment_ttl_windows]
         for s in silent:
             del self._segment_window[s]
@@ -615,7 +617,7 @@ def start(
     enabled = settings.metrics.enabled if serve_metrics is None else serve_metrics
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, monitor.config.monitor, _version())
-    metrics.set_config(monitor.config.window.size_ms / 1000.0)
+    metrics.set_config(monitor.config.window.size_ms / 1000.0)  # (months: the longest)
     publisher = None
     if outputs.statistics_topic or outputs.alerts_topic or outputs.statistics_file:
         needs_kafka = outputs.statistics_topic or outputs.alerts_topic

@@ -213,13 +213,17 @@ def window_metrics(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, floa
     events) is left out, never logged as 0."""
     from detectors.evaluate import parse_iso_ms
 
-    windows = sorted({(r["window_end"], r["window_start"]) for r in records})
+    def window(r: Mapping[str, Any]) -> tuple[str, str, int]:  # (count windows with tied times: by index)
+        index = r.get("window_index")
+        return (r["window_end"], r["window_start"], -1 if index is None else int(index))
+
+    windows = sorted({window(r) for r in records})
     step = {w: i for i, w in enumerate(windows)}
     out = []
     for r in records:
         if r["value"] is None:
             continue
-        s = step[(r["window_end"], r["window_start"])]
+        s = step[window(r)]
         ts = parse_iso_ms(r["window_end"])
         out.append((metric_key(r), float(r["value"]), ts, s))
         if r["drift"] is not None:

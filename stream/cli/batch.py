@@ -527,13 +527,15 @@ def spark_submit(module: str, master: str, job_args: Sequence[str], *, verbose: 
 
 
 def print_summary(records: Sequence[Mapping[str, Any]], out: TextIO) -> None:
-    """A readable table: one line per window and segment, the worst verdict per feature."""
+    """A readable table: one line per window and segment, the worst verdict per feature. Windows are
+    told apart by their ``window_index`` too: count windows whose times tie get a line each, and then
+    a ``#`` column shows the index."""
     from detectors.evaluate import SEVERITY_LEVEL, segment_label
 
-    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    rows: dict[tuple[str, str, str, int | None], dict[str, str]] = {}
     features: list[str] = []
     for r in records:
-        key = (r["window_start"], r["window_end"], segment_label(r["segment"]))
+        key = (r["window_start"], r["window_end"], segment_label(r["segment"]), r.get("window_index"))
         feats = rows.setdefault(key, {})
         if r["feature"] not in features:
             features.append(r["feature"])
@@ -542,10 +544,16 @@ def print_summary(records: Sequence[Mapping[str, Any]], out: TextIO) -> None:
             feats[r["feature"]] = r["severity"]
     mark = {"ok": ".", "warning": "W", "critical": "C", "insufficient_data": "?"}
     width = max([len(f) for f in features] + [1])
+    tied = len({k[:3] for k in rows}) < len(rows)  # some windows differ only by their index
+    index_w = max([len(str(k[3])) for k in rows] + [1]) if tied else 0
+    index_head = f"{'#':>{index_w}} " if tied else ""
     out.write(
-        "window start              segment            " + " ".join(f"{f[:width]:>{width}}" for f in features) + "\n"
+        f"window start              {index_head}segment            "
+        + " ".join(f"{f[:width]:>{width}}" for f in features)
+        + "\n"
     )
-    for (start, _end, seg), feats in rows.items():
+    for (start, _end, seg, index), feats in rows.items():
         cells = " ".join(f"{mark.get(feats.get(f, ''), ' '):>{width}}" for f in features)
-        out.write(f"{start:<25} {seg[:18]:<18} {cells}\n")
+        shown = f"{'' if index is None else index:>{index_w}} " if tied else ""
+        out.write(f"{start:<25} {shown}{seg[:18]:<18} {cells}\n")
     out.write("legend: . ok   W warning   C critical   ? too few events (no verdict)\n")

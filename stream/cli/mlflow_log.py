@@ -53,7 +53,7 @@ def _log_backfill(
     )
 
     n = registry.log_window_metrics(run, records)
-    windows = len({(r["window_start"], r["window_end"]) for r in records})
+    windows = len({(r["window_start"], r["window_end"], r.get("window_index")) for r in records})
     recs = [dict(r) for r in records]
     if not any(r["statistic"] in ("psi", "ks", "chi2", "unseen") for r in recs):
         print(f"mlflow: {n} metrics of {windows} windows -> run {run} (no window statistics: no report)")
@@ -62,7 +62,14 @@ def _log_backfill(
     window = choose_window(mine, None)
     features = list(dict.fromkeys(r["feature"] for r in window_records_of(mine)))
     hist = window_histogram(
-        reference, features, config=config, events_path=events_path, segment=segment, start=window[0], end=window[1]
+        reference,
+        features,
+        config=config,
+        events_path=events_path,
+        segment=segment,
+        start=window[0],
+        end=window[1],
+        index=window[2],
     )
     page = render_html(
         mine,

@@ -38,6 +38,7 @@ import html
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -294,12 +295,31 @@ def window_records_of(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     return [r for r in records if r["statistic"] in WINDOW_STATISTICS]
 
 
+#: a window: (window_start, window_end, window_index). The index tells apart count windows whose
+#: times tie (None in records written before it existed)
+WindowKey = tuple[str, str, int | None]
+
+
+def window_key(r: Mapping[str, Any]) -> WindowKey:
+    return (r["window_start"], r["window_end"], r.get("window_index"))
+
+
+def _window_order(w: WindowKey) -> tuple[int, int, int]:
+    return (_ms(w[0]), _ms(w[1]), -1 if w[2] is None else w[2])
+
+
+def window_labels(windows: Sequence[WindowKey]) -> list[str]:
+    """Axis labels of ``windows``: the start (UTC), after ``#index`` where starts tie (count windows)."""
+    starts = Counter(w[0] for w in windows)
+    return [(f"#{w[2]} " if starts[w[0]] > 1 and w[2] is not None else "") + _display_time(w[0]) for w in windows]
+
+
 def summarize(records: Sequence[dict[str, Any]]) -> list[FeatureSummary]:
     """Per feature, in order of first appearance."""
     out: dict[str, FeatureSummary] = {}
-    per_window: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    per_window: dict[tuple[str, WindowKey], list[dict[str, Any]]] = {}
     for r in window_records_of(records):
-        per_window.setdefault((r["feature"], r["window_start"]), []).append(r)
+        per_window.setdefault((r["feature"], window_key(r)), []).append(r)
         s = out.setdefault(r["feature"], FeatureSummary(r["feature"]))
         if SEVERITY_LEVEL.get(r["severity"], -1) > SEVERITY_LEVEL[s.worst]:
             s.worst = r["severity"]
@@ -309,7 +329,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[FeatureSummary]:
         q = r.get("p_value_adjusted")
         if q is not None and (s.min_p_adjusted is None or q < s.min_p_adjusted):
             s.min_p_adjusted = float(q)
-    for (feature, start), recs in sorted(per_window.items(), key=lambda kv: (kv[0][0], _ms(kv[0][1]))):
+    for (feature, (start, _end, _index)), recs in sorted(
+        per_window.items(), key=lambda kv: (kv[0][0], _window_order(kv[0][1]))
+    ):
         s = out[feature]
         s.windows += 1
         if all(r["severity"] == "insufficient_data" for r in recs):
@@ -328,26 +350,31 @@ class DriftWindow:
     worst: str
     hits: list[dict[str, Any]]  # the drifted records
     score: tuple[int, float] = (0, 0.0)
+    index: int | None = None  # window_index
+
+    @property
+    def key(self) -> WindowKey:
+        return (self.start, self.end, self.index)
 
 
 def drift_windows(records: Sequence[dict[str, Any]]) -> list[DriftWindow]:
     """Every window with at least one drifted statistic, in time order."""
-    by_window: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_window: dict[WindowKey, list[dict[str, Any]]] = {}
     for r in window_records_of(records):
         if r.get("drift"):
-            by_window.setdefault((r["window_start"], r["window_end"]), []).append(r)
+            by_window.setdefault(window_key(r), []).append(r)
     out = []
-    for (start, end), hits in sorted(by_window.items(), key=lambda kv: (_ms(kv[0][0]), _ms(kv[0][1]))):
+    for (start, end, index), hits in sorted(by_window.items(), key=lambda kv: _window_order(kv[0])):
         worst = max((h["severity"] for h in hits), key=lambda s: SEVERITY_LEVEL.get(s, -1))
         level = sum(SEVERITY_LEVEL.get(h["severity"], 0) for h in hits)
         psi_max = max((float(h["value"]) for h in hits if h["statistic"] == "psi"), default=0.0)
-        out.append(DriftWindow(start, end, worst, hits, (level, psi_max)))
+        out.append(DriftWindow(start, end, worst, hits, (level, psi_max), index))
     return out
 
 
-def all_windows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    seen = {(r["window_start"], r["window_end"]) for r in window_records_of(records)}
-    return sorted(seen, key=lambda w: (_ms(w[0]), _ms(w[1])))
+def all_windows(records: Sequence[dict[str, Any]]) -> list[WindowKey]:
+    seen = {window_key(r) for r in window_records_of(records)}
+    return sorted(seen, key=_window_order)
 
 
 @dataclass
@@ -363,9 +390,9 @@ class DriftRun:
     starts: list[str] = field(default_factory=list)  # every window's start
 
 
-def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[tuple[str, str]]) -> list[DriftRun]:
+def drift_runs(records: Sequence[dict[str, Any]], windows: Sequence[WindowKey]) -> list[DriftRun]:
     """Runs of drifted windows that follow each other in ``windows`` (time order)."""
-    drifted = {(w.start, w.end): w for w in drift_windows(records)}
+    drifted = {w.key: w for w in drift_windows(records)}
     runs: list[DriftRun] = []
     previous = False
     for key in windows:
@@ -395,9 +422,7 @@ MAP_LEVEL = {"insufficient_data": 0, "ok": 1, "warning": 2, "critical": 3}
 MAP_COLORS = ("#bdbdbd", "#c8e6c9", SEVERITY_COLOR["warning"], SEVERITY_COLOR["critical"])
 
 
-def drift_map_figure(
-    records: Sequence[dict[str, Any]], features: Sequence[str], windows: Sequence[tuple[str, str]]
-) -> Any:
+def drift_map_figure(records: Sequence[dict[str, Any]], features: Sequence[str], windows: Sequence[WindowKey]) -> Any:
     """A feature x window grid coloured by the worst verdict of the feature's statistics in the window."""
     import plotly.graph_objects as go
 
@@ -406,7 +431,7 @@ def drift_map_figure(
     z: list[list[int | None]] = [[None] * len(windows) for _ in features]
     text: list[list[str]] = [[""] * len(windows) for _ in features]
     for r in window_records_of(records):
-        i, j = row.get(r["feature"]), col.get((r["window_start"], r["window_end"]))
+        i, j = row.get(r["feature"]), col.get(window_key(r))
         if i is None or j is None:
             continue
         level = MAP_LEVEL.get(r["severity"], 0)
@@ -421,7 +446,7 @@ def drift_map_figure(
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=[_display_time(ws) for ws, _we in windows],
+            x=window_labels(windows),
             y=list(features),
             text=text,
             hovertemplate="%{y} · %{x}%{text}<extra></extra>",
@@ -433,7 +458,8 @@ def drift_map_figure(
             ygap=1,
         )
     )
-    fig.update_xaxes(title_text="window start (UTC)", type="category", nticks=12)
+    tied = len({w[0] for w in windows}) < len(windows)
+    fig.update_xaxes(title_text=("#window index, " if tied else "") + "window start (UTC)", type="category", nticks=12)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_layout(
         height=110 + 26 * len(features),
@@ -443,8 +469,9 @@ def drift_map_figure(
     return fig
 
 
-def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> tuple[str, str]:
-    """The window given by its ISO start, or the most drifted one (most severity, then largest PSI)."""
+def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> WindowKey:
+    """The window given by its ISO start (the first of those that start then), or the most drifted one
+    (most severity, then largest PSI)."""
     windows = all_windows(records)
     if not windows:
         raise InputFileError("no windows in the records")
@@ -455,23 +482,20 @@ def choose_window(records: Sequence[dict[str, Any]], requested: str | None) -> t
             raise ConfigError(
                 f"--window: {exc}; give the window start as ISO-8601, e.g. 2026-01-01T00:05:00Z"
             ) from None
-        for start, end in windows:
-            if _ms(start) == want:
-                return start, end
-        near = ", ".join(s for s, _ in windows[:5])
+        for w in windows:
+            if _ms(w[0]) == want:
+                return w
+        near = ", ".join(w[0] for w in windows[:5])
         raise ConfigError(f"--window: no window starts at {requested} for this segment (first ones: {near}, ...)")
     drifted = drift_windows(records)
     if drifted:
         best = max(drifted, key=lambda w: w.score)  # max() keeps the earliest of equals
-        return best.start, best.end
+        return best.key
     psi = [
-        (float(r["value"]), r["window_start"], r["window_end"])
-        for r in records
-        if r["statistic"] == "psi" and r.get("value") is not None
+        (float(r["value"]), window_key(r)) for r in records if r["statistic"] == "psi" and r.get("value") is not None
     ]
     if psi:
-        _v, start, end = max(psi, key=lambda p: p[0])
-        return start, end
+        return max(psi, key=lambda p: p[0])[1]
     return windows[-1]
 
 
@@ -518,8 +542,10 @@ def window_histogram(
     segment: str,
     start: str,
     end: str,
+    index: int | None = None,
 ) -> WindowHistogram:
-    """Reference buckets always; the window's, recomputed from the events, when events and config are given."""
+    """Reference buckets always; the window's, recomputed from the events, when events and config are given
+    (a count window: the ``index``-th of the segment, else the first that spans ``start`` .. ``end``)."""
     feats = [f for f in features if f in reference.features]
     labels = {f: bucket_labels(reference.features[f]) for f in feats}
     ref_counts = {f: bucket_counts(reference.features[f], reference.features[f].counts) for f in feats}
@@ -551,7 +577,8 @@ def window_histogram(
     if spec.kind == "count":
         groups = len(idx) // spec.count
         chosen = None
-        for g in range(groups):
+        order = range(groups) if index is None else [index] if 0 <= index < groups else []
+        for g in order:
             tg = t[g * spec.count : (g + 1) * spec.count]
             if int(tg.min()) == lo and int(tg.max()) + 1 == hi:
                 chosen = idx[g * spec.count : (g + 1) * spec.count]
@@ -608,15 +635,24 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
 
     recs = sorted(
         (r for r in records if r["feature"] == feature and r["statistic"] in WINDOW_STATISTICS),
-        key=lambda r: _ms(r["window_start"]),
+        key=lambda r: _window_order(window_key(r)),
     )
     stats = [s for s in WINDOW_STATISTICS if any(r["statistic"] == s for r in recs)]
     titles = [STAT_TITLE[s] for s in stats] + [
         f"p-values (calibrated, adjusted for the window's tests; ▼ = below {P_MARK:g})"
     ]
     fig = make_subplots(rows=len(stats) + 1, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
-    windows = sorted({(r["window_start"], r["window_end"]) for r in recs}, key=lambda w: _ms(w[0]))
-    x0, x1 = _plot_time(windows[0][0]), _plot_time(windows[-1][0])
+    windows = sorted({window_key(r) for r in recs}, key=_window_order)
+    labels = dict(zip(windows, window_labels(windows), strict=True))
+    # windows whose starts tie (count windows) are told apart by their index on a category axis
+    tied = len({w[0] for w in windows}) < len(windows)
+
+    def xs(rs: Sequence[dict[str, Any]]) -> list[str]:
+        return [labels[window_key(r)] if tied else _plot_time(r["window_start"]) for r in rs]
+
+    x0, x1 = (
+        (labels[windows[0]], labels[windows[-1]]) if tied else (_plot_time(windows[0][0]), _plot_time(windows[-1][0]))
+    )
     lines = {
         "psi": [("PSI critical", th.psi_critical, SEVERITY_COLOR["critical"])],
         "ks": [("KS critical D", th.ks_critical, SEVERITY_COLOR["critical"])],
@@ -627,7 +663,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         rs = [r for r in recs if r["statistic"] == stat]
         fig.add_trace(
             go.Scatter(
-                x=[_plot_time(r["window_start"]) for r in rs],
+                x=xs(rs),
                 y=[effect(r) for r in rs],
                 mode="lines+markers",
                 name=STAT_TITLE[stat],
@@ -642,7 +678,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         )
         fig.add_trace(
             go.Scatter(
-                x=[_plot_time(r["window_start"]) for r in rs],
+                x=xs(rs),
                 y=[None if r.get("threshold") is None else float(r["threshold"]) for r in rs],
                 mode="lines",
                 name="threshold",
@@ -664,7 +700,7 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         ps = [None if r.get("p_value_adjusted") is None else float(r["p_value_adjusted"]) for r in rs]
         fig.add_trace(
             go.Scatter(
-                x=[_plot_time(r["window_start"]) for r in rs],
+                x=xs(rs),
                 y=[None if p is None else max(p, P_MARK) for p in ps],
                 mode="lines+markers",
                 name=f"p {STAT_TITLE[stat]}",
@@ -685,16 +721,16 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
         _hline(fig, x0, x1, rate, f"false-alarm rate {rate:g}", SEVERITY_COLOR["warning"], prow, True)
     # drifted windows, shaded by the feature's worst severity there (added after the traces:
     # plotly leaves out subplots that are still empty)
-    worst: dict[tuple[str, str], str] = {}
+    worst: dict[WindowKey, str] = {}
     for r in recs:
         if r.get("drift"):
-            key = (r["window_start"], r["window_end"])
+            key = window_key(r)
             if key not in worst or SEVERITY_LEVEL[r["severity"]] > SEVERITY_LEVEL[worst[key]]:
                 worst[key] = r["severity"]
-    for (ws, we), sev in worst.items():
+    for key, sev in worst.items():  # (a category axis: the window's own slot)
         fig.add_vrect(
-            x0=_plot_time(ws),
-            x1=_plot_time(we),
+            x0=_plot_time(key[0]) if not tied else windows.index(key) - 0.5,
+            x1=_plot_time(key[1]) if not tied else windows.index(key) + 0.5,
             fillcolor=SEVERITY_COLOR[sev],
             opacity=0.12,
             line_width=0,
@@ -703,7 +739,9 @@ def feature_figure(feature: str, records: Sequence[dict[str, Any]], th: Threshol
     for row, stat in enumerate(stats, start=1):
         fig.update_yaxes(title_text=STAT_TITLE[stat], rangemode="tozero", row=row, col=1)
     fig.update_yaxes(type="log", exponentformat="power", title_text="adjusted p (log)", row=prow, col=1)
-    fig.update_xaxes(title_text="window start (UTC)", row=prow, col=1)
+    fig.update_xaxes(title_text=("#window index, " if tied else "") + "window start (UTC)", row=prow, col=1)
+    if tied:
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=[labels[w] for w in windows])
     fig.update_layout(
         height=230 * (len(stats) + 1) + 60,
         margin={"l": 60, "r": 20, "t": 40, "b": 40},
@@ -830,7 +868,7 @@ def render_html(
     monitor: str,
     segment: str,
     thresholds: Thresholds,
-    window: tuple[str, str],
+    window: WindowKey,
     hist: WindowHistogram | None,
     reference: ReferenceProfile | None,
     source: str,
@@ -944,9 +982,11 @@ def render_html(
         parts.append(f'<h3 id="feature-{e(f)}">{e(f)}</h3>')
         parts.append(_figure_html(feature_figure(f, records, thresholds), f"stat-{i}"))
     # histograms
-    ws, we = window
+    ws, we, wi = window
+    label = f"#{wi} " if wi is not None and sum(1 for w in windows if w[0] == ws) > 1 else ""  # (tied starts)
     parts.append(
-        f'<h2 id="histograms" data-window-start="{e(ws)}">Reference vs window {e(_display_time(ws))} – '
+        f'<h2 id="histograms" data-window-start="{e(ws)}" data-window-index="{"" if wi is None else wi}">'
+        f"Reference vs window {e(label)}{e(_display_time(ws))} – "
         f"{e(_display_time(we))} UTC</h2>"
     )
     if hist is None or reference is None:
@@ -959,7 +999,7 @@ def render_html(
         if hist.note:
             parts.append(f'<p class="note" id="histogram-note">{e(hist.note)}</p>')
         if hist.n_events is not None:
-            n_rec = {r.get("n_window") for r in records if r["window_start"] == ws and r["statistic"] == "psi"}
+            n_rec = {r.get("n_window") for r in records if window_key(r) == window and r["statistic"] == "psi"}
             parts.append(
                 f'<p class="meta">{hist.n_events} events of segment {e(segment)} in this window, '
                 f"recomputed from the events file (records: n_window {sorted(x for x in n_rec if x is not None)}).</p>"
@@ -1056,7 +1096,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
         features = list(dict.fromkeys(r["feature"] for r in window_records_of(recs)))
         hist = window_histogram(
-            reference, features, config=config, events_path=args.events, segment=segment, start=window[0], end=window[1]
+            reference,
+            features,
+            config=config,
+            events_path=args.events,
+            segment=segment,
+            start=window[0],
+            end=window[1],
+            index=window[2],
         )
     elif args.events:
         notes.append("--events was given without a reference profile (--reference or --config): no histograms.")

@@ -152,11 +152,11 @@ def closed_records(
     """Window statistic records of closed windows (evaluation, correction, verdicts): the segments of
     one window are evaluated together (one family with ``statistics.family: window``); ``model``: the
     model version the reference belongs to."""
-    by_window: dict[tuple[int, int], list[ClosedWindow]] = {}
+    by_window: dict[tuple[int, int, int], list[ClosedWindow]] = {}
     for w in closed:
-        by_window.setdefault((w.start_ms, w.end_ms), []).append(w)
+        by_window.setdefault((w.start_ms, w.end_ms, w.index), []).append(w)
     records: list[dict[str, Any]] = []
-    for (start, end), members in by_window.items():
+    for (start, end, index), members in by_window.items():
         verdicts = evaluate_window(layout, [(w.counts, w.raw) for w in members], config.statistics)
         for w, results in zip(members, verdicts, strict=True):
             records.extend(
@@ -166,6 +166,7 @@ def closed_records(
                     segment=w.segment,
                     window_start_ms=start,
                     window_end_ms=end,
+                    window_index=index,
                     fingerprint=layout.fingerprint,
                     model_name=None if model is None else model.name,
                     model_version=None if model is None else model.version,

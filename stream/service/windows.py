@@ -31,7 +31,8 @@ the cap filled can depend on how the partitions interleaved.
 Count windows: every ``N`` events per segment *and partition* in offset order (no lateness:
 every valid event counts), closed as they fill; ``window_start``/``window_end`` are the first
 event's time and the last event's time + 1 ms, as in :func:`detectors.engine.run_local` (equal to
-it on a one-partition topic).
+it on a one-partition topic). Their ``window_index`` is the window's ordinal in its segment, in the
+order the segment's count windows close over all partitions (on a one-partition topic, the backfill's).
 
 Updates are vectorised: one ``flat_indices`` and one ``bincount`` per batch.
 
@@ -40,7 +41,7 @@ JSON: watermarks, frontier, segment router, count windows); the panes are writte
 those changed or dropped since the last checkpoint (:meth:`WindowManager.changes`).
 
 Silent segments (for metric ownership, :meth:`WindowManager.silent_segments`): windows are
-numbered (time windows: ``end // slide``; the newest is the last one the close frontier
+numbered (time windows: the pane of their end; the newest is the last one the close frontier
 passed, so windows without any event count too; count windows: valid events // ``N``); a segment
 is silent when ``ttl`` windows have passed since its newest window with events.
 """
@@ -62,7 +63,7 @@ from detectors.histogram import Layout, WindowState
 from stream.exceptions import CheckpointError
 
 _NEG = -(2**62)
-SNAPSHOT_VERSION = 3  # 3: one store for every partition; panes kept apart (stream.service.checkpoint)
+SNAPSHOT_VERSION = 4  # 3: one store for every partition; panes kept apart (stream.service.checkpoint); 4: count_index
 
 PaneKey = tuple[int, int]  # (segment id, pane)
 
@@ -73,6 +74,7 @@ class ClosedWindow:
     segment: dict[str, str]
     start_ms: int
     end_ms: int
+    index: int  # the record's window_index: a time window's first pane, a count window's ordinal in its segment
     counts: npt.NDArray[np.int64]
     raw: dict[str, Any] | None = None
 
@@ -159,6 +161,7 @@ class WindowManager:
         self.window_clock: int | None = None
         self.segment_window: dict[int, int] = {}
         self._count_events = 0  # count windows: valid events added (the windows' clock)
+        self.count_index: dict[int, int] = {}  # count windows: segment id -> ordinal of its next window to close
         # panes written (or dropped) since the last checkpoint: what the next one must write
         self._changed: set[PaneKey] = set()
         self._dropped: set[PaneKey] = set()
@@ -235,11 +238,11 @@ class WindowManager:
             for p in np.unique(partitions).tolist():
                 m = partitions == p
                 late[m] = self._late_in(p, t[m])
-        # the last window an event belongs to ends at pane_of(t) * slide + size, monotone in t:
+        # the last window an event belongs to ends at window_end(pane_of(t)), monotone in t:
         # unless the earliest event's is at or before the frontier, no event's is
         spec = self.spec
-        if self.frontier is not None and int(spec.pane_of(t.min())) * spec.slide_ms + spec.size_ms <= self.frontier:
-            late |= spec.pane_of(t) * spec.slide_ms + spec.size_ms <= self.frontier
+        if self.frontier is not None and int(spec.window_end(spec.pane_of(t.min()))) <= self.frontier:
+            late |= spec.window_end(spec.pane_of(t)) <= self.frontier
         return late
 
     def _late_in(self, p: int, tp: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -352,11 +355,15 @@ class WindowManager:
                     cw.raw[f].extend(np.asarray(cols.features[f])[src].tolist())
             if cw.state.n_events >= size_n:
                 raw_arr = {f: np.asarray(v, dtype=np.float64) for f, v in cw.raw.items()} if cw.raw else None
-                closed.append(
-                    ClosedWindow(s, self.router.segment(s), cw.first_ms, cw.last_ms + 1, cw.state.counts, raw_arr)
-                )
+                closed.append(self._close_count(s, cw, raw_arr))
                 self.count_windows[ck] = self._new_count_window()
         return closed
+
+    def _close_count(self, s: int, cw: _CountWindow, raw: dict[str, Any] | None) -> ClosedWindow:
+        """A count window of segment ``s`` closes: it takes the segment's next ordinal."""
+        index = self.count_index.get(s, 0)
+        self.count_index[s] = index + 1
+        return ClosedWindow(s, self.router.segment(s), cw.first_ms, cw.last_ms + 1, index, cw.state.counts, raw)
 
     # -- closing ------------------------------------------------------------------------
     def advance(self) -> list[ClosedWindow]:
@@ -370,17 +377,17 @@ class WindowManager:
         self.frontier = wm
         spec = self.spec
         # the first panes of the windows that end in (old, wm]
-        hi = (wm - spec.size_ms) // spec.slide_ms
-        lo = None if old is None else (old - spec.size_ms) // spec.slide_ms + 1
+        hi = spec.last_closed(wm)
+        lo = None if old is None else spec.last_closed(old) + 1
         closed: list[ClosedWindow] = []
         if lo is None or lo <= hi:
             closed = self._windows(lo, hi)
             self._prune()
         # silence: every window that ends by the frontier has closed, with or without events; a segment
         # is reported for a window iff it has events in it
-        self.window_clock = wm // spec.slide_ms
+        self.window_clock = int(spec.pane_of(wm))
         for cw in closed:
-            w = cw.end_ms // spec.slide_ms
+            w = int(spec.pane_of(cw.end_ms))
             if w > self.segment_window.get(cw.segment_id, w - 1):
                 self.segment_window[cw.segment_id] = w
         return closed
@@ -405,7 +412,7 @@ class WindowManager:
                 for m in members[1:]:
                     total += m
                 start, end = spec.window_bounds(first)
-                closed.append(ClosedWindow(s, self.router.segment(s), start, end, total))
+                closed.append(ClosedWindow(s, self.router.segment(s), start, end, first, total))
         closed.sort(key=lambda c: (c.end_ms, c.segment_id))
         return closed
 
@@ -424,7 +431,7 @@ class WindowManager:
         if self.frontier is None:
             return
         spec, f = self.spec, self.frontier
-        for key in [key for key in self.panes if key[1] * spec.slide_ms + spec.size_ms <= f]:
+        for key in [key for key in self.panes if spec.window_end(key[1]) <= f]:
             del self.panes[key]
             self._changed.discard(key)
             self._dropped.add(key)
@@ -443,6 +450,7 @@ class WindowManager:
                 for (q, s), cw in sorted(self.count_windows.items())
             ],
             "count_events": self._count_events,
+            "count_index": [[s, i] for s, i in sorted(self.count_index.items())],
             "window_clock": self.window_clock,
             "segment_window": [[s, w] for s, w in sorted(self.segment_window.items())],
         }
@@ -458,8 +466,15 @@ class WindowManager:
 
     def restore(self, snap: Mapping[str, Any], panes: Mapping[PaneKey, tuple[int, npt.NDArray[np.int64]]]) -> None:
         """Go on from a checkpoint: :meth:`snapshot`'s state and the panes (as the checkpoint holds them)."""
-        if snap.get("version") != SNAPSHOT_VERSION:
-            raise CheckpointError(f"window state version {snap.get('version')!r} is not {SNAPSHOT_VERSION}")
+        version = snap.get("version")
+        if version not in (3, SNAPSHOT_VERSION):
+            raise CheckpointError(f"window state version {version!r} is not {SNAPSHOT_VERSION}")
+        if version == 3 and self.spec.kind == "count" and int(snap["count_events"]):
+            # (time windows need no ordinals: a version 3 state of theirs goes on as it is)
+            raise CheckpointError(
+                "window state version 3 has no count-window ordinals (window_index): start count windows "
+                "afresh with a new state.dir"
+            )
         self.router.restore(snap["router"])
         self.frontier = None if snap["frontier"] is None else int(snap["frontier"])
         self.max_time = {int(p): int(t) for p, t in snap["max_time"]}
@@ -468,6 +483,7 @@ class WindowManager:
             for q, s, st, a, b, raw in snap["count_windows"]
         }
         self._count_events = int(snap["count_events"])
+        self.count_index = {int(s): int(i) for s, i in snap.get("count_index", [])}  # (version 3: none)
         self.window_clock = snap["window_clock"]
         self.segment_window = {int(s): int(w) for s, w in snap["segment_window"]}
         size, fp = self.layout.size, self.layout.fingerprint
@@ -488,13 +504,11 @@ class WindowManager:
         for (_q, s), cw in sorted(self.count_windows.items()):
             if cw.state.n_events:
                 raw = {f: np.asarray(v, dtype=np.float64) for f, v in cw.raw.items()} if cw.raw else None
-                closed.append(
-                    ClosedWindow(s, self.router.segment(s), cw.first_ms, cw.last_ms + 1, cw.state.counts, raw)
-                )
+                closed.append(self._close_count(s, cw, raw))
         if self.spec.kind == "count":
             return closed
         spec, old = self.spec, self.frontier
-        lo = None if old is None else (old - spec.size_ms) // spec.slide_ms + 1
+        lo = None if old is None else spec.last_closed(old) + 1
         return closed + self._windows(lo, None)
 
     def successor(self, config: MonitorConfig, layout: Layout) -> WindowManager:

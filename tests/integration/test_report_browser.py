@@ -223,3 +223,38 @@ def test_the_browser_check_catches_a_broken_page(report: Path, tmp_path: Path) -
     assert any("injected failure" in p for p in found), found
     assert any(p.startswith("console:") and "Uncaught TypeError" in p for p in found), found
     assert f"{first}: nothing rendered" in found, found
+
+
+def test_tied_count_windows_render_as_a_window_each(tmp_path: Path) -> None:
+    """20 count windows whose events share one time: the charts put them on a category axis, a slot
+    each (drifted ones shaded), and Chromium draws every figure without a console message."""
+    rng = np.random.default_rng(18)
+    ref = ReferenceProfile.build({"x": rng.normal(size=5000)}, calibration_replicates=500)
+    ref.save(tmp_path / "reference.json")
+    cfg_doc = {
+        "monitor": "tied",
+        "reference": "reference.json",
+        "events": {"time_field": "ts"},
+        "window": {"kind": "count", "size": "200"},
+        "concept": {"detector": "none"},
+    }
+    x = rng.normal(size=4000)
+    x[2400:] += 1.5  # windows 12..19 drift
+    events = [{"ts": START_MS, "features": {"x": float(v)}} for v in x]
+    config = MonitorConfig.from_mapping(cfg_doc, base_dir=tmp_path)
+    cols, errors = decode_events(events, config, ref, list(ref.features))
+    assert not errors
+    write_records(tmp_path / "records.jsonl", run_local(cols, config, ref, Layout(ref)))
+    res = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "report", "--records", "records.jsonl", "--out", "report.html"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    page = tmp_path / "report.html"
+    figs = figures_of(page.read_text(encoding="utf-8"))
+    assert len(set(figs["drift-map"]["data"][0]["x"])) == 20
+    stat = figs["stat-0"]
+    assert stat["layout"]["xaxis"]["type"] == "category"
+    # the drifted windows' slots shaded (in each subplot): windows 12..19 of 0..19
+    assert sorted({(s["x0"], s["x1"]) for s in stat["layout"]["shapes"]}) == [(k - 0.5, k + 0.5) for k in range(12, 20)]
+    assert problems(page, tmp_path / "profile") == []

@@ -188,7 +188,9 @@ def wait_for(cond: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path,
 
 
 def window_key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["window_start"], r["window_end"], json.dumps(r["segment"], sort_keys=True), r["feature"], r["statistic"])
+    seg = json.dumps(r["segment"], sort_keys=True)
+    index = r.get("window_index")
+    return (r["window_start"], r["window_end"], -1 if index is None else index, seg, r["feature"], r["statistic"])
 
 
 def expected_records(

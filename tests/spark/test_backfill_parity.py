@@ -131,3 +131,32 @@ def test_count_window_parity(spark: Any, tmp_path: Path) -> None:
     overall = {(r["window_start"], r["window_end"]) for r in want if not r["segment"]}
     assert len(overall) == (5000 - 5000 // 89) // 300  # only full windows
     assert len({tuple(r["segment"].items()) for r in want}) == 4
+
+
+def test_calendar_month_and_tied_count_window_parity(spark: Any, tmp_path: Path) -> None:
+    """Calendar months with an offset (2026-01 .. 2026-05) and count windows whose times all tie: the
+    Spark backfill writes the local engine's records, window_index included."""
+    rows = make_events(2000, seed=23, drift_from=1200, step_ms=3_600_000)  # pairs an hour apart: 83 days
+    events = _events_file(tmp_path, "jsonl", rows)
+    config = write_monitor(
+        tmp_path, window={"kind": "tumbling", "size": "1mo", "offset": "6h"}, concept={"detector": "none"}
+    )
+    want = local_records(config, events)
+    got, _ = run_backfill(spark, Monitor.load(config), str(events))
+    assert_same_records(got, want)
+    windows = sorted({(r["window_start"], r["window_index"]) for r in want})
+    assert windows == [
+        ("2025-12-01T06:00:00.000Z", 671),  # 2026-01-01 00:00 .. 06:00 belongs to December
+        ("2026-01-01T06:00:00.000Z", 672),
+        ("2026-02-01T06:00:00.000Z", 673),
+        ("2026-03-01T06:00:00.000Z", 674),
+    ]
+
+    tied = make_events(1000, seed=29, step_ms=0)  # every event at T0
+    events = _events_file(tmp_path, "jsonl", tied)
+    config = write_monitor(tmp_path, window={"kind": "count", "size": 100}, concept={"detector": "none"})
+    want = local_records(config, events)
+    got, _ = run_backfill(spark, Monitor.load(config), str(events))
+    assert_same_records(got, want)
+    assert sorted({r["window_index"] for r in want}) == list(range(10))
+    assert len({(r["window_start"], r["window_end"]) for r in want}) == 1

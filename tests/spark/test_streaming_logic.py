@@ -6,6 +6,7 @@ hand-worked windows, a detector run by hand)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from detectors.sequential import make_detector
 from jobs.binned import ARROW_SCHEMA, PartitionSummary, make_decoder
 from jobs.common import JobError, Monitor
 from jobs.kafka_source import share_budget
-from jobs.streaming import StreamState, WindowStep
+from jobs.streaming import BatchWriter, StreamState, WindowStep
 from tests.spark.conftest import T0, make_events, write_monitor
 
 pytestmark = pytest.mark.unit
@@ -159,6 +160,42 @@ def test_sliding_windows_are_sums_of_panes(tmp_path: Path) -> None:
     # a late event: every window of its pane has closed
     out = step.step(st, _frame([_count_row(monitor, p0 + 1, 1)]), watermark=(p0 + 4) * MINUTE)
     assert [(r["start"] // MINUTE - p0, r["n"]) for r in out if r["kind"] == "late"] == [(1, 1)]
+
+
+def _iso_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def test_calendar_months_in_the_partition_summary_and_the_window_step(tmp_path: Path) -> None:
+    """``size: 1mo, offset: 6h``: the executors number panes by month (from the 1st 06:00 UTC), the
+    window state closes a month at the next one's start, and its events afterwards are late."""
+    monitor = _monitor(
+        tmp_path, window={"kind": "tumbling", "size": "1mo", "offset": "6h"}, concept={"detector": "none"}
+    )
+    times = ["2026-01-15T00:00:00", "2026-02-01T05:59:59.999", "2026-02-01T06:00:00", "2026-02-28T23:00:00"]
+    events = [{**e, "timestamp": _iso_ms(t)} for e, t in zip(make_events(4, seed=5), times, strict=True)]
+    rows, dead = _summary_rows(monitor, [json.dumps(e).encode() for e in events])
+    assert dead == []
+    c = rows[rows["kind"] == "c"]
+    # months since 1970-01: January 2026 is 56 * 12 = 672; 2026-02-01 05:59 is still January's
+    assert {int(p): int(n) for p, n in zip(c["pane"], c["n"], strict=True)} == {672: 2, 673: 2}
+    step = WindowStep(monitor)
+    st = StreamState(monitor.reference.fingerprint)
+    step.step(st, _frame([_count_row(monitor, 672, 2), _count_row(monitor, 673, 2)]), watermark=0)
+    assert step.next_close(st) == _iso_ms("2026-02-01T06:00:00")
+    out = step.step(st, None, watermark=_iso_ms("2026-03-01T06:00:00"))
+    closed = [(r["start"], r["end"], int(r["counts"][0])) for r in out if r["kind"] == "w"]
+    assert closed == [
+        (_iso_ms("2026-01-01T06:00:00"), _iso_ms("2026-02-01T06:00:00"), 2),
+        (_iso_ms("2026-02-01T06:00:00"), _iso_ms("2026-03-01T06:00:00"), 2),  # February: 28 days
+    ]
+    out = step.step(st, _frame([_count_row(monitor, 673, 1)]), watermark=st.frontier)
+    late = [(r["start"], r["end"], r["n"]) for r in out if r["kind"] == "late"]
+    assert late == [(_iso_ms("2026-02-01T06:00:00"), _iso_ms("2026-03-01T06:00:00"), 1)]
+    records = BatchWriter(monitor, None, None).evaluate_window(
+        *closed[0][:2], [(None, np.asarray(c["counts"].iloc[0]))]
+    )
+    assert {r["window_index"] for r in records} == {672}
 
 
 def test_segments_beyond_the_cap_share_other_by_first_appearance(tmp_path: Path) -> None:

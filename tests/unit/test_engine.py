@@ -15,7 +15,7 @@ from river import drift
 
 from detectors.config import MonitorConfig
 from detectors.engine import ConceptTracker, SegmentRouter, WindowSpec, record_sort_key, run_local
-from detectors.evaluate import evaluate_counts, window_records
+from detectors.evaluate import evaluate_counts, parse_iso_ms, window_records
 from detectors.events import EventColumns, decode_events
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
@@ -94,6 +94,7 @@ def _expected_time_records(cols: EventColumns, cfg: MonitorConfig) -> list[dict[
                     segment=seg,
                     window_start_ms=s,
                     window_end_ms=s + size,
+                    window_index=s // slide,
                     fingerprint=REF.fingerprint,
                 )
             )
@@ -131,7 +132,9 @@ def test_sliding_window_is_sum_of_tumbling_panes() -> None:
     for r in run_local(_decode(rows, tumble), tumble, REF, LAYOUT):
         # every tumbling window is also a sliding window (its start is a multiple of the slide)
         other = s[(r["window_start"], json.dumps(r["segment"]), r["feature"], r["statistic"])]
-        assert other == r
+        # ... numbered in slides (5 m) rather than in sizes (20 m)
+        assert other["window_index"] == r["window_index"] * 4 == parse_iso_ms(r["window_start"]) // 300_000
+        assert {**other, "window_index": None} == {**r, "window_index": None}
 
 
 def test_count_windows_are_full_groups_in_input_order() -> None:
@@ -154,6 +157,7 @@ def test_count_windows_are_full_groups_in_input_order() -> None:
                     segment={"g": g},
                     window_start_ms=int(t.min()),
                     window_end_ms=int(t.max()) + 1,
+                    window_index=k,
                     fingerprint=REF.fingerprint,
                 )
             )

@@ -345,6 +345,7 @@ def test_window_records_schema_and_alert_ids() -> None:
         segment={"z": "1", "a": "2"},
         window_start_ms=1_700_000_000_000,
         window_end_ms=1_700_000_300_000,
+        window_index=1_700_000_000_000 // 300_000,
         fingerprint=ref.fingerprint,
     )
     assert len(recs) == len(results)

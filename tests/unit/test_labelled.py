@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from detectors.config import MonitorConfig
-from detectors.engine import END_OF_PREDICTIONS, SegmentRouter, record_sort_key, run_local_labels
+from detectors.engine import END_OF_PREDICTIONS, SegmentRouter, WindowSpec, record_sort_key, run_local_labels
+from detectors.evaluate import parse_iso_ms
 from detectors.events import EventColumns, LabelColumns
 from detectors.exceptions import ConfigError, ReferenceMismatchError, SnapshotError
 from detectors.labelled import PerformanceTracker
@@ -177,6 +178,30 @@ def test_each_window_is_emitted_once_and_equals_a_direct_computation(reference: 
         assert r["value"] == layout.metrics(state)["accuracy"]
         checked += 1
     assert checked >= 15 and tracker.counts["windows_waiting"] <= 2
+
+
+@pytest.mark.parametrize(
+    ("window", "hours", "starts_with"),
+    [
+        ({"kind": "tumbling", "size": "1h", "offset": "20m"}, 5.0, ":20:00.000Z"),
+        ({"kind": "tumbling", "size": "1mo", "offset": "6h"}, 24 * 75.0, "-01T06:00:00.000Z"),
+    ],
+)
+def test_performance_windows_follow_offsets_and_calendar_months(
+    reference: ReferenceProfile, window: dict[str, str], hours: float, starts_with: str
+) -> None:
+    base = config(min_coverage=0.9)
+    cfg = MonitorConfig.model_validate({**base.model_dump(mode="json", exclude_none=True), "window": window})
+    d = data(5, hours=hours)
+    runs = [drive(cfg, reference, d, seed) for seed in (1, 2)]
+    assert runs[0] == runs[1] and runs[0]
+    starts = {r["window_start"] for r in runs[0]}
+    assert len(starts) >= 3 and all(s.endswith(starts_with) for s in starts)
+    spec = WindowSpec.from_config(cfg)
+    for r in runs[0]:
+        assert spec.window_bounds(r["window_index"]) == (parse_iso_ms(r["window_start"]), parse_iso_ms(r["window_end"]))
+    keys = [(r["window_start"], tuple(sorted(r["segment"].items())), r["statistic"]) for r in runs[0]]
+    assert len(keys) == len(set(keys))
 
 
 def test_coverage_emits_early_and_later_labels_do_not_resend(reference: ReferenceProfile) -> None:

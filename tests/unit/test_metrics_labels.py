@@ -46,6 +46,7 @@ def performance_records() -> list[dict[str, Any]]:
         monitor="mon",
         window_start_ms=0,
         window_end_ms=60_000,
+        window_index=0,
         fingerprint="f",
     )
 

@@ -213,6 +213,7 @@ def _decide(profile: PerformanceProfile, score: np.ndarray, y: np.ndarray, rules
         monitor="m",
         window_start_ms=0,
         window_end_ms=1,
+        window_index=0,
         fingerprint="f",
     )
 
@@ -267,6 +268,7 @@ def test_without_reference_performance_values_come_without_verdicts() -> None:
         monitor="m",
         window_start_ms=0,
         window_end_ms=1,
+        window_index=0,
         fingerprint="f",
     )
     acc = next(r for r in recs if r["statistic"] == "accuracy")
@@ -293,6 +295,7 @@ def test_regression_bias_is_two_sided_and_floored_relative_to_mae() -> None:
             monitor="m",
             window_start_ms=0,
             window_end_ms=1,
+            window_index=0,
             fingerprint="f",
         )
         bias = next(r for r in recs if r["statistic"] == "bias")

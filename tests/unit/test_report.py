@@ -505,3 +505,82 @@ def test_p_values_are_drawn_where_they_are(data: dict[str, Any]) -> None:
     prow = [k for k in fig["layout"] if k.startswith("yaxis")]
     p_axis = fig["layout"][max(prow, key=lambda k: int(k[5:] or 1))]
     assert p_axis["type"] == "log" and "range" not in p_axis  # (autorange: down to the smallest)
+
+
+def test_count_windows_with_tied_times_are_each_their_own_window(tmp_path: Path) -> None:
+    """20 count windows whose events all carry one time: the records differ only by window_index,
+    and the page shows 20 windows (it stacked them into one before)."""
+    cfg_window = {"kind": "count", "size": "200"}
+    cfg = MonitorConfig.from_mapping(
+        {**CONFIG, "events": {"time_field": "ts"}, "window": cfg_window}, base_dir=tmp_path
+    )
+    rng = np.random.default_rng(18)
+    ref = ReferenceProfile.build(
+        {"x": rng.normal(0.0, 1.0, 5000), "y": rng.uniform(0.0, 1.0, 5000)}, calibration_replicates=500
+    )
+    x = rng.normal(0.0, 1.0, 4000)
+    x[2400:] += 2.0  # windows 12..19 (events in input order, 200 a window) drift
+    events = [
+        {"ts": START_MS, "features": {"x": float(v), "y": float(u)}}
+        for v, u in zip(x, rng.uniform(0.0, 1.0, 4000), strict=True)
+    ]
+    layout = Layout(ref, None)
+    cols, errors = decode_events(events, cfg, ref, layout.features)
+    assert not errors
+    records = run_local(cols, cfg, ref, layout)
+    assert {(r["window_start"], r["window_end"]) for r in records} == {(iso_ms(START_MS), iso_ms(START_MS + 1))}
+    assert sorted({r["window_index"] for r in records}) == list(range(20))
+    write_records(tmp_path / "records.jsonl", records)
+    code, page, text = _render(tmp_path, "--records", str(tmp_path / "records.jsonl"))
+    assert code == 0
+    assert " · 20 windows from " in text
+    grid = page.figures()["drift-map"]["data"][0]
+    assert len(grid["x"]) == len(set(grid["x"])) == 20
+    assert len(grid["z"][0]) == 20
+    summary = {row["attrs"]["data-feature"]: row["cells"] for row in page.rows["feature-summary"]}
+    for f in ("x", "y"):
+        drifted = len({r["window_index"] for r in records if r["feature"] == f and r["drift"]})
+        assert summary[f][3] == f"{drifted} / 20"
+    drifted_x = sorted({r["window_index"] for r in records if r["feature"] == "x" and r["drift"]})
+    assert drifted_x == list(range(12, 20))
+    (run,) = page.rows["drift-runs"]
+    assert run["attrs"]["data-windows"] == "8"
+    # each feature's chart has a point per window: 20 distinct x positions
+    charts = [page.figures()[f"stat-{i}"] for i in range(2)]
+    psi = next(t for c in charts for t in c["data"] if t.get("name") == "PSI")
+    assert len(psi["x"]) == len(set(psi["x"])) == 20
+    # the histograms are of the most drifted window itself (by index), recomputed from its own events
+    ref.save(tmp_path / "reference.json")
+    (tmp_path / "monitor.yaml").write_text(json.dumps({**CONFIG, "events": {"time_field": "ts"}, "window": cfg_window}))
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(ev) + "\n" for ev in events))
+    code, page, _text = _render(
+        tmp_path,
+        "--records",
+        str(tmp_path / "records.jsonl"),
+        "--config",
+        str(tmp_path / "monitor.yaml"),
+        "--events",
+        str(tmp_path / "events.jsonl"),
+        out="with-events.html",
+    )
+    assert code == 0
+    score: dict[int, tuple[int, float]] = {}
+    for r in records:
+        if r["drift"]:
+            lvl, top = score.get(r["window_index"], (0, 0.0))
+            score[r["window_index"]] = (
+                lvl + SEVERITY_LEVEL[r["severity"]],
+                max(top, r["value"] if r["statistic"] == "psi" else 0.0),
+            )
+    want = min(score, key=lambda k: (-score[k][0], -score[k][1], k))
+    h2 = next(a for t, a in page.tags if t == "h2" and a.get("id") == "histograms")
+    assert h2["data-window-index"] == str(want)
+    px = ref.features["x"]
+    coarse_edges = np.array([px.edges[s - 1] for s in px.coarse_starts[1:]])
+    wx = np.bincount(
+        np.searchsorted(coarse_edges, x[want * 200 : (want + 1) * 200], side="right"), minlength=px.n_coarse
+    )
+    x_fig = next(
+        f for k, f in page.figures().items() if k.startswith("hist-") and f["layout"]["title"]["text"].startswith("x")
+    )
+    assert {t["name"]: t for t in x_fig["data"]}["window"]["y"] == pytest.approx((wx / wx.sum()).tolist())

@@ -115,6 +115,7 @@ def test_without_reference_performance_the_section_says_so() -> None:
     )
     recs = evaluate_window(
         layout, [({}, layout.state_of(score, y))], None, rules, monitor="m", window_start_ms=T0, window_end_ms=T0 + 1,
+        window_index=0,
         fingerprint="f",
     )  # fmt: skip
     page = Page("\n".join(performance_html(recs)))

@@ -35,6 +35,7 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
         segment={"country": "de"},
         window_start_ms=0,
         window_end_ms=60_000,
+        window_index=0,
         fingerprint=ref.fingerprint,
     )
     recs += window_records(
@@ -43,6 +44,7 @@ def test_every_metric_name_is_exported_and_no_verdict_is_nan() -> None:
         segment={},
         window_start_ms=0,
         window_end_ms=60_000,
+        window_index=0,
         fingerprint=ref.fingerprint,
     )
     m.window_records(recs)
@@ -102,6 +104,7 @@ def _records(layout: Layout, cfg: StatisticsConfig, segment: dict[str, str], see
         segment=segment,
         window_start_ms=0,
         window_end_ms=60_000,
+        window_index=0,
         fingerprint=layout.fingerprint,
     )
 

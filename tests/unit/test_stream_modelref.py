@@ -64,6 +64,13 @@ def test_window_metrics_one_step_per_window_and_undefined_left_out() -> None:
         ("country:de/plan_tier/chi2/drift", 0.0, 1767225900000, 0),
     ]
     assert metric_key({"segment": {"a": "x y", "b": "é"}, "feature": "f", "statistic": "ks"}) == "a:x y,b:é/f/ks"
+    # count windows whose times tie: a step each, in window_index order
+    tied = [{**_rec(*w1, "age", "psi", 0.1 * k, False), "window_index": k} for k in (2, 0, 1)]
+    assert [(v, step) for _k, v, _ts, step in window_metrics(tied) if _k == "all/age/psi"] == [
+        (0.2, 2),
+        (0.0, 0),
+        (0.1, 1),
+    ]
 
 
 def test_reference_info_names_the_model_version_and_follows_a_switch() -> None:

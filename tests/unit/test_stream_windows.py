@@ -16,6 +16,7 @@ from detectors.evaluate import parse_iso_ms
 from detectors.events import EventColumns
 from detectors.histogram import Layout
 from detectors.reference import ReferenceProfile
+from stream.exceptions import CheckpointError
 from stream.service.checkpoint import StateStore
 from stream.service.consumer import closed_records
 from stream.service.windows import WindowManager
@@ -164,6 +165,8 @@ def _closed_part(want: list[dict[str, Any]], frontier: int | None) -> list[dict[
     [
         {"kind": "tumbling", "size": "1m"},
         {"kind": "sliding", "size": "2m", "slide": "30s"},
+        {"kind": "tumbling", "size": "1m", "offset": "20s"},
+        {"kind": "sliding", "size": "2m", "slide": "30s", "offset": "10s"},
     ],
 )
 def test_time_windows_equal_backfill_for_any_batch_split(window: dict[str, Any]) -> None:
@@ -237,6 +240,23 @@ def test_restore_mid_stream_gives_the_same_records(window: dict[str, Any], tmp_p
         restored, _, _ = _run(cols, config, seed=6, restore_at=restore_at, store=store)
         assert straight == restored
     assert straight
+
+
+def test_tied_count_windows_keep_their_ordinals_across_a_restore(tmp_path: Any) -> None:
+    """Count windows whose events all share one time differ only by window_index: the consumer numbers
+    them per segment as the backfill does, and a restart from a checkpoint goes on counting."""
+    config = _config({"kind": "count", "size": 100})
+    cols = _events(3000, seed=8)
+    cols.time_ms[:] = T0
+    want = run_local(cols, config, REF, Layout(REF))
+    assert len({(r["window_start"], r["window_end"]) for r in want}) == 1
+    for restore_at in (None, 6):
+        store = StateStore(tmp_path / f"at{restore_at}", "m", REF.fingerprint)
+        got, _, _ = _run(cols, config, seed=8, restore_at=restore_at, store=store)
+        key = lambda r: (json.dumps(r["segment"], sort_keys=True), r["window_index"], r["feature"], r["statistic"])  # noqa: E731
+        assert sorted(got, key=key) == sorted(want, key=key)
+    overall = sorted({r["window_index"] for r in want if not r["segment"]})
+    assert overall == list(range(30))
 
 
 def test_idle_partition_stops_holding_windows_back() -> None:
@@ -527,3 +547,27 @@ def test_a_restart_from_any_checkpoint_replays_to_the_same_windows(tmp_path: Any
                 assert got[_key(r)] == r, "a window re-closed with other values"
             got[_key(r)] = r
         assert_records_equal(list(got.values()), list(want.values()))
+
+
+def test_a_version_3_window_state_restores_for_time_windows_only() -> None:
+    """Version 3 states (before window_index) have no count-window ordinals: time windows go on from
+    them, count windows with events refuse them (ordinals from 0 again would repeat indexes)."""
+    layout = Layout(REF)
+    cols = _events(600, seed=9)
+    for window, ok in (({"kind": "tumbling", "size": "1m"}, True), ({"kind": "count", "size": 250}, False)):
+        config = _config(window)
+        wm = WindowManager(config, layout, clock=FakeClock())
+        wm.assign([0])
+        wm.add(cols, np.zeros(len(cols), dtype=np.int64))
+        snap = json.loads(json.dumps(wm.snapshot()))
+        assert snap["version"] == 4
+        del snap["count_index"]
+        snap["version"] = 3
+        new = WindowManager(config, layout, clock=FakeClock())
+        panes = {k: (st.n_events, st.counts) for k, st in wm.panes.items()}
+        if ok:
+            new.restore(snap, panes)
+            assert new.panes.keys() == wm.panes.keys() and new.count_index == {}
+        else:
+            with pytest.raises(CheckpointError, match="version 3 has no count-window ordinals"):
+                new.restore(snap, panes)
