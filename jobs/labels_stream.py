@@ -456,10 +456,13 @@ def labels_frame(spark: Any, monitor: Monitor, settings: Any, *, starting_offset
 class LabelsWriter:
     """``foreachBatch`` handler of the labels query: publish the records, count, set metrics."""
 
-    def __init__(self, monitor: Monitor, publisher: Any, metrics: Any | None) -> None:
+    def __init__(self, monitor: Monitor, publisher: Any, metrics: Any | None, lock: Any = None) -> None:
+        import threading
+
         self.monitor = monitor
         self.publisher = publisher
         self.metrics = metrics
+        self.lock = lock if lock is not None else threading.Lock()  # (shared with the window query's writer)
         self.counts: dict[str, int] = {}  # this process's counts
 
     def __call__(self, df: Any, batch_id: int) -> None:
@@ -477,9 +480,10 @@ class LabelsWriter:
                 self.counts[kind] = self.counts.get(kind, 0) + int(r["n"])
         if records and self.publisher is not None:
             alerts = [make_alert(rec, int(time.time() * 1000)) for rec in records if rec["drift"]]
-            self.publisher.records(records)
-            self.publisher.alerts(alerts)
-            self.publisher.flush()
+            with self.lock:
+                self.publisher.records(records)
+                self.publisher.alerts(alerts)
+                self.publisher.flush()  # before Spark commits the batch
         if self.metrics is not None:
             self.metrics.performance_records(records)
             joined = sum(int(r["n"]) for r in rows if r["kind"] == "joined")
@@ -499,10 +503,12 @@ def start_labels(
     *,
     starting_offsets: str = "earliest",
     trigger_ms: int = 5000,
+    lock: Any = None,
 ) -> tuple[Any, LabelsWriter]:
-    """Start the labels query (checkpoint: ``checkpoint`` itself); the query and its writer."""
+    """Start the labels query (its own checkpoint: ``checkpoint``); the query and its writer. ``lock``:
+    held while publishing (the window query's writer's, when they share the publisher)."""
     frame = labels_frame(spark, monitor, monitor.settings(), starting_offsets=starting_offsets)
-    writer = LabelsWriter(monitor, publisher, metrics)
+    writer = LabelsWriter(monitor, publisher, metrics, lock)
     before = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", "1")  # (one key: the monitor; see jobs.streaming.start)
     try:

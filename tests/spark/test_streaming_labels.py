@@ -21,8 +21,7 @@ from detectors.histogram import Layout
 from detectors.performance import FEATURE, PerformanceProfile
 from detectors.reference import ReferenceProfile
 from jobs.common import Monitor
-from jobs.labels_stream import start_labels
-from stream.publish import Publisher
+from jobs.streaming import start
 from stream.settings import load_monitor
 from tests.conftest import create_topics
 from tests.spark.conftest import T0, make_events, write_monitor
@@ -101,26 +100,28 @@ def test_stream_stream_join_equals_the_local_backfill(spark: Any, kafka_bootstra
         produce(kafka_bootstrap, ptopic, [(None, json.dumps(e).encode(), 0, int(e["timestamp"])) for e in p])
         produce(kafka_bootstrap, ltopic, [(None, json.dumps(e).encode(), 0, int(e["timestamp"])) for e in lab])
 
-    def run(slices: list[tuple[int, int]]) -> None:
-        publisher = Publisher({"bootstrap.servers": kafka_bootstrap}, stats, None, None, None)
-        query, _writer = start_labels(spark, monitor, str(tmp_path / "ckpt"), publisher, None, trigger_ms=300)
+    def run(slices: list[tuple[int, int]]) -> Any:
+        job = start(spark, monitor, str(tmp_path / "ckpt"), trigger_ms=300, serve_metrics=False)
+        assert job.labels_query is not None  # labels.topic starts the labels query beside the windows'
         try:
             for lo, hi in slices:  # predictions and the labels of the same stretch of time, then a micro-batch
                 send(
                     [e for e in preds if lo <= e["timestamp"] < hi],
                     [e for e in labels if lo <= e["timestamp"] < hi],
                 )
-                query.processAllAvailable()
-            assert query.exception() is None
+                job.processAllAvailable()
+            assert job.exception() is None
         finally:
-            query.stop()
-            publisher.close()
+            job.stop()
+        return job.registry
 
     cut = [T0 + k * 4 * MINUTE for k in range(5)] + [T0 + 61 * MINUTE]
     run([(cut[0], cut[1]), (cut[1], cut[2])])  # then a stop: the checkpoint is all that survives
-    run([(cut[2], cut[3]), (cut[3], cut[4]), (cut[4], cut[5])])
+    registry = run([(cut[2], cut[3]), (cut[3], cut[4]), (cut[4], cut[5])])
 
-    got = [json.loads(m.value()) for m in read_all(kafka_bootstrap, stats)]
+    published = [json.loads(m.value()) for m in read_all(kafka_bootstrap, stats)]
+    got = [r for r in published if r["feature"] == FEATURE or r["statistic"] == "adwin"]
+    assert len(published) > len(got)  # the window statistics, from the other query, on the same topic
     config = load_monitor(config_path)
     reference = ReferenceProfile.load(config.reference)
     layout = Layout(reference, config.features.include)
@@ -145,3 +146,11 @@ def test_stream_stream_join_equals_the_local_backfill(spark: Any, kafka_bootstra
     assert any(r["statistic"] == "adwin" for r in want)
     counts = tracker.counts
     assert counts["label_orphan"] > 0 and counts["label_timeout"] > 0 and counts["duplicate_prediction"] > 0
+    # the metrics of the second run: its joins, the last window's performance
+    joined = registry.get_sample_value("streamdrift_label_joins_total", {"monitor": "spark-test", "outcome": "joined"})
+    assert joined is not None and 0 < joined < counts["joined"]
+    last = max((r for r in got if r["statistic"] == "accuracy"), key=lambda r: r["window_end"])
+    acc = registry.get_sample_value(
+        "streamdrift_performance", {"monitor": "spark-test", "segment": "__all__", "metric": "accuracy"}
+    )
+    assert acc == last["value"]
