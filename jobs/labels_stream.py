@@ -489,9 +489,11 @@ class LabelsWriter:
             joined = sum(int(r["n"]) for r in rows if r["kind"] == "joined")
             if joined:  # (Spark's inner join shows no timeouts or orphans: only the pairs are counted)
                 self.metrics.label_joins.labels(self.monitor.config.monitor, "joined").inc(joined)
-        bad = {k: n for k, n in self.counts.items() if k.startswith("label_invalid:")}
-        if bad and batch_id % 100 == 0:
-            log.warning("label events rejected so far: %s", bad)
+        prefix = "label_invalid:"
+        new_bad = {r["kind"][len(prefix) :]: int(r["n"]) for r in rows if r["kind"].startswith(prefix)}
+        if new_bad:
+            total = {k: n for k, n in self.counts.items() if k.startswith("label_invalid:")}
+            log.warning("batch %d: label events rejected: %s (so far: %s)", batch_id, new_bad, total)
 
 
 def start_labels(

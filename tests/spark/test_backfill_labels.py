@@ -206,3 +206,31 @@ def test_labels_need_a_labels_section(spark: Any, tmp_path: Path, capsys: pytest
     args = ["--config", str(config), "--input", str(events), "--labels", str(labels), "--output", "o.jsonl"]
     assert main(args) == 2  # before any Spark session
     assert "--labels: the monitor config has no labels section" in capsys.readouterr().err
+
+
+def test_streamdrift_backfill_engine_spark_with_labels_writes_the_local_file(tmp_path: Path) -> None:
+    """As a user runs both: ``streamdrift backfill --labels`` with ``--engine spark`` (spark-submit of
+    jobs/backfill.py) and with the local engine write the same records: window statistics, then
+    performance and concept records."""
+    import subprocess
+    import sys
+
+    from stream.files import read_records
+    from tests.spark.test_spark_submit import _env
+
+    preds, labels = predictions_and_labels(2000, seed=29)
+    events = write_jsonl(tmp_path / "events.jsonl", preds)
+    lab_path = write_labels(tmp_path, "jsonl", labels)
+    config = monitor_with_performance(tmp_path)
+    outs = {}
+    for engine in ("local", "spark"):
+        outs[engine] = tmp_path / f"{engine}.jsonl"
+        cmd = [sys.executable, "-m", "stream.cli", "backfill", "--engine", engine, "--config", str(config)]
+        cmd += ["--input", str(events), "--labels", str(lab_path), "--output", str(outs[engine]), "--quiet"]
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400, check=False, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if engine == "spark":
+            assert "labels: " in proc.stdout and " joined, " in proc.stdout, proc.stdout
+    want = read_records(outs["local"])
+    assert {r["feature"] for r in want} >= {FEATURE, "x"}  # window statistics and performance
+    same(read_records(outs["spark"]), want)
