@@ -234,3 +234,17 @@ def test_streamdrift_backfill_engine_spark_with_labels_writes_the_local_file(tmp
     want = read_records(outs["local"])
     assert {r["feature"] for r in want} >= {FEATURE, "x"}  # window statistics and performance
     same(read_records(outs["spark"]), want)
+
+
+def test_no_valid_label_gives_no_performance_record(spark: Any, tmp_path: Path) -> None:
+    preds, _labels = predictions_and_labels(600, seed=37)
+    events = write_jsonl(tmp_path / "events.jsonl", preds)
+    rejected = [{"timestamp": T0 + 1000 * i, "id": f"p{i}", "label": 3} for i in range(50)]
+    lab_path = write_labels(tmp_path, "jsonl", rejected)
+    config = monitor_with_performance(tmp_path)
+    want, _counts = local_records(config, events, lab_path)
+    got, summary = run_labels(spark, Monitor.load(config), str(events), str(lab_path), now_ms=NOW)
+    assert got == want == []
+    assert summary["rejected_labels"] == 50 and summary["labels"] == summary["joined"] == 0
+    assert summary["first_label_error"] is not None and "not 0 or 1" in summary["first_label_error"][1]
+    assert summary["windows_waiting"] > 0  # predictions whose windows never got a label: not emitted
