@@ -6,6 +6,8 @@ Run it as a user would::
     spark-submit jobs/backfill.py --config monitor.yaml --input kafka \\
         --starting-offsets earliest --ending-offsets '{"events": {"0": 5000}}' --output stats.parquet
     streamdrift backfill --engine spark --config monitor.yaml --input events.parquet --output stats.jsonl
+    spark-submit jobs/backfill.py --config monitor.yaml --input predictions.jsonl --labels labels.jsonl \
+        --output stats.jsonl    # + each window's performance from late labels (jobs/labels.py)
 
 Spark settings (master, memory, ``spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods``)
 belong to spark-submit; the job sets none of them. The driver and the executors' Python

@@ -28,8 +28,9 @@ When a window's performance is emitted (:class:`detectors.labelled.PerformanceTr
     from which it is visible: its own label's tick if that label crossed it, else the next tick
     reached (or only the end of the input). Spark sums the performance state (integer counts per
     score bin for a classification, sums for a regression; :class:`detectors.performance.PerformanceLayout`)
-    per (segment, pane, visible-from tick); the driver collects these vectors (never pairs) and
-    replays the emission rule over the ticks: a window is emitted at the first tick at or after its
+    per (segment, pane, visible-from tick) (``mapInPandas``, one vector per partition and key); the
+    driver collects these vectors (never pairs), sums them and replays the emission rule over the
+    ticks: a window is emitted at the first tick at or after its
     end where its label coverage reaches ``labels.min_coverage`` or ``max_delay`` has passed, with
     the pairs visible then, and once more at the end of the input at the last label's time.
 
@@ -170,31 +171,53 @@ def label_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]], *, no
     yield ("e", n_valid, n_rejected, first_error)
 
 
-def _pane_states(monitor: Monitor, pdf: Any) -> Any:
-    """The performance state of one (pane, visible-from tick) group of pairs, per raw segment (and
-    the overall one): rows of (segment, pane, tick, state bytes)."""
+def _pane_states(monitor: Monitor, batches: Iterator[Any]) -> Iterator[Any]:
+    """The performance state of a partition's pairs per (raw segment, pane, visible-from tick), and the
+    overall one's: rows of (segment, pane, tick, state bytes); the driver sums a key's rows. (One pass
+    per Arrow batch, grouped with numpy as :class:`detectors.labelled.PerformanceTracker` groups.)"""
     import pandas as pd
 
-    from detectors.performance import PerformanceLayout
+    from detectors.performance import CLASSIFICATION, PerformanceLayout
 
     lab = monitor.config.labels
     assert lab is not None
     layout = PerformanceLayout(lab.task, lab.threshold)
-    pane, vt = int(pdf["pane"].iloc[0]), int(pdf["vt"].iloc[0])
-    score = pdf["score"].to_numpy(dtype=np.float64)
-    label = pdf["y"].to_numpy(dtype=np.float64)
-    out: list[tuple[str, int, int, bytes]] = []
-    groups: list[tuple[str, Any]] = []
-    if monitor.overall:
-        groups.append((OVERALL, np.ones(len(pdf), dtype=bool)))
-    if monitor.segment_fields:
-        segs = pdf["seg"].to_numpy()
-        groups.extend((s, segs == s) for s in sorted(set(segs.tolist())))
-    for seg, mask in groups:
-        state = layout.empty()
-        layout.add(state, score[mask], label[mask])
-        out.append((seg, pane, vt, state.tobytes()))
-    return pd.DataFrame(out, columns=["seg", "pane", "vt", "state"])
+    size = layout.size
+    acc: dict[tuple[str, int, int], Any] = {}
+    for pdf in batches:
+        if not len(pdf):
+            continue
+        score = pdf["score"].to_numpy(dtype=np.float64)
+        label = pdf["y"].to_numpy(dtype=np.float64)
+        pane = pdf["pane"].to_numpy(dtype=np.int64)
+        vt = pdf["vt"].to_numpy(dtype=np.int64)
+        cell, head = layout.contributions(score, label)
+        groups: list[tuple[str, Any]] = []
+        if monitor.overall:
+            groups.append((OVERALL, np.ones(len(pdf), dtype=bool)))
+        if monitor.segment_fields:
+            segs = pdf["seg"].to_numpy()
+            groups.extend((s, segs == s) for s in sorted(set(segs.tolist())))
+        for seg, mask in groups:
+            uniq, inv = np.unique(np.stack([pane[mask], vt[mask]], axis=1), axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
+            g = len(uniq)
+            h = head[mask]
+            sums = np.stack([np.bincount(inv, weights=h[:, c], minlength=g) for c in range(h.shape[1])], axis=1)
+            cells = None
+            if layout.task == CLASSIFICATION:
+                sums = np.rint(sums).astype(np.int64)
+                cells = np.bincount(inv * size + cell[mask], minlength=g * size).reshape(g, size)
+            for k, (p, v) in enumerate(uniq.tolist()):
+                state = acc.get((seg, p, v))
+                if state is None:
+                    state = acc[(seg, p, v)] = layout.empty()
+                state[: sums.shape[1]] += sums[k]
+                if cells is not None:
+                    state += cells[k]
+    yield pd.DataFrame(
+        [(seg, p, v, state.tobytes()) for (seg, p, v), state in acc.items()], columns=["seg", "pane", "vt", "state"]
+    )
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -274,9 +297,10 @@ def run_labels(
         def with_wl(x: tuple[Any, ...]) -> tuple[Any, ...]:
             return (x[1], x[2], x[3], x[4], max(x[5], bc_before.value[x[4] >> SEQ_SHIFT]))
 
-        P = spark.createDataFrame(preds.filter(lambda x: x[0] == "p").map(lambda x: x[1:]), PRED_SCHEMA)
+        # (cached: the Python rows are converted to Spark rows once, not once per job that reads them)
+        P = spark.createDataFrame(preds.filter(lambda x: x[0] == "p").map(lambda x: x[1:]), PRED_SCHEMA).persist()
         L = spark.createDataFrame(labs.filter(lambda x: x[0] == "l").map(with_wl), LABEL_SCHEMA.replace("lrun", "wl"))
-        L = L.withColumn("tk", F.expr(f"wl - pmod(wl, {tick})"))  # (integer arithmetic: exact)
+        L = L.withColumn("tk", F.expr(f"wl - pmod(wl, {tick})")).persist()  # (integer arithmetic: exact)
         # the ticks: each distinct tick value, the first label (in arrival order) that reached it
         got = L.groupBy("tk").agg(F.min("lseq").alias("first")).collect()
         firsts = sorted((int(r["tk"]), int(r["first"])) for r in got)
@@ -304,8 +328,7 @@ def run_labels(
             m = monitor
             states = (
                 pairs.select("seg", "pane", "vt", "score", "y")
-                .groupBy("pane", "vt")
-                .applyInPandas(lambda pdf: _pane_states(m, pdf), "seg string, pane long, vt long, state binary")
+                .mapInPandas(lambda it: _pane_states(m, it), "seg string, pane long, vt long, state binary")
                 .collect()
             )
             n_pred = P.groupBy("seg", F.expr(f"(tp - pmod(tp, {tick})) div {tick}").alias("pane")).count().collect()
@@ -316,6 +339,8 @@ def run_labels(
                 concept = _concept(monitor, pairs.select("lseq", "tl", "score", "y").orderBy("lseq").toLocalIterator())
         finally:
             pairs.unpersist()
+            P.unpersist()
+            L.unpersist()
     finally:
         preds.unpersist()
         labs.unpersist()
@@ -339,7 +364,7 @@ def run_labels(
             pred_count[(None, pane)] = pred_count.get((None, pane), 0) + c
     lab_items: dict[tuple[Any, int], list[tuple[int, Any]]] = {}
     pane_items: dict[int, list[tuple[int, int]]] = {}
-    for r in states:
+    for r in states:  # (one row per partition and key: _Cumulative sums rows of one tick)
         state = np.frombuffer(r["state"], dtype=dtype).copy()
         seg, pane, vt = r["seg"], int(r["pane"]), int(r["vt"])
         lab_items.setdefault((reported(seg), pane), []).append((vt, state))

@@ -304,13 +304,15 @@ class PerformanceStep:
         score = j["score"].to_numpy(dtype=np.float64)
         label = j["y"].to_numpy(dtype=np.float64)
         panes = j["tp"].to_numpy(dtype=np.int64) // slide
-        segs = j["seg"].tolist()
-        for i in range(len(j)):
-            for s in self._route(st, segs[i]):
-                state = st.panes.get((s, int(panes[i])))
-                if state is None:  # (its prediction was counted in this batch or before: not reached)
-                    state = st.panes[(s, int(panes[i]))] = tr.layout.empty()
-                tr.layout.add(state, score[i : i + 1], label[i : i + 1])
+        groups: dict[tuple[Seg, int], list[int]] = {}
+        for i, (seg, pane) in enumerate(zip(j["seg"].tolist(), panes.tolist(), strict=True)):
+            for s in self._route(st, seg):
+                groups.setdefault((s, pane), []).append(i)
+        for key, idx in groups.items():
+            state = st.panes.get(key)
+            if state is None:  # (its prediction was counted in this batch or before: not reached)
+                state = st.panes[key] = tr.layout.empty()
+            tr.layout.add(state, score[idx], label[idx])
         if cfg.concept_on_labels:
             self._concept(st, j, pair_errors(cfg, score, label), out)
 

@@ -154,3 +154,51 @@ def test_stream_stream_join_equals_the_local_backfill(spark: Any, kafka_bootstra
         "streamdrift_performance", {"monitor": "spark-test", "segment": "__all__", "metric": "accuracy"}
     )
     assert acc == last["value"]
+
+
+def test_performance_step_emits_after_max_delay_once_and_counts_duplicates(tmp_path: Path) -> None:
+    """The stateful operator's logic alone (no Spark): a window's performance waits for end + max_delay
+    behind the watermark, a second pair of an id is a duplicate, the state survives its bytes, and a
+    prediction of an emitted window is late."""
+    import pandas as pd
+
+    from jobs.labels_stream import PerformanceStep, PerfState
+
+    config = write_monitor(
+        tmp_path,
+        events={"label_field": None},
+        labels={"topic": "labels", "max_delay": "5m", "min_labels": 1},
+        concept={"detector": "none"},
+    )
+    monitor = Monitor.load(config)
+    step = PerformanceStep(monitor)
+    cols = ["kind", "h", "tp", "score", "seg", "y", "tl", "loff", "poff", "reason"]
+
+    def row(kind: str, h: int, tp: int, score: float | None = None, y: float | None = None, loff: int = 0) -> list[Any]:
+        return [kind, h, tp, score, "", y, None if y is None else tp + 10_000, loff, h, None]
+
+    rows = pd.DataFrame(
+        [
+            row("n", 1, T0 + 1_000),
+            row("n", 2, T0 + 2_000),
+            row("n", 3, T0 + 3_000),
+            row("j", 1, T0 + 1_000, 0.9, 1.0, loff=10),
+            row("j", 1, T0 + 1_000, 0.9, 0.0, loff=11),  # a second label of id 1: not counted
+            row("j", 2, T0 + 2_000, 0.8, 0.0, loff=12),
+        ],
+        columns=cols,
+    )
+    st = PerfState(monitor.reference.fingerprint)
+    out = step.step(st, rows, T0 + 6 * MINUTE - 1)  # the window [T0, T0+1m) needs the watermark at T0+6m
+    assert [o for o in out if o[0] == "perf"] == []
+    assert ("joined", 2, None) in out and ("duplicate", 1, None) in out
+    assert step.next_emit(st) == T0 + 6 * MINUTE
+    st = PerfState.from_bytes(st.to_bytes(), monitor.reference.fingerprint)
+    out = step.step(st, None, T0 + 6 * MINUTE)
+    recs = {json.loads(o[2])["statistic"]: json.loads(o[2]) for o in out if o[0] == "perf"}
+    assert recs["label_coverage"]["value"] == pytest.approx(2 / 3)
+    assert recs["accuracy"]["value"] == 0.5  # id 1: 0.9 -> 1 right; id 2: 0.8 -> 0 wrong
+    assert recs["accuracy"]["n_window"] == 2 and recs["accuracy"]["n_missing"] == 1
+    assert step.step(st, None, T0 + 7 * MINUTE) == [("watermark", T0 + 7 * MINUTE, None)]  # not re-sent
+    late = step.step(st, pd.DataFrame([row("n", 4, T0 + 4_000)], columns=cols), T0 + 7 * MINUTE)
+    assert ("late_prediction", 1, None) in late
