@@ -23,8 +23,12 @@ beside the window statistics (its checkpoint: ``<checkpoint>/labels``):
    detector (``concept.stream: model_error``) runs on the pairs' errors in that order: label
    arrival order, for a labels topic of one partition.
 5. **Emission**: a window's performance records are emitted once ``window end + max_delay`` is
-   behind the watermark (every label that may pair has come or is late); never re-sent. Early
-   emission on ``labels.min_coverage`` is not done here (serve and the backfill do it).
+   behind the watermark this operator is given (every label that may pair has come or is late);
+   never re-sent. Spark gives an operator after a stream-stream join a watermark held back by the
+   join's time range (pairs may still come for predictions that old), so in practice the records
+   come about ``max_delay`` later than ``end + max_delay`` behind the newest event times: safe,
+   not early. Early emission on ``labels.min_coverage`` is not done here (serve and the backfill
+   do it).
 6. The driver (``foreachBatch``) publishes the records like the window records (statistics
    topic/file, alerts) and sets the performance metrics.
 

@@ -202,3 +202,106 @@ def test_performance_step_emits_after_max_delay_once_and_counts_duplicates(tmp_p
     assert step.step(st, None, T0 + 7 * MINUTE) == [("watermark", T0 + 7 * MINUTE, None)]  # not re-sent
     late = step.step(st, pd.DataFrame([row("n", 4, T0 + 4_000)], columns=cols), T0 + 7 * MINUTE)
     assert ("late_prediction", 1, None) in late
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_spark_submit_with_labels_killed_and_restarted(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """jobs/streaming.py under spark-submit with labels.topic, SIGKILLed once its labels query has
+    published the first windows, started again on the checkpoint with the rest of the data: every
+    performance record is the local backfill's, a record sent twice is sent identical (same key),
+    none is missing."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import jobs.streaming
+    from tests.spark.test_spark_submit import BIN, _env
+
+    suffix = tmp_path.name[-8:].replace("_", "-")
+    ptopic, ltopic, stats = f"pk-{suffix}", f"lk-{suffix}", f"sk-{suffix}"
+    create_topics(kafka_bootstrap, ptopic, ltopic, stats)
+    config_path = write_monitor(
+        tmp_path,
+        events={"label_field": None},
+        window={"kind": "tumbling", "size": "1m", "allowed_lateness": "0s"},
+        labels={"topic": ltopic, "max_delay": "2m", "clock_skew": "10s", "min_coverage": 1.0, "min_labels": 50},
+        concept={"detector": "none"},
+    )
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg["kafka"] = {"bootstrap_servers": kafka_bootstrap, "topic": ptopic}
+    cfg["outputs"] = {"statistics_topic": stats}
+    cfg["metrics"] = {"enabled": False}
+    config_path.write_text(yaml.safe_dump(cfg))
+    preds, labels = data(seed=41)
+    preds.append({**preds[0], "id": "flush", "timestamp": T0 + 60 * MINUTE})
+    labels.append({"timestamp": T0 + 60 * MINUTE, "id": "flush-label", "label": 0})
+
+    def send(lo: int, hi: int) -> None:
+        for topic, rows in ((ptopic, preds), (ltopic, labels)):
+            part = [e for e in rows if lo <= e["timestamp"] < hi]
+            produce(kafka_bootstrap, topic, [(None, json.dumps(e).encode(), 0, int(e["timestamp"])) for e in part])
+
+    def submit() -> subprocess.Popen[bytes]:
+        cmd = [str(BIN / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false"]
+        cmd += [jobs.streaming.__file__, "--config", str(config_path), "--checkpoint", str(tmp_path / "ckpt")]
+        cmd += ["--trigger", "500ms"]
+        with (tmp_path / "job.log").open("ab") as fh:
+            return subprocess.Popen(cmd, env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def perf_records(n_windows: int, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = [m for m in read_all(kafka_bootstrap, stats) if json.loads(m.value())["feature"] == FEATURE]
+            if len({json.loads(m.value())["window_start"] for m in msgs}) >= n_windows or time.monotonic() > deadline:
+                return msgs
+            time.sleep(2.0)
+
+    def kill(proc: subprocess.Popen[bytes], sig: int) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)  # the spark-submit started here, its JVM and Python workers
+        proc.wait(timeout=60)
+
+    # the first 8 minutes: the first windows can be emitted (the watermark after the join is about
+    # max_delay behind the query's), later ones wait
+    send(T0, T0 + 8 * MINUTE)
+    proc = submit()
+    try:
+        first = perf_records(1, 240)
+    finally:
+        kill(proc, signal.SIGKILL)
+    assert first, (tmp_path / "job.log").read_text()[-3000:]
+    assert len({json.loads(m.value())["window_start"] for m in first}) < 13  # the rest after the restart
+    assert (tmp_path / "ckpt" / "labels" / "commits").is_dir()  # the labels query's own checkpoint
+    # the rest, after the kill: predictions waiting in Spark's join state (the checkpoint) get their labels
+    send(T0 + 8 * MINUTE, T0 + 61 * MINUTE)
+    proc = submit()
+    try:
+        msgs = perf_records(13, 240)
+    finally:
+        kill(proc, signal.SIGTERM)
+    by_key: dict[str, Any] = {}
+    for m in msgs:
+        rec = json.loads(m.value())
+        assert by_key.setdefault(m.key().decode(), rec) == rec  # a re-sent record is identical
+    config = load_monitor(config_path)
+    reference = ReferenceProfile.load(config.reference)
+    layout = Layout(reference, config.features.include)
+    cols, _ = decode_events(preds, config, reference, layout.features, now_ms=NOW)
+    labs, _ = decode_labels(labels, config, now_ms=NOW)
+    want, _tracker = run_local_labels(cols, labs, config, reference)
+    got = sorted(by_key.values(), key=key)
+    want.sort(key=key)
+    assert [key(r) for r in got] == [key(r) for r in want] and len({r["window_start"] for r in want}) == 13
+
+    def counts(recs: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+        return [(r["window_start"], r["n_window"], r["n_missing"]) for r in recs if r["statistic"] == "accuracy"]
+
+    assert counts(got) == counts(want)
+    for g, w in zip(got, want, strict=True):
+        for k, v in w.items():
+            if isinstance(v, float):
+                assert math.isclose(g[k], v, rel_tol=1e-9, abs_tol=1e-12), (k, g, w)
+            else:
+                assert g[k] == v, (k, g, w)
