@@ -25,9 +25,8 @@ beside the window statistics (its checkpoint: ``<checkpoint>/labels``):
 5. **Emission**: a window's performance records are emitted once ``window end + max_delay`` is
    behind the watermark this operator is given (every label that may pair has come or is late);
    never re-sent. Spark gives an operator after a stream-stream join a watermark held back by the
-   join's time range (pairs may still come for predictions that old), so in practice the records
-   come about ``max_delay`` later than ``end + max_delay`` behind the newest event times: safe,
-   not early. Early emission on ``labels.min_coverage`` is not done here (serve and the backfill
+   join's time range (pairs may still come for predictions that old), so the records come later
+   than ``end + max_delay`` behind the query's watermark: late, never incomplete. Early emission on ``labels.min_coverage`` is not done here (serve and the backfill
    do it).
 6. The driver (``foreachBatch``) publishes the records like the window records (statistics
    topic/file, alerts) and sets the performance metrics.
