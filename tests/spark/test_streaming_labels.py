@@ -263,8 +263,8 @@ def test_spark_submit_with_labels_killed_and_restarted(kafka_bootstrap: str, tmp
             os.killpg(proc.pid, sig)  # the spark-submit started here, its JVM and Python workers
         proc.wait(timeout=60)
 
-    # the first 8 minutes: the first windows can be emitted (the watermark after the join is about
-    # max_delay behind the query's), later ones wait
+    # the first 8 minutes: the first windows can be emitted (the watermark after the join is held
+    # back by its range), later ones wait for the rest
     send(T0, T0 + 8 * MINUTE)
     proc = submit()
     try:
