@@ -283,11 +283,7 @@ class PerformanceTracker:
 
     def _concept_updates(self, chunk: Joined, out: list[dict[str, Any]]) -> None:
         assert self._detector is not None and self._concept is not None
-        c = self.config.concept
-        if c.error == "absolute":
-            err = np.abs(chunk.score - chunk.label)
-        else:
-            err = ((chunk.score >= c.threshold) != (chunk.label >= 0.5)).astype(np.float64)
+        err = pair_errors(self.config, chunk.score, chunk.label)
         det, tracker = self._detector, self._concept
         for x, t in zip(err.tolist(), chunk.t_label.tolist(), strict=True):
             rec = tracker.update(det, x, t)
@@ -441,6 +437,15 @@ class PerformanceTracker:
             if isinstance(exc, SnapshotError):
                 raise
             raise SnapshotError(f"performance snapshot is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def pair_errors(config: MonitorConfig, score: npt.NDArray[np.float64], label: npt.NDArray[np.float64]) -> Any:
+    """The concept detector's input for joined pairs (``concept.error``: ``|score - label|``, or
+    misclassification at ``concept.threshold``)."""
+    c = config.concept
+    if c.error == "absolute":
+        return np.abs(score - label)
+    return ((score >= c.threshold) != (label >= 0.5)).astype(np.float64)
 
 
 def route_all(router: SegmentRouter, segments: Sequence[tuple[str, ...]], values: Sequence[str] | None) -> I64:

@@ -6,6 +6,8 @@ Run it as a user would::
     spark-submit jobs/backfill.py --config monitor.yaml --input kafka \\
         --starting-offsets earliest --ending-offsets '{"events": {"0": 5000}}' --output stats.parquet
     streamdrift backfill --engine spark --config monitor.yaml --input events.parquet --output stats.jsonl
+    spark-submit jobs/backfill.py --config monitor.yaml --input predictions.jsonl --labels labels.jsonl \
+        --output stats.jsonl    # + each window's performance from late labels (jobs/labels.py)
 
 Spark settings (master, memory, ``spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods``)
 belong to spark-submit; the job sets none of them. The driver and the executors' Python
@@ -80,6 +82,7 @@ FORMATS = {
 
 # -- input -----------------------------------------------------------------------------------------
 Items = Iterator[tuple[Any, int, Any]]  # (event object, input position, kafka timestamp ms or None)
+Summarize = Callable[[Monitor, Items], Iterator[tuple[Any, ...]]]
 
 
 def partials(
@@ -89,8 +92,10 @@ def partials(
     source: str,
     fmt: str | None = None,
     kafka: Mapping[str, str] | None = None,
+    summarize: Summarize | None = None,
 ) -> Any:
-    """An RDD of every input partition's tagged partial results (:func:`partition_summary`).
+    """An RDD of every input partition's tagged partial results (``summarize``: by default
+    :func:`partition_summary`; the late labels' job passes its own, :mod:`jobs.labels`).
 
     Executors receive the input as Arrow record batches (``mapInArrow``, :func:`_arrow_partials`),
     not as pickled ``Row`` objects (``df.rdd``): pickling every row on the JVM side cost about a
@@ -98,6 +103,7 @@ def partials(
     could not speed the job up as much as they should. A JSON-lines file is read by the
     executors themselves (:func:`_file_lines`).
     """
+    fn = summarize or partition_summary
     if source == "kafka":
         from pyspark.sql import functions as F
 
@@ -114,7 +120,7 @@ def partials(
                 for value, part, offset, ts in zip(*cols, strict=True):
                     yield (parse_json_value(value), (part << SEQ_SHIFT) + offset, ts)
 
-        return _arrow_partials(df, records, bc)
+        return _arrow_partials(df, records, bc, fn)
     p = Path(source)
     if not p.exists():
         raise JobError(f"--input {source}: no such file or directory")
@@ -123,7 +129,7 @@ def partials(
         raise JobError(f"--input {source}: unknown file type {p.suffix!r}; use .parquet, .csv or .jsonl, or --format")
     if kind == "jsonl":
         if p.is_file():
-            return _file_lines(spark, p).mapPartitions(lambda it: partition_summary(bc.value, it))
+            return _file_lines(spark, p).mapPartitions(lambda it: fn(bc.value, it))
 
         def lines(pid: int, batches: Iterator[Any]) -> Items:
             i = 0
@@ -133,7 +139,7 @@ def partials(
                         yield (parse_json_value(value), (pid << SEQ_SHIFT) + i, None)
                     i += 1
 
-        return _arrow_partials(spark.read.text(str(p)), lines, bc)
+        return _arrow_partials(spark.read.text(str(p)), lines, bc, fn)
     if kind == "parquet":
         df = spark.read.parquet(str(p))
     elif kind == "csv":
@@ -148,7 +154,7 @@ def partials(
                 yield (row, (pid << SEQ_SHIFT) + i, None)
                 i += 1
 
-    return _arrow_partials(df, rows, bc)
+    return _arrow_partials(df, rows, bc, fn)
 
 
 def _size_bytes(text: str) -> int:
@@ -207,19 +213,23 @@ def _file_lines(spark: Any, path: Path) -> Any:
     return spark.sparkContext.parallelize(range(len(splits)), len(splits)).mapPartitionsWithIndex(lines)
 
 
-def _arrow_partials(df: Any, to_items: Callable[[int, Iterator[Any]], Items], bc: Any) -> Any:
+def _arrow_partials(
+    df: Any, to_items: Callable[[int, Iterator[Any]], Items], bc: Any, summarize: Summarize | None = None
+) -> Any:
     """Tagged partial results of a DataFrame's partitions, computed on its Arrow batches."""
 
-    def summarize(batches: Iterator[Any]) -> Iterator[Any]:
+    fn = summarize or partition_summary
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
         pid = ctx.partitionId() if ctx is not None else 0
-        out = list(partition_summary(bc.value, to_items(pid, batches)))
+        out = list(fn(bc.value, to_items(pid, batches)))
         yield pa.RecordBatch.from_pydict({"part": [pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)]})
 
-    return df.mapInArrow(summarize, "part binary").rdd.flatMap(lambda r: pickle.loads(r.part))
+    return df.mapInArrow(run, "part binary").rdd.flatMap(lambda r: pickle.loads(r.part))
 
 
 def kafka_options(monitor: Monitor, given: Mapping[str, str]) -> dict[str, str]:
@@ -492,6 +502,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kafka-format", default="streamdrift-kafka", help="streamdrift-kafka (default) or kafka (JVM connector)"
     )
+    p.add_argument(
+        "--labels",
+        metavar="PATH",
+        help="label events (.parquet, .csv, .jsonl; the config's labels section) joined to --input's predictions by "
+        "id: adds each window's performance to the records (jobs/labels.py)",
+    )
+    p.add_argument("--labels-format", choices=["parquet", "csv", "jsonl"], help="--labels format if not by extension")
     return p.parse_args(argv)
 
 
@@ -509,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pyspark.sql import SparkSession
 
+    if args.labels and monitor.config.labels is None:
+        print("backfill: error: --labels: the monitor config has no labels section", file=sys.stderr)
+        return 2
+    joins: dict[str, Any] = {}
     spark = SparkSession.builder.appName(f"streamdrift-backfill-{monitor.config.monitor}").getOrCreate()
     try:
         kafka = {
@@ -517,6 +538,13 @@ def main(argv: list[str] | None = None) -> int:
             "format": args.kafka_format,
         }
         records, summary = run_backfill(spark, monitor, args.input, fmt=args.format, kafka=kafka)
+        if args.labels:
+            from jobs.labels import run_labels
+
+            perf, joins = run_labels(
+                spark, monitor, args.input, args.labels, fmt=args.format, labels_format=args.labels_format, kafka=kafka
+            )
+            records.extend(perf)
         write_records(args.output, records)
     except (JobError, StreamdriftError, KafkaSourceError) as exc:
         print(f"backfill: error: {exc}", file=sys.stderr)
@@ -528,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary['rejected']} of {summary['valid'] + summary['rejected']} events rejected; first: {reason}")
     if summary["overflowed_segments"]:
         print(f"{summary['overflowed_segments']} segments beyond segments.max_segments share __other__")
+    if args.labels:
+        from jobs.labels import join_line
+
+        print(join_line(joins))
     print(f"{len(records)} records from {summary['valid']} events -> {args.output}")
     return 0
 

@@ -101,7 +101,7 @@ class PartitionSummary:
         self.size = monitor.layout.size
         self.spec = monitor.spec
         self.seg_fields = monitor.segment_fields
-        self.concept = monitor.config.concept_active
+        self.concept = monitor.config.concept_active and not monitor.config.concept_on_labels
         self.first_offset: int | None = None
         self.end_offset: int | None = None
         self.messages = 0  # (valid + rejected)

@@ -138,7 +138,7 @@ def chunks(it: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
 
 
 def concept_stream(monitor: Monitor, d: Decoded) -> np.ndarray | None:
-    if not monitor.config.concept_active or len(d.cols) == 0:
+    if not monitor.config.concept_active or monitor.config.concept_on_labels or len(d.cols) == 0:
         return None
     return concept_values(d.cols, monitor.config)
 

@@ -60,6 +60,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -274,7 +275,7 @@ class WindowStep:
 
     def _concept(self, st: StreamState, v: Any, out: list[dict[str, Any]]) -> None:
         cfg = self.monitor.config
-        if not cfg.concept_active or not len(v):
+        if not cfg.concept_active or cfg.concept_on_labels or not len(v):  # (on labels: jobs.labels_stream)
             return
         fp = self.monitor.reference.fingerprint
         v = v.sort_values(["partition", "offset"], kind="stable")
@@ -349,6 +350,8 @@ class BatchWriter:
         #: the last window (the pane of its end) in which each segment (by label) had events: a segment silent
         #: for segment_ttl_windows windows loses its verdict series, as in the consumer
         self._segment_window: dict[str, int] = {}
+        #: held while publishing (the labels query, :mod:`jobs.labels_stream`, shares the publisher)
+        self.lock = threading.Lock()
 
     def __call__(self, df: Any, batch_id: int) -> None:
         t0 = time.perf_counter()
@@ -357,9 +360,10 @@ class BatchWriter:
         now = time.time()
         alerts = [make_alert(r, int(now * 1000)) for r in out.records + out.concept if r["drift"]]
         if self.publisher is not None and (out.records or out.concept):
-            self.publisher.records(out.records + out.concept)
-            self.publisher.alerts(alerts)
-            self.publisher.flush()  # before Spark commits the batch: a committed batch's outputs are delivered
+            with self.lock:
+                self.publisher.records(out.records + out.concept)
+                self.publisher.alerts(alerts)
+                self.publisher.flush()  # before Spark commits the batch: a committed batch's outputs are delivered
         for (start, end), n in sorted(out.late.items()):
             self.late_by_window[(start, end)] = self.late_by_window.get((start, end), 0) + n
             log.warning("batch %d: %d late events of window [%d, %d) not counted in it", batch_id, n, start, end)
@@ -549,18 +553,29 @@ class StreamingJob:
     server: Any
     metrics_port: int | None
     registry: Any
+    labels_query: Any = None  # with labels.topic: the late labels' query (jobs.labels_stream)
 
     def processAllAvailable(self) -> None:
         self.query.processAllAvailable()
+        if self.labels_query is not None:
+            self.labels_query.processAllAvailable()
 
     def awaitTermination(self, timeout: float | None = None) -> Any:
+        if self.labels_query is not None:  # either query ending (or failing) ends the job
+            streams = self.spark.streams
+            return streams.awaitAnyTermination(timeout) if timeout is not None else streams.awaitAnyTermination()
         return self.query.awaitTermination(timeout) if timeout is not None else self.query.awaitTermination()
 
     def exception(self) -> Any:
-        return self.query.exception()
+        exc = self.query.exception()
+        if exc is None and self.labels_query is not None:
+            exc = self.labels_query.exception()
+        return exc
 
     def stop(self) -> None:
         try:
+            if self.labels_query is not None:
+                self.labels_query.stop()
             self.query.stop()
         finally:
             if self.writer.publisher is not None:
@@ -629,7 +644,11 @@ def start(
             outputs.statistics_file,
         )
     writer = BatchWriter(monitor, publisher, metrics, settings.metrics.segment_ttl_windows, settings.kafka.topic)
+    labels = monitor.config.labels
+    if labels is not None and not labels.topic:
+        log.warning("labels: no labels.topic; the streaming job computes no performance (set labels.topic)")
     server = port = None
+    labels_query = None
     try:
         if enabled:
             mc = settings.metrics
@@ -651,12 +670,29 @@ def start(
             )
         finally:
             spark.conf.set("spark.sql.shuffle.partitions", before)
+        if labels is not None and labels.topic:
+            from jobs.labels_stream import start_labels
+
+            try:
+                labels_query, _lw = start_labels(
+                    spark,
+                    monitor,
+                    f"{checkpoint.rstrip('/')}/labels",
+                    publisher,
+                    metrics,
+                    starting_offsets=starting_offsets,
+                    trigger_ms=trigger_ms,
+                    lock=writer.lock,
+                )
+            except BaseException:
+                query.stop()
+                raise
     except BaseException:
         if server is not None:
             server.shutdown()
             server.server_close()
         raise
-    return StreamingJob(spark, query, writer, server, port, registry)
+    return StreamingJob(spark, query, writer, server, port, registry, labels_query)
 
 
 def _version() -> str:

@@ -441,12 +441,10 @@ def print_reference_check(records: Sequence[Mapping[str, Any]], config: MonitorC
 
 
 def _spark_backfill(args: argparse.Namespace) -> int:
-    return spark_submit(
-        "jobs.backfill",
-        args.master,
-        ["--config", args.config, "--input", args.input, "--output", args.output],
-        verbose=args.spark_verbose,
-    )
+    job_args = ["--config", args.config, "--input", args.input, "--output", args.output]
+    if getattr(args, "labels", None):
+        job_args += ["--labels", args.labels]
+    return spark_submit("jobs.backfill", args.master, job_args, verbose=args.spark_verbose)
 
 
 #: the JVM options of a driver started by :func:`spark_submit`: the JIT compiles Spark's large
