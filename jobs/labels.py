@@ -269,7 +269,14 @@ def run_labels(
     # (the tracker on the driver lends its settings, layout, profile and rules; segments are named here)
     tracker = PerformanceTracker(config, monitor.reference, SegmentRouter((), 1, True))
     layout = tracker.layout
-    tick = spec.slide_ms
+    if spec.months:
+        raise JobError(
+            "--labels: calendar-month windows (window.size: Nmo) are not supported by the Spark backfill with"
+            " labels; use `streamdrift backfill --labels` (local) or serve"
+        )
+    tick = spec.tick_ms  # (the pane; the local join's ticks are its multiples from the epoch)
+    origin = spec.origin_ms  # (panes start at window.offset)
+    pane_sql = f"(tp - {origin} - pmod(tp - {origin}, {tick})) div {tick}"  # (floor, exact in integers)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     sc = spark.sparkContext
     bc = sc.broadcast(monitor)
@@ -320,7 +327,7 @@ def run_labels(
             .filter("rk = 1")
             .join(F.broadcast(tick_df), "tk")
             .withColumn("vt", F.when(F.col("lseq") == F.col("first"), F.col("tk")).otherwise(F.col("next_tk")))
-            .withColumn("pane", F.expr(f"(tp - pmod(tp, {tick})) div {tick}"))
+            .withColumn("pane", F.expr(pane_sql))
             .select("h", "tp", "score", "seg", "tl", "y", "lseq", "pane", "vt")
             .persist()
         )
@@ -331,7 +338,7 @@ def run_labels(
                 .mapInPandas(lambda it: _pane_states(m, it), "seg string, pane long, vt long, state binary")
                 .collect()
             )
-            n_pred = P.groupBy("seg", F.expr(f"(tp - pmod(tp, {tick})) div {tick}").alias("pane")).count().collect()
+            n_pred = P.groupBy("seg", F.expr(pane_sql).alias("pane")).count().collect()
             n_dup = ranked.filter("rn > 1").count()
             n_joined = pairs.count()
             concept: list[tuple[int, dict[str, Any]]] = []
@@ -393,7 +400,7 @@ def run_labels(
             if not npred:
                 continue
             members = _window_members(layout, panes, pred_count, labelled, rank, seen)
-            recs = tracker_records(tracker, monitor, members, start, end)
+            recs = tracker_records(tracker, monitor, members, start, end, first_pane)
             keyed.extend(((at, 1, n_emitted), rec) for rec in recs)
             n_emitted += 1
     keyed.sort(key=lambda x: x[0])
@@ -448,7 +455,7 @@ def _window_members(
 
 
 def tracker_records(
-    tracker: PerformanceTracker, monitor: Monitor, members: list[tuple[Any, Any]], start: int, end: int
+    tracker: PerformanceTracker, monitor: Monitor, members: list[tuple[Any, Any]], start: int, end: int, first: int
 ) -> list[dict[str, Any]]:
     from detectors.performance import evaluate_window
 
@@ -461,6 +468,7 @@ def tracker_records(
         monitor=monitor.config.monitor,
         window_start_ms=start,
         window_end_ms=end,
+        window_index=first,
         fingerprint=monitor.reference.fingerprint,
     )
 

@@ -262,17 +262,17 @@ class PerformanceStep:
         """Every window of the pane has been emitted."""
         spec = self.monitor.spec
         assert self.monitor.config.labels is not None
-        last_end = pane * spec.slide_ms + spec.size_ms
+        last_end = int(spec.window_end(pane))  # (the end of the last window the pane belongs to)
         return st.frontier is not None and last_end + self.monitor.config.labels.max_delay_ms <= st.frontier
 
     def _predictions(self, st: PerfState, tr: PerformanceTracker, p: Any, out: list[Any]) -> None:
         if not len(p):
             return
-        slide = self.monitor.spec.slide_ms
+        spec = self.monitor.spec
         late = 0
         p = p.sort_values(["tp", "poff"], kind="stable")  # first appearance of a segment: (time, position)
         for tp, seg in zip(p["tp"].tolist(), p["seg"].tolist(), strict=True):
-            pane = int(tp) // slide
+            pane = int(spec.pane_of(int(tp)))
             if self._emitted(st, pane):
                 late += 1
                 continue
@@ -288,12 +288,12 @@ class PerformanceStep:
         if not len(j):
             return
         cfg = self.monitor.config
-        slide = self.monitor.spec.slide_ms
+        spec = self.monitor.spec
         j = j.sort_values(["loff", "tp", "poff"], kind="stable")
         keep = np.ones(len(j), dtype=bool)
         hs, tps = j["h"].to_numpy(dtype=np.int64), j["tp"].to_numpy(dtype=np.int64)
         for i, (h, tp) in enumerate(zip(hs.tolist(), tps.tolist(), strict=True)):
-            pane = tp // slide
+            pane = int(spec.pane_of(tp))
             if h in st.joined or self._emitted(st, pane):
                 keep[i] = False
             else:
@@ -307,7 +307,7 @@ class PerformanceStep:
         out.append(("joined", len(j), None))
         score = j["score"].to_numpy(dtype=np.float64)
         label = j["y"].to_numpy(dtype=np.float64)
-        panes = j["tp"].to_numpy(dtype=np.int64) // slide
+        panes = np.asarray(self.monitor.spec.pane_of(j["tp"].to_numpy(dtype=np.int64)), dtype=np.int64)
         groups: dict[tuple[Seg, int], list[int]] = {}
         for i, (seg, pane) in enumerate(zip(j["seg"].tolist(), panes.tolist(), strict=True)):
             for s in self._route(st, seg):
@@ -364,7 +364,7 @@ class PerformanceStep:
         for first, end in self._window_ends(st):
             if end + delay > watermark or (st.frontier is not None and end + delay <= st.frontier):
                 continue
-            start = end - spec.size_ms
+            start = int(spec.pane_start(first))
             by_segment: dict[Seg, np.ndarray] = {}
             for (s, p), state in st.panes.items():
                 if first <= p < first + k:
@@ -384,6 +384,7 @@ class PerformanceStep:
                 monitor=m.config.monitor,
                 window_start_ms=start,
                 window_end_ms=end,
+                window_index=first,
                 fingerprint=m.reference.fingerprint,
             )
             out.extend(("perf", None, record_line(r)) for r in recs)

@@ -248,3 +248,22 @@ def test_no_valid_label_gives_no_performance_record(spark: Any, tmp_path: Path) 
     assert summary["rejected_labels"] == 50 and summary["labels"] == summary["joined"] == 0
     assert summary["first_label_error"] is not None and "not 0 or 1" in summary["first_label_error"][1]
     assert summary["windows_waiting"] > 0  # predictions whose windows never got a label: not emitted
+
+
+def test_offset_windows_parity_and_months_refused(spark: Any, tmp_path: Path) -> None:
+    """Panes start at ``window.offset`` in the Spark label job as in the local tracker (window_index
+    included); calendar months are refused there with the parameter named."""
+    from jobs.common import JobError
+
+    preds, labels = predictions_and_labels(3000, seed=31)
+    events = write_jsonl(tmp_path / "events.jsonl", preds)
+    lab_path = write_labels(tmp_path, "jsonl", labels)
+    config = monitor_with_performance(tmp_path, window={"kind": "tumbling", "size": "1m", "offset": "20s"})
+    want = check(spark, tmp_path, config, events, lab_path)
+    perf = [r for r in want if r["feature"] == FEATURE]
+    assert perf and all(r["window_start"].endswith(":20.000Z") for r in perf)
+    assert all(isinstance(r["window_index"], int) for r in perf)
+    (tmp_path / "months").mkdir()
+    months = monitor_with_performance(tmp_path / "months", window={"kind": "tumbling", "size": "1mo"})
+    with pytest.raises(JobError, match=r"window\.size: Nmo"):
+        run_labels(spark, Monitor.load(months), str(events), str(lab_path), now_ms=NOW)
