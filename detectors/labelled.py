@@ -323,6 +323,13 @@ class PerformanceTracker:
                 else:
                     by_segment[sid] = state.copy()
         members = [(self.router.segment(sid), by_segment[sid]) for sid in sorted(by_segment) if by_segment[sid][0]]
+        return self.window_records(members, first, start, end)
+
+    def window_records(
+        self, members: Sequence[tuple[Mapping[str, str], npt.NDArray[Any]]], first: int, start: int, end: int
+    ) -> list[dict[str, Any]]:
+        """The performance records of one window from its segments' summed states (also the Spark
+        jobs', which sum the states themselves)."""
         return evaluate_window(
             self.layout,
             members,

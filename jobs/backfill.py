@@ -59,9 +59,9 @@ from detectors.sequential import make_detector
 from jobs.common import (
     JobError,
     Monitor,
-    chunks,
+    Tally,
     concept_stream,
-    decode_chunk,
+    decoded_chunks,
     parse_json_value,
     route_segments,
     segment_dict,
@@ -264,22 +264,9 @@ def partition_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) -
     segmented = bool(monitor.segment_fields)
     counts: dict[tuple[Any, int], np.ndarray] = {}
     first: dict[tuple[str, ...], tuple[int, int]] = {}
-    n_rejected = 0
-    first_error: tuple[int, str] | None = None
-    n_valid = 0
-    for chunk in chunks(items):
-        rows = [c[0] for c in chunk]
-        seqs = [c[1] for c in chunk]
-        kts = [c[2] for c in chunk] if any(c[2] is not None for c in chunk) else None
-        d = decode_chunk(monitor, rows, seqs, kts)
-        if d.rejected:
-            n_rejected += len(d.rejected)
-            e = min(d.rejected)
-            first_error = e if first_error is None else min(first_error, e)
+    tally = Tally()
+    for d in decoded_chunks(monitor, items, tally):
         n = len(d.cols)
-        if n == 0:
-            continue
-        n_valid += n
         t = d.cols.time_ms
         groups: list[tuple[list[Any], np.ndarray]] = []
         if monitor.overall:
@@ -323,7 +310,7 @@ def partition_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) -
         yield ("c", k, pane, c)
     for k, fs in first.items():
         yield ("s", k, fs)
-    yield ("e", n_valid, n_rejected, first_error)
+    yield ("e", tally.valid, tally.rejected, tally.first_error)
 
 
 # -- driver ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,10 +137,87 @@ def chunks(it: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
         yield buf
 
 
+@dataclass
+class Tally:
+    """What the decoding of one partition accepted and rejected (its first error: (position, reason))."""
+
+    valid: int = 0
+    rejected: int = 0
+    first_error: tuple[int, str] | None = None
+
+
+def decoded_chunks(monitor: Monitor, items: Iterable[tuple[Any, int, Any]], tally: Tally) -> Iterator[Decoded]:
+    """The partition's (row, position, Kafka timestamp) items decoded a chunk at a time; the chunks with
+    at least one valid event, the counts in ``tally``."""
+    for chunk in chunks(items):
+        rows = [c[0] for c in chunk]
+        seqs = [c[1] for c in chunk]
+        kts = [c[2] for c in chunk] if any(c[2] is not None for c in chunk) else None
+        d = decode_chunk(monitor, rows, seqs, kts)
+        if d.rejected:
+            tally.rejected += len(d.rejected)
+            e = min(d.rejected)
+            tally.first_error = e if tally.first_error is None else min(tally.first_error, e)
+        if len(d.cols):
+            tally.valid += len(d.cols)
+            yield d
+
+
 def concept_stream(monitor: Monitor, d: Decoded) -> np.ndarray | None:
     if not monitor.config.concept_active or monitor.config.concept_on_labels or len(d.cols) == 0:
         return None
     return concept_values(d.cols, monitor.config)
+
+
+# -- applyInPandasWithState ------------------------------------------------------------------------
+def stateful_batch(
+    pdfs: Iterator[Any],
+    state: Any,
+    restore: Callable[[bytes | None], Any],
+    step: Callable[[Any, Any, int], list[Any]],
+    wake: Callable[[Any], int | None],
+) -> list[Any]:
+    """The frame of every ``applyInPandasWithState`` function of the jobs: the group's state restored
+    (``restore(None)`` when it has none), this call's rows concatenated (None without any), ``step``
+    at the operator's watermark, a timeout just before the next instant ``wake`` names (Spark calls
+    again once its watermark passes it), the state saved; returns ``step``'s output."""
+    import warnings
+
+    import pandas as pd
+
+    # pyspark pads these functions' output with all-null rows and concatenates (its own FutureWarning)
+    warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation with empty", FutureWarning)
+    st = restore(state.get[0] if state.exists else None)
+    frames = [p for p in pdfs if len(p)]
+    rows = pd.concat(frames, ignore_index=True) if frames else None
+    watermark = int(state.getCurrentWatermarkMs())
+    out = step(st, rows, watermark)
+    due = wake(st)
+    if due is not None:
+        state.setTimeoutTimestamp(max(due - 1, watermark, 1))
+    state.update((st.to_bytes(),))
+    return out
+
+
+def start_query(spark: Any, frame: Any, checkpoint: str, trigger_ms: int, name: str, writer: Any) -> Any:
+    """Start a streaming query of ``frame`` into ``writer`` (``foreachBatch``), triggered every
+    ``trigger_ms``, checkpointed in ``checkpoint``. Its state gets one shuffle partition: the state is
+    keyed by the monitor alone (the default 200 would run 199 empty state-store tasks per batch). A
+    query keeps the value it started with (Spark records it in the checkpoint), so the session's own
+    setting is put back at once."""
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "1")
+    try:
+        return (
+            frame.writeStream.outputMode("append")
+            .option("checkpointLocation", checkpoint)
+            .trigger(processingTime=f"{trigger_ms} milliseconds")
+            .queryName(name)
+            .foreachBatch(writer)
+            .start()
+        )
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
 
 
 # -- segments --------------------------------------------------------------------------------------

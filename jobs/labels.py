@@ -65,7 +65,7 @@ from detectors.events import decode_labels
 from detectors.join import id_hashes
 from detectors.labelled import PerformanceTracker, pair_errors
 from detectors.sequential import make_detector
-from jobs.common import JobError, Monitor, chunks, decode_chunk, route_segments, segment_dict
+from jobs.common import JobError, Monitor, Tally, chunks, decoded_chunks, route_segments, segment_dict
 
 SEQ_SHIFT = 40  # (as jobs.backfill) input position = (partition << 40) + row
 NEVER = -(2**62)
@@ -99,21 +99,10 @@ def prediction_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) 
     layout = PerformanceLayout(lab.task, lab.threshold)
     segmented = bool(monitor.segment_fields)
     first: dict[tuple[str, ...], tuple[int, int]] = {}
-    n_valid = n_rejected = n_unjoinable = 0
-    first_error: tuple[int, str] | None = None
-    for chunk in chunks(items):
-        rows = [c[0] for c in chunk]
-        seqs = [c[1] for c in chunk]
-        kts = [c[2] for c in chunk] if any(c[2] is not None for c in chunk) else None
-        d = decode_chunk(monitor, rows, seqs, kts)
-        if d.rejected:
-            n_rejected += len(d.rejected)
-            e = min(d.rejected)
-            first_error = e if first_error is None else min(first_error, e)
+    n_unjoinable = 0
+    tally = Tally()
+    for d in decoded_chunks(monitor, items, tally):
         n = len(d.cols)
-        if n == 0:
-            continue
-        n_valid += n
         t = d.cols.time_ms
         if segmented:
             for i in np.lexsort((d.seq, t)).tolist():
@@ -135,7 +124,7 @@ def prediction_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]]) 
             yield ("p", int(h[j]), int(t[i]), float(d.cols.prediction[i]), seg, int(d.seq[i]))
     for k, fs in first.items():
         yield ("s", k, fs)
-    yield ("e", n_valid, n_rejected, first_error, n_unjoinable)
+    yield ("e", tally.valid, tally.rejected, tally.first_error, n_unjoinable)
 
 
 def label_summary(monitor: Monitor, items: Iterator[tuple[Any, int, Any]], *, now_ms: int) -> Iterator[tuple[Any, ...]]:
@@ -457,20 +446,8 @@ def _window_members(
 def tracker_records(
     tracker: PerformanceTracker, monitor: Monitor, members: list[tuple[Any, Any]], start: int, end: int, first: int
 ) -> list[dict[str, Any]]:
-    from detectors.performance import evaluate_window
-
     named = [({} if seg is None else segment_dict(monitor, seg), state) for seg, state in members]
-    return evaluate_window(
-        tracker.layout,
-        named,
-        tracker.profile,
-        tracker.rules,
-        monitor=monitor.config.monitor,
-        window_start_ms=start,
-        window_end_ms=end,
-        window_index=first,
-        fingerprint=monitor.reference.fingerprint,
-    )
+    return tracker.window_records(named, first, start, end)
 
 
 def _concept(monitor: Monitor, rows: Iterator[Any]) -> list[tuple[int, dict[str, Any]]]:

@@ -54,7 +54,7 @@ from detectors.events import decode_labels
 from detectors.join import id_hashes
 from detectors.labelled import PerformanceTracker, pair_errors
 from detectors.sequential import make_detector, restore
-from jobs.common import JobError, Monitor, decode_chunk, parse_json_value, segment_dict
+from jobs.common import JobError, Monitor, decode_chunk, parse_json_value, segment_dict, start_query, stateful_batch
 from stream.records import record_line
 
 log = logging.getLogger("streamdrift.spark.labels")
@@ -207,22 +207,14 @@ class PerformanceStep:
         return PerformanceTracker(self.monitor.config, self.monitor.reference, SegmentRouter((), 1, True))
 
     def __call__(self, key: Any, pdfs: Iterator[Any], state: Any) -> Iterator[Any]:
-        import warnings
-
         import pandas as pd
 
-        warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation with empty", FutureWarning)
-        m = self.monitor
-        st = PerfState.from_bytes(state.get[0], m.reference.fingerprint) if state.exists else None
-        st = st or PerfState(m.reference.fingerprint)
-        frames = [p for p in pdfs if len(p)]
-        rows = pd.concat(frames, ignore_index=True) if frames else None
-        watermark = int(state.getCurrentWatermarkMs())
-        out = self.step(st, rows, watermark)
-        wake = self.next_emit(st)
-        if wake is not None:
-            state.setTimeoutTimestamp(max(wake - 1, watermark, 1))
-        state.update((st.to_bytes(),))
+        fp = self.monitor.reference.fingerprint
+
+        def restore(saved: bytes | None) -> PerfState:
+            return (PerfState.from_bytes(saved, fp) if saved is not None else None) or PerfState(fp)
+
+        out = stateful_batch(pdfs, state, restore, self.step, self.next_emit)
         yield pd.DataFrame(
             {
                 "kind": pd.Series([r[0] for r in out], dtype=object),
@@ -359,8 +351,6 @@ class PerformanceStep:
         order = {None: -1, **{s: i for i, s in enumerate(st.kept)}}
         other = tuple(OTHER_SEGMENT for _ in m.segment_fields)
         order[other] = len(st.kept)
-        from detectors.performance import evaluate_window
-
         for first, end in self._window_ends(st):
             if end + delay > watermark or (st.frontier is not None and end + delay <= st.frontier):
                 continue
@@ -376,17 +366,7 @@ class PerformanceStep:
             ]
             if not members:
                 continue
-            recs = evaluate_window(
-                tr.layout,
-                members,
-                tr.profile,
-                tr.rules,
-                monitor=m.config.monitor,
-                window_start_ms=start,
-                window_end_ms=end,
-                window_index=first,
-                fingerprint=m.reference.fingerprint,
-            )
+            recs = tr.window_records(members, first, start, end)
             out.extend(("perf", None, record_line(r)) for r in recs)
         st.frontier = watermark
         gone = {(s, p) for s, p in st.panes if self._emitted(st, p)}
@@ -518,17 +498,5 @@ def start_labels(
     held while publishing (the window query's writer's, when they share the publisher)."""
     frame = labels_frame(spark, monitor, monitor.settings(), starting_offsets=starting_offsets)
     writer = LabelsWriter(monitor, publisher, metrics, lock)
-    before = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "1")  # (one key: the monitor; see jobs.streaming.start)
-    try:
-        query = (
-            frame.writeStream.outputMode("append")
-            .option("checkpointLocation", checkpoint)
-            .trigger(processingTime=f"{trigger_ms} milliseconds")
-            .queryName(f"streamdrift-labels-{monitor.config.monitor}")
-            .foreachBatch(writer)
-            .start()
-        )
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", before)
-    return query, writer
+    name = f"streamdrift-labels-{monitor.config.monitor}"
+    return start_query(spark, frame, checkpoint, trigger_ms, name, writer), writer

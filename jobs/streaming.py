@@ -81,7 +81,7 @@ from detectors.evaluate import (
 )
 from detectors.exceptions import StreamdriftError
 from detectors.sequential import make_detector, restore
-from jobs.common import JobError, Monitor, segment_dict
+from jobs.common import JobError, Monitor, segment_dict, start_query, stateful_batch
 from jobs.kafka_source import KafkaSourceError
 from stream.records import record_line
 
@@ -162,23 +162,15 @@ class WindowStep:
         self.monitor = monitor
 
     def __call__(self, key: Any, pdfs: Iterator[Any], state: Any) -> Iterator[Any]:
-        import warnings
-
         import pandas as pd
 
-        # pyspark pads this function's output with all-null rows and concatenates (its own FutureWarning)
-        warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation with empty", FutureWarning)
-        m = self.monitor
-        st = StreamState.from_bytes(state.get[0], m.reference.fingerprint) if state.exists else None
-        st = st or StreamState(m.reference.fingerprint)
-        frames = [p for p in pdfs if len(p)]
-        rows = pd.concat(frames, ignore_index=True) if frames else None
-        watermark = int(state.getCurrentWatermarkMs())
-        out = self.step(st, rows, watermark)
-        wake = self.next_close(st)
-        if wake is not None:  # Spark calls again once its watermark passes wake, i.e. reaches the window end
-            state.setTimeoutTimestamp(max(wake - 1, watermark, 1))
-        state.update((st.to_bytes(),))
+        fp = self.monitor.reference.fingerprint
+
+        def restore(saved: bytes | None) -> StreamState:
+            return (StreamState.from_bytes(saved, fp) if saved is not None else None) or StreamState(fp)
+
+        # (next_close: Spark calls again once its watermark reaches the next window end)
+        out = stateful_batch(pdfs, state, restore, self.step, self.next_close)
         yield pd.DataFrame(
             {
                 "kind": pd.Series([r["kind"] for r in out], dtype=object),
@@ -653,23 +645,7 @@ def start(
         if enabled:
             mc = settings.metrics
             server, port = serve_http(registry, mc.address, mc.port, mc.certfile, mc.keyfile)
-        # one key per monitor: the window state is small (count vectors), and one Spark partition of
-        # it is what the query needs (the default 200 would run 199 empty state-store tasks per
-        # batch). A streaming query keeps the value it started with (Spark records it in the
-        # checkpoint), so the session's own setting is put back at once.
-        before = spark.conf.get("spark.sql.shuffle.partitions")
-        spark.conf.set("spark.sql.shuffle.partitions", "1")
-        try:
-            query = (
-                windows.writeStream.outputMode("append")
-                .option("checkpointLocation", checkpoint)
-                .trigger(processingTime=f"{trigger_ms} milliseconds")
-                .queryName(f"streamdrift-{monitor.config.monitor}")
-                .foreachBatch(writer)
-                .start()
-            )
-        finally:
-            spark.conf.set("spark.sql.shuffle.partitions", before)
+        query = start_query(spark, windows, checkpoint, trigger_ms, f"streamdrift-{monitor.config.monitor}", writer)
         if labels is not None and labels.topic:
             from jobs.labels_stream import start_labels
 

@@ -325,3 +325,40 @@ def avro_self_check() -> None:
             expected = ser(event_dict(cols, variant, i), ctx)
             if fast[i] != expected:
                 raise AssertionError(f"Avro encoder mismatch for {variant.name} row {i}: {fast[i]!r} != {expected!r}")
+
+
+def serve_kafka(bootstrap: str, topic: str, group_id: str) -> dict[str, Any]:
+    """The kafka section of every benchmarked ``serve``: large fetches, short waits."""
+    return {
+        "bootstrap_servers": bootstrap,
+        "topic": topic,
+        "group_id": group_id,
+        "extra": {
+            "session.timeout.ms": 6000,
+            "fetch.queue.backoff.ms": 10,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+            "fetch.wait.max.ms": 10,
+        },
+    }
+
+
+def metric_samples(port: int, names: tuple[str, ...] | None = None) -> list[tuple[str, str, float]] | None:
+    """The streamdrift_* samples of serve's /metrics as (name, name with labels, value); ``names``
+    asks for those alone (prometheus-client's ``name[]`` filter). None while it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    query = "" if names is None else "?" + "&".join(f"name[]={n}" for n in names)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=2) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    out = []
+    for line in text.splitlines():
+        if line.startswith("streamdrift_"):
+            name_labels, _, value = line.rpartition(" ")
+            out.append((name_labels.split("{", 1)[0], name_labels, float(value)))
+    return out

@@ -217,6 +217,8 @@ def throughput(n: int, log: Callable[[str], None]) -> dict[str, Any]:
 def _serve_config(workdir: Path, ref: Path, bootstrap: str, topic: str, labels: str | None, port: int) -> Path:
     import yaml
 
+    from tests.benchmarks.bench_common import serve_kafka
+
     tag = "labels" if labels else "plain"
     cfg: dict[str, Any] = {
         "monitor": "bench",
@@ -229,19 +231,7 @@ def _serve_config(workdir: Path, ref: Path, bootstrap: str, topic: str, labels: 
         },
         "window": {"kind": "tumbling", "size": "60s", "allowed_lateness": "0s", "idle_timeout": "60s"},
         "concept": {"detector": "none"},
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "topic": topic,
-            "group_id": f"bench-labels-{tag}",
-            "extra": {
-                "session.timeout.ms": 6000,
-                "fetch.queue.backoff.ms": 10,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 16 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
-                "fetch.wait.max.ms": 10,
-            },
-        },
+        "kafka": serve_kafka(bootstrap, topic, f"bench-labels-{tag}"),
         "outputs": {"statistics_topic": f"{topic}-{tag}-stats", "alerts_topic": f"{topic}-{tag}-alerts"},
         "metrics": {"address": "127.0.0.1", "port": port},
         "state": {"dir": str(workdir / f"state-{tag}"), "checkpoint_interval": "10s"},
@@ -254,31 +244,23 @@ def _serve_config(workdir: Path, ref: Path, bootstrap: str, topic: str, labels: 
 
 
 def _progress(port: int) -> dict[str, float] | None:
-    import urllib.error
-    import urllib.request
+    from tests.benchmarks.bench_common import metric_samples
 
     names = ("streamdrift_events_total", "streamdrift_last_batch_timestamp_seconds", "streamdrift_label_joins_total")
-    query = "?" + "&".join(f"name[]={n}" for n in (*names, "streamdrift_labels_waiting"))
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=2) as resp:
-            text = resp.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    samples = metric_samples(port, (*names, "streamdrift_labels_waiting"))
+    if samples is None:
         return None
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("streamdrift_"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
+    for name, name_labels, value in samples:
         if name == "streamdrift_label_joins_total":
             outcome = name_labels.split('outcome="', 1)[1].split('"', 1)[0]
             if outcome in ("joined", "label_orphan"):  # (labels read: paired, orphaned, or waiting below)
-                out["labels_read"] = out.get("labels_read", 0.0) + float(value)
+                out["labels_read"] = out.get("labels_read", 0.0) + value
         elif name == "streamdrift_labels_waiting":
             if 'kind="label"' in name_labels:
-                out["labels_read"] = out.get("labels_read", 0.0) + float(value)
+                out["labels_read"] = out.get("labels_read", 0.0) + value
         elif name in names:
-            out[name] = out.get(name, 0.0) + float(value)
+            out[name] = out.get(name, 0.0) + value
     return out
 
 

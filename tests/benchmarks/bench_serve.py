@@ -30,8 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,16 @@ from typing import Any
 import yaml
 
 from stream.demo.broker import free_port
-from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, REFERENCE_SEED, Variant, avro_schema, columns
+from tests.benchmarks.bench_common import (
+    CATEGORICAL,
+    NUMERIC,
+    REFERENCE_SEED,
+    Variant,
+    avro_schema,
+    columns,
+    metric_samples,
+    serve_kafka,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,19 +90,7 @@ def write_config(
         "window": {"kind": "tumbling", "size": "60s", "allowed_lateness": "0s", "idle_timeout": "60s"},
         "segments": {"overall": True, "max_segments": 100},
         "concept": {"detector": "none"},
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "topic": topic,
-            "group_id": f"bench-serve-{tag}",
-            "extra": {
-                "session.timeout.ms": 6000,
-                "fetch.queue.backoff.ms": 10,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 16 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
-                "fetch.wait.max.ms": 10,
-            },
-        },
+        "kafka": serve_kafka(bootstrap, topic, f"bench-serve-{tag}"),
         "outputs": {"statistics_topic": f"{topic}-stats", "alerts_topic": f"{topic}-alerts"},
         "metrics": {"address": "127.0.0.1", "port": port},
         "state": {"dir": str(workdir / f"state-{tag}"), "checkpoint_interval": "10s"},
@@ -124,23 +119,16 @@ def scrape(port: int, full: bool = True) -> dict[str, float] | None:
     ``full=False`` asks only for :data:`PROGRESS` (prometheus-client's ``name[]`` filter), so
     polling progress often does not make serve render every series each time.
     """
-    query = "" if full else "?" + "&".join(f"name[]={n}" for n in PROGRESS)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=2) as resp:
-            text = resp.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+    samples = metric_samples(port, None if full else PROGRESS)
+    if samples is None:
         return None
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("streamdrift_"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
+    for name, name_labels, value in samples:
         if name in PROGRESS:
-            out[name] = out.get(name, 0.0) + float(value)
+            out[name] = out.get(name, 0.0) + value
             if name == "streamdrift_events_total":
                 outcome = name_labels.split('outcome="', 1)[1].split('"', 1)[0]
-                out[f"events_{outcome}"] = out.get(f"events_{outcome}", 0.0) + float(value)
+                out[f"events_{outcome}"] = out.get(f"events_{outcome}", 0.0) + value
     return out
 
 

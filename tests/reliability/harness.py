@@ -147,6 +147,28 @@ def start_serve(config: Path, log: Path, env: dict[str, str] | None = None) -> s
         )
 
 
+def kill_repeatedly(config: Path, log: Path, kills: int, rng: np.random.Generator) -> list[float]:
+    """Start serve and SIGKILL it ``kills`` times: a fifth of the kills during start-up (0.2-3 s after
+    the start), the others 0-1.2 s after it took over and began consuming. Returns the kill points
+    (negative: seconds after the start, during start-up; positive: seconds after the take-over)."""
+    points: list[float] = []
+    for _ in range(kills):
+        joined = log.read_text().count("active: consuming") if log.exists() else 0
+        proc = start_serve(config, log)
+        if rng.random() < 0.2:  # during start-up
+            delay = rng.uniform(0.2, 3.0)
+            points.append(-round(delay, 2))
+        else:  # while consuming: after the take-over
+            wait_for(lambda n=joined: log.read_text().count("active: consuming") > n, "take-over", 30, proc, log)
+            delay = rng.uniform(0.0, 1.2)
+            points.append(round(delay, 2))
+        time.sleep(delay)
+        assert proc.poll() is None, f"serve died by itself:\n{log.read_text()[-3000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    return points
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -58,26 +57,7 @@ def kill_replay(bootstrap: str, tmp: Path, kills: int, seed: int, n_events: int)
     producer.start()
     kill_points: list[float] = []
     try:
-        for _ in range(kills):
-            joined = victim_log.read_text().count("active: consuming") if victim_log.exists() else 0
-            proc = h.start_serve(victim_cfg, victim_log)
-            if rng.random() < 0.2:  # during start-up / the group join
-                delay = rng.uniform(0.2, 3.0)
-                kill_points.append(-round(delay, 2))
-            else:  # while consuming: after the assignment
-                h.wait_for(
-                    lambda n=joined: victim_log.read_text().count("active: consuming") > n,
-                    "take-over",
-                    30,
-                    proc,
-                    victim_log,
-                )
-                delay = rng.uniform(0.0, 1.2)
-                kill_points.append(round(delay, 2))
-            time.sleep(delay)
-            assert proc.poll() is None, f"serve died by itself:\n{victim_log.read_text()[-3000:]}"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+        kill_points += h.kill_repeatedly(victim_cfg, victim_log, kills, rng)
         producer.check()
         ends = h.end_offsets(bootstrap, topics["events"], 2)
         assert sum(ends.values()) == n_events

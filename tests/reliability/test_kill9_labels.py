@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -86,26 +85,7 @@ def kill_replay_labels(bootstrap: str, tmp: Path, kills: int, seed: int, n: int)
     lp.start()
     kill_points: list[float] = []
     try:
-        for _ in range(kills):
-            joined = victim_log.read_text().count("active: consuming") if victim_log.exists() else 0
-            proc = h.start_serve(paths["victim"], victim_log)
-            if rng.random() < 0.2:
-                delay = rng.uniform(0.2, 3.0)
-                kill_points.append(-round(delay, 2))
-            else:
-                h.wait_for(
-                    lambda n=joined: victim_log.read_text().count("active: consuming") > n,
-                    "take-over",
-                    30,
-                    proc,
-                    victim_log,
-                )
-                delay = rng.uniform(0.0, 1.2)
-                kill_points.append(round(delay, 2))
-            time.sleep(delay)
-            assert proc.poll() is None, f"serve died by itself:\n{victim_log.read_text()[-3000:]}"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+        kill_points += h.kill_repeatedly(paths["victim"], victim_log, kills, rng)
         pp.check()
         lp.check()
         p = Producer({"bootstrap.servers": bootstrap})
