@@ -521,9 +521,10 @@ def report(res: dict[str, Any]) -> tuple[list[str], dict[str, tuple[str, bool | 
     traced = max(m["traced_bytes_per_pending"] for m in res["memory"] if m["n"] == max(x["n"] for x in res["memory"]))
     n_max = max(m["n"] for m in res["memory"])
     targets: dict[str, tuple[str, bool | None]] = {
-        f"<= 100 bytes per waiting prediction at {n_max:,}": (
-            f"{worst:.1f} (arrays), {traced:.1f} (traced)",
-            max(worst, traced) <= 100 and n_max >= 10_000_000,
+        "<= 100 bytes per waiting prediction at 10,000,000": (
+            f"{worst:.1f} (arrays), {traced:.1f} (traced) at {n_max:,}",
+            # (--quick stops at 1M: the 10M target is then not measured, not failed)
+            max(worst, traced) <= 100 if n_max >= 10_000_000 else None,
         )
     }
     if sv is not None:
