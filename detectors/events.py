@@ -237,6 +237,27 @@ def _cat(v: Any) -> str | None:
     raise TypeError(type(v).__name__)
 
 
+def _feature_values(
+    fobj: Mapping[str, Any], numeric: Sequence[str], categorical: Sequence[str]
+) -> tuple[list[float], list[str | None]]:
+    """One event's numeric values (missing: NaN) and categorical values (missing: None); an
+    :class:`InputError` naming the feature for a value of the wrong type."""
+    nums = []
+    for f in numeric:
+        try:
+            x = _num(fobj.get(f))
+        except TypeError as exc:
+            raise InputError(f"feature {f!r}: expected a number, got {exc}") from None
+        nums.append(math.nan if x is None else x)
+    cats = []
+    for f in categorical:
+        try:
+            cats.append(_cat(fobj.get(f)))
+        except TypeError as exc:
+            raise InputError(f"feature {f!r}: expected a string, got {exc}") from None
+    return nums, cats
+
+
 def decode_events(
     rows: Sequence[Any],
     config: MonitorConfig,
@@ -304,19 +325,7 @@ def decode_events(
                 errors.append((i, f"missing or non-object features field {ev.features_field!r}"))
                 continue
         try:
-            nums = []
-            for f in numeric:
-                try:
-                    x = _num(fobj.get(f))
-                except TypeError as exc:
-                    raise InputError(f"feature {f!r}: expected a number, got {exc}") from None
-                nums.append(nan if x is None else x)
-            cats = []
-            for f in categorical:
-                try:
-                    cats.append(_cat(fobj.get(f)))
-                except TypeError as exc:
-                    raise InputError(f"feature {f!r}: expected a string, got {exc}") from None
+            nums, cats = _feature_values(fobj, numeric, categorical)
             seg = []
             for s in ev.segment_fields:
                 try:
@@ -391,7 +400,6 @@ def decode_reference_rows(
     num_cols: dict[str, list[float]] = {f: [] for f in numeric}
     cat_cols: dict[str, list[str | None]] = {f: [] for f in labels}
     errors: list[tuple[int, str]] = []
-    nan = math.nan
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             errors.append((i, f"event is not a JSON object (got {type(row).__name__})"))
@@ -401,19 +409,7 @@ def decode_reference_rows(
             errors.append((i, f"missing or non-object features field {features_field!r}"))
             continue
         try:
-            nums = []
-            for f in numeric:
-                try:
-                    x = _num(fobj.get(f))
-                except TypeError as exc:
-                    raise InputError(f"feature {f!r}: expected a number, got {exc}") from None
-                nums.append(nan if x is None else x)
-            cs = []
-            for f in labels:
-                try:
-                    cs.append(_cat(fobj.get(f)))
-                except TypeError as exc:
-                    raise InputError(f"feature {f!r}: expected a string, got {exc}") from None
+            nums, cs = _feature_values(fobj, numeric, labels)
         except InputError as exc:
             errors.append((i, str(exc)))
             continue
