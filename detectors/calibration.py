@@ -72,6 +72,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -111,7 +112,13 @@ FloatArray = npt.NDArray[np.float64]
 # -- textbook families --------------------------------------------------------------------------
 def z_of_p(p: float | FloatArray) -> Any:
     """``Φ⁻¹(1 - p)``: +inf for p = 0, -inf for p = 1."""
+    if isinstance(p, float):  # a window's verdicts make thousands of scalar calls: no array round trip
+        return -float(_sp.ndtri(min(max(p, 0.0), 1.0) if p == p else p))
     return -_sp.ndtri(np.clip(p, 0.0, 1.0))
+
+
+#: ``z_of_p(EXTRAPOLATE_AT)``, where tail lines are compared
+_Z_AT = float(z_of_p(EXTRAPOLATE_AT))
 
 
 def ks_scale(en: float) -> float:
@@ -214,7 +221,7 @@ class Calibration:
         fits neither; outside the sizes, the nearest size's line."""
         rows = self.features[feature].tails[statistic]
         sizes = self.sizes
-        i = int(np.searchsorted(sizes, n_effective, side="left"))
+        i = bisect.bisect_left(sizes, n_effective)
         if i < len(sizes) and sizes[i] == n_effective:
             return rows[i]
         if i == 0:
@@ -222,8 +229,7 @@ class Calibration:
         if i == len(sizes):
             return rows[-1]
         low, high = rows[i - 1], rows[i]
-        x = float(z_of_p(EXTRAPOLATE_AT))
-        return low if low[0] + low[1] * x >= high[0] + high[1] * x else high
+        return low if low[0] + low[1] * _Z_AT >= high[0] + high[1] * _Z_AT else high
 
     def p_value(self, feature: str, statistic: str, textbook_p: float, n_effective: float) -> float:
         """The calibrated p-value of a statistic whose textbook p-value is ``textbook_p``."""

@@ -32,6 +32,7 @@ chi-square
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,14 +236,15 @@ def pool_cells(reference: ArrayLike, n: int, min_expected: float = MIN_EXPECTED)
         raise ValueError("pool_cells needs a non-empty reference")
     expected = n * r / m
     pooled = expected < min_expected
-    if pooled.any():
-        total = float(expected[pooled].sum())
-        for i in np.argsort(expected, kind="stable"):
-            if total >= min_expected:
-                break
-            if not pooled[i]:
-                pooled[i] = True
-                total += float(expected[i])
+    if not pooled.any():  # the usual case in a large window: every bucket its own cell
+        return np.arange(len(r), dtype=np.intp)
+    total = float(expected[pooled].sum())
+    for i in np.argsort(expected, kind="stable"):
+        if total >= min_expected:
+            break
+        if not pooled[i]:
+            pooled[i] = True
+            total += float(expected[i])
     cells = np.empty(len(r), dtype=np.intp)
     own = np.flatnonzero(~pooled)
     cells[own] = np.arange(len(own))
@@ -265,9 +267,11 @@ def chi_square_statistic(reference: ArrayLike, window: ArrayLike) -> npt.NDArray
     n = w.sum(axis=-1, keepdims=True)
     col = r + w
     share_r, share_w = m / (m + n), n / (m + n)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # one window without an empty cell (the usual case) divides by no zero: no error-state switch
+    one = col.ndim == 1 and len(col) > 0 and col.min() > 0 and m[0] > 0 and n[0] > 0
+    with contextlib.nullcontext() if one else np.errstate(divide="ignore", invalid="ignore"):
         terms = (r - col * share_r) ** 2 / (col * share_r) + (w - col * share_w) ** 2 / (col * share_w)
-    return np.asarray(np.where(col > 0, terms, 0.0).sum(axis=-1), dtype=np.float64)
+    return np.asarray(terms.sum() if one else np.where(col > 0, terms, 0.0).sum(axis=-1), dtype=np.float64)
 
 
 def cramers_v(x2: float | npt.NDArray[np.float64], n: float, m: float) -> float | npt.NDArray[np.float64]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from detectors.calibration import SIZES
+from detectors.calibration import SIZES, z_of_p
 from detectors.config import StatisticsConfig
 from detectors.evaluate import evaluate_counts
 from detectors.exceptions import ReferenceFormatError
@@ -293,3 +293,30 @@ def test_a_window_family_spans_its_segments() -> None:
     assert pages["window"] <= stats.binom.ppf(0.999, windows, rate), pages
     # each of 20 families at up to 5 %: about 1 - 0.95^20 = 64 % of windows if the tests were exact
     assert pages["segment"] > 4 * pages["window"] and pages["segment"] >= 0.25 * windows, pages
+
+
+def test_z_of_p_of_a_number_is_that_of_an_array() -> None:
+    # a scalar takes a path of its own (no array round trip); both are -ndtri(clip(p, 0, 1))
+    ps = [0.0, 1e-300, 3e-4, 0.05, 0.5, 0.999, 1.0, -0.5, 1.5, float("nan")]
+    arr = z_of_p(np.array(ps))
+    for p, want in zip(ps, arr.tolist(), strict=True):
+        got = z_of_p(p)
+        assert isinstance(got, float)
+        assert got == want or (math.isnan(got) and math.isnan(want))
+    assert z_of_p(0.0) == math.inf and z_of_p(1.0) == -math.inf
+    assert z_of_p(0.05) == pytest.approx(stats.norm.isf(0.05), rel=1e-12)
+
+
+def test_tail_between_sizes_is_the_higher_line_at_the_tail() -> None:
+    from detectors.calibration import EXTRAPOLATE_AT, Calibration, FeatureCalibration
+
+    rows = ((0.0, 1.0), (0.5, 0.8), (0.1, 1.3))
+    cal = Calibration(
+        (100, 1000, 10_000), 10, 0, "bootstrap", {"x": FeatureCalibration({"ks": rows}, {"ks": ("bootstrap",) * 3})}
+    )
+    x = stats.norm.isf(EXTRAPOLATE_AT)
+    assert cal.tail("x", "ks", 50) == rows[0] and cal.tail("x", "ks", 1000) == rows[1]
+    assert cal.tail("x", "ks", 20_000) == rows[2]
+    for n, (lo, hi) in ((500, (rows[0], rows[1])), (5000, (rows[1], rows[2]))):
+        higher = lo if lo[0] + lo[1] * x >= hi[0] + hi[1] * x else hi
+        assert cal.tail("x", "ks", n) == higher

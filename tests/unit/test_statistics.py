@@ -190,15 +190,18 @@ def test_half_sigma_shift_is_flagged_by_binned_ks() -> None:
 
 
 # -- chi-square ------------------------------------------------------------------------------
+@pytest.mark.parametrize("empty_bucket", [True, False])
 @pytest.mark.parametrize("seed", range(25))
-def test_chi_square_matches_scipy_contingency(seed: int) -> None:
+def test_chi_square_matches_scipy_contingency(seed: int, empty_bucket: bool) -> None:
     rng = np.random.default_rng(seed)
     k = int(rng.integers(2, 12))
     r = rng.integers(0, 300, size=k)
     w = rng.integers(0, 100, size=k)
-    # a bucket empty in both rows (like __unseen__ of the reference), which scipy cannot take
-    r[-1] = 0
-    w[-1] = 0
+    if empty_bucket:  # a bucket empty in both rows (like __unseen__ of the reference), which scipy cannot take
+        r[-1] = 0
+        w[-1] = 0
+    else:  # none empty (the statistic's path without the zero guard)
+        r += 1
     r[0] += 5
     w[1] += 5
     got = chi_square(r, w)
