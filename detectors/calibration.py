@@ -121,9 +121,10 @@ def z_of_p(p: float | FloatArray) -> Any:
 _Z_AT = float(z_of_p(EXTRAPOLATE_AT))
 
 
-def ks_scale(en: float) -> float:
-    """Stephens' small-sample factor: ``sqrt(n_e) D (1 + ...)`` follows the Kolmogorov distribution."""
-    root = math.sqrt(en)
+def ks_scale(en: Any) -> Any:
+    """Stephens' small-sample factor: ``sqrt(n_e) D (1 + ...)`` follows the Kolmogorov distribution
+    (of a number or, element by element, of an array)."""
+    root = np.sqrt(en) if isinstance(en, np.ndarray) else math.sqrt(en)
     return root + 0.12 + 0.11 / root
 
 
@@ -132,7 +133,7 @@ def ks_textbook_p(d: Any, en: float) -> Any:
     return _sp.kolmogorov(ks_scale(en) * np.asarray(d, dtype=np.float64))
 
 
-def chi2_textbook_p(x2: Any, dof: int) -> Any:
+def chi2_textbook_p(x2: Any, dof: Any) -> Any:
     return _sp.chdtrc(dof, np.maximum(np.asarray(x2, dtype=np.float64), 0.0))
 
 

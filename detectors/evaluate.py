@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,12 +64,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special as _sp
 
-from detectors.calibration import Calibration, chi2_textbook_p, ks_scale, ks_textbook_p
+from detectors.calibration import Calibration, chi2_textbook_p, ks_scale
 from detectors.config import StatisticsConfig
 from detectors.exceptions import ConfigError
 from detectors.histogram import Layout, coarse_counts
 from detectors.reference import CategoricalProfile, IntArray, NumericProfile
 from detectors.statistics import (
+    MIN_EXPECTED,
     adjust,
     chi_square_statistic,
     cramers_v,
@@ -180,6 +182,8 @@ class _Plan:
     r: dict[str, IntArray]  # reference bin counts of every feature (a categorical's without __unseen__)
     r_psi: dict[str, IntArray]  # reference counts on the PSI bins
     numeric_index: dict[str, int]  # numeric feature -> its position among the numeric features
+    m_numeric: npt.NDArray[np.float64]  # reference size of each numeric feature, in that order
+    coarse_lengths: IntArray  # PSI bins of each numeric feature
 
 
 @functools.lru_cache(maxsize=32)
@@ -230,6 +234,8 @@ def _plan(layout: Layout) -> _Plan:
         r=r_all,
         r_psi=r_psi,
         numeric_index=index,
+        m_numeric=np.array([m[name] for name in index], dtype=np.float64),
+        coarse_lengths=np.diff(ints([*coarse_feature_starts, n_coarse])),
     )
 
 
@@ -267,6 +273,43 @@ def _bins_test(cal: Calibration, name: str, r: IntArray, w: Any, n: int, m: int)
     return _Test(name, "bins", p, n, m, dof=k - 1)
 
 
+class _NumericTests:
+    """The textbook p-values of every numeric feature's tests in one window, computed together.
+
+    Per feature these are exactly what :func:`_bins_test` and the binned KS compute one feature at
+    a time (the same float operations in the same order, so the same bits while a window's and the
+    reference's sizes multiply to less than 2**53; a unit test checks it), as a few array
+    operations instead of some thirty calls a feature. ``bins_ok`` marks the
+    features whose PSI bins need no pooling (the usual case in a window of some size): the others
+    take :func:`_bins_test`.
+    """
+
+    def __init__(self, plan: _Plan, w_fine: npt.NDArray[np.float64], w_coarse: npt.NDArray[np.float64] | None):
+        m = plan.m_numeric
+        n = np.add.reduceat(w_fine, plan.fine_starts)  # each feature's events (integer sums: exact)
+        lengths = plan.coarse_lengths
+        self.dof = lengths - 1
+        self.bins_ok = np.zeros(len(m), dtype=bool)
+        self.bins_p = np.full(len(m), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.n_e = n * m / (n + m)  # (as _effective: the same correctly rounded quotient)
+            self.ks_scale = ks_scale(self.n_e)
+            if w_coarse is None:  # (PSI off: no bins test)
+                return
+            r = plan.r_coarse
+            # pool_cells(r, max(1, round(n_e))): no bucket expected below MIN_EXPECTED -> a cell each
+            expected = np.repeat(np.maximum(1.0, np.round(self.n_e)), lengths) * r / np.repeat(m, lengths)
+            pooled = np.logical_or.reduceat(expected < MIN_EXPECTED, plan.coarse_feature_starts)
+            self.bins_ok = ~pooled & (lengths >= 2) & (n > 0)
+            # chi_square_statistic(r, w) of each feature's bins
+            col = r + w_coarse
+            share_r, share_w = np.repeat(m / (m + n), lengths), np.repeat(n / (m + n), lengths)
+            terms = (r - col * share_r) ** 2 / (col * share_r) + (w_coarse - col * share_w) ** 2 / (col * share_w)
+        bounds = np.append(plan.coarse_feature_starts, len(terms)).tolist()
+        x2 = np.array([terms[a:b].sum() for a, b in itertools.pairwise(bounds)])  # (as 1-D sums)
+        self.bins_p = chi2_textbook_p(x2, self.dof)
+
+
 def _measure(
     layout: Layout, counts: IntArray, cfg: StatisticsConfig, raw: Mapping[str, Sequence[float]] | None
 ) -> tuple[list[_Test], list[_Verdict]]:
@@ -274,13 +317,16 @@ def _measure(
     plan = _plan(layout)
     cal = _calibration(layout)
     psi_num = ks_num = None
+    numeric: _NumericTests | None = None
     if len(plan.fine):
         w_fine = counts[plan.fine].astype(np.float64)
+        w_coarse = None
         if cfg.psi.enabled:
             w_coarse = np.add.reduceat(w_fine, plan.coarse_starts)
             psi_num = psi_many(plan.r_coarse, w_coarse, plan.coarse_feature_starts, cfg.psi.epsilon)[0]
         if cfg.ks.enabled:
             ks_num = ks_statistic_many(plan.r_fine, w_fine, plan.fine_starts)
+        numeric = _NumericTests(plan, w_fine, w_coarse)
     tests: list[_Test] = []
     verdicts: list[_Verdict] = []
 
@@ -303,9 +349,12 @@ def _measure(
             j = plan.numeric_index[name]
             if cfg.psi.enabled:
                 if enough:
-                    assert psi_num is not None
-                    w_psi = coarse_counts(profile, w)
-                    t = add(_bins_test(cal, name, plan.r_psi[name], w_psi, n, m))
+                    assert psi_num is not None and numeric is not None
+                    if numeric.bins_ok[j]:
+                        p = cal.p_value(name, "bins", float(numeric.bins_p[j]), float(numeric.n_e[j]))
+                        t = add(_Test(name, "bins", p, n, m, dof=int(numeric.dof[j])))
+                    else:
+                        t = add(_bins_test(cal, name, plan.r_psi[name], coarse_counts(profile, w), n, m))
                     value = float(psi_num[j])
                     verdicts.append(_Verdict(name, "psi", "psi_coarse", value, value, t, m, n, n_missing))
                 else:
@@ -323,9 +372,9 @@ def _measure(
                     d, p = ks_exact(profile.values, values[np.isfinite(values)])
                     t = add(_Test(name, "ks_exact", p, n, m))
                 else:
-                    assert ks_num is not None
+                    assert ks_num is not None and numeric is not None
                     d = float(ks_num[j])
-                    p_text = float(ks_textbook_p(d, n_e))
+                    p_text = float(_sp.kolmogorov(numeric.ks_scale[j] * d))  # (ks_textbook_p(d, n_e))
                     t = add(_Test(name, "ks", cal.p_value(name, "ks", p_text, n_e), n, m))
                 verdicts.append(_Verdict(name, "ks", method, d, d, t, m, n, n_missing))
             continue
@@ -379,10 +428,10 @@ def _critical(cal: Calibration, test: _Test, level: float) -> float:
                 lo = mid + 1
         return lo / test.n
     if test.kind == "ks_exact":
-        return float(_sp.kolmogi(level)) / ks_scale(n_e)
+        return float(_sp.kolmogi(level)) / float(ks_scale(n_e))
     p_text = cal.textbook_level(test.feature, test.kind, level, n_e)
     if test.kind == "ks":
-        return float(_sp.kolmogi(p_text)) / ks_scale(n_e)
+        return float(_sp.kolmogi(p_text)) / float(ks_scale(n_e))
     return float(_sp.chdtri(test.dof, p_text))  # bins: X²
 
 

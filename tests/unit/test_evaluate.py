@@ -371,3 +371,52 @@ def test_window_records_schema_and_alert_ids() -> None:
 def test_segment_label() -> None:
     assert segment_label({}) == "__all__"
     assert segment_label({"b": "2", "a": "1"}) == "a=1,b=2"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_numeric_tests_computed_together_equal_the_per_feature_path_to_the_bit(seed: int) -> None:
+    # _NumericTests does what _bins_test and the binned KS do one feature at a time; here each
+    # test of _measure is recomputed the one-feature way and must be equal (==, not approx):
+    # windows from tiny (PSI bins pooled) to large (none pooled), with missing values, shifted
+    from detectors.calibration import ks_textbook_p
+    from detectors.evaluate import _bins_test, _effective, _measure, _plan
+    from detectors.statistics import ks_statistic_many
+
+    rng = np.random.default_rng(seed)
+    m = 4000
+    cols = {f"x{j}": rng.normal(size=m) * (1 + j) for j in range(5)}
+    cols["k"] = rng.integers(0, 4, size=m).astype(float)  # few values: few PSI bins
+    ref = ReferenceProfile.build(cols, calibration_replicates=500)
+    layout = Layout(ref)
+    cal = ref.calibration
+    assert cal is not None
+    plan = _plan(layout)
+    cfg = _cfg(min_events=1)
+    pooled_seen = unpooled_seen = 0
+    for n in (3, 12, 40, 150, 900, 6000):
+        window = {f"x{j}": rng.normal(0.3 * (j % 2), 1 + j, n) for j in range(5)}
+        window["k"] = rng.integers(0, 5, size=n).astype(float)
+        window["x1"][: n // 4] = np.nan  # missing values: another n for this feature
+        counts = layout.histogram(window).counts
+        tests, _verdicts = _measure(layout, counts, cfg, None)
+        got = {(t.feature, t.kind): t for t in tests}
+        for name in layout.numeric:
+            profile = ref.features[name]
+            assert isinstance(profile, NumericProfile)
+            w = layout.slot(counts, name)[: profile.n_bins]
+            k = int(w.sum())
+            mm = plan.m[name]
+            want = _bins_test(cal, name, plan.r_psi[name], coarse_counts(profile, w), k, mm)
+            if want is None:
+                assert (name, "bins") not in got
+            else:
+                assert got[(name, "bins")] == want
+                cells = int(want.dof) + 1
+                pooled_seen += cells < len(plan.r_psi[name])
+                unpooled_seen += cells == len(plan.r_psi[name])
+            r_fine = np.asarray(profile.counts, dtype=np.float64)
+            d = float(ks_statistic_many(r_fine, w.astype(np.float64), np.zeros(1, dtype=np.intp))[0])
+            n_e = _effective(k, mm)
+            p = cal.p_value(name, "ks", float(ks_textbook_p(d, n_e)), n_e)
+            assert got[(name, "ks")].p == p
+    assert pooled_seen and unpooled_seen  # both paths were taken
