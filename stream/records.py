@@ -46,12 +46,17 @@ def _no_default(o: Any) -> Any:
     raise TypeError(f"a record field cannot be a {type(o).__name__}")
 
 
+#: ``json.dumps(..., separators=(",", ":"), allow_nan=False, default=_no_default)``, made once (``dumps``
+#: with options makes a new encoder per call, which costs as much as encoding a record)
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_no_default)
+
+
 def record_line(record: Mapping[str, Any]) -> str:
     """One record as one line of strict JSON (no trailing newline)."""
     try:
-        return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_no_default)
+        return _JSON.encode(record)
     except ValueError:  # a non-finite float: undefined
-        return json.dumps(defined(record), separators=(",", ":"), allow_nan=False, default=_no_default)
+        return _JSON.encode(defined(record))
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
