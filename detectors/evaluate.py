@@ -629,8 +629,12 @@ def alert_id(record: Mapping[str, Any]) -> str:
         parts += [record["model_name"], record.get("model_version")]
     if record.get("window_index") is not None:  # count windows with tied times differ only here
         parts.append(record["window_index"])
-    key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    key = _KEY_JSON.encode(parts)
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"))`` made once (a window's records each take a key)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def make_alert(record: Mapping[str, Any], detected_at_ms: int) -> dict[str, Any]:

@@ -739,7 +739,10 @@ class DriftConsumer:
         st.batches += 1
         st.messages += len(data)
         values: list[bytes | None] = list(map(Message.value, data))
-        part_arr = np.fromiter(map(Message.partition, data), dtype=np.int64, count=len(data))  # always set on a message
+        if len(self.partitions) == 1:  # a topic of one partition: every message is of it (none read one by one)
+            part_arr = np.full(len(data), next(iter(self.partitions)), dtype=np.int64)
+        else:
+            part_arr = np.fromiter(map(Message.partition, data), dtype=np.int64, count=len(data))  # (always set)
         # Kafka timestamps: event times too far ahead of theirs are rejected (and, if configured, they stand
         # in for missing event times)
         kts = [ts if ts_type != 0 and ts >= 0 else None for ts_type, ts in map(Message.timestamp, data)]
