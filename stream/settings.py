@@ -37,13 +37,34 @@ from stream.exceptions import ConfigError
 ENV_PREFIX = "STREAMDRIFT_"
 SERVE_SECTIONS = ("kafka", "outputs", "metrics", "state", "mlflow", "schema_registry")
 
+#: ``kafka.extra`` settings that shape the connection: the start-up broker check
+#: (:mod:`stream.service.connect`) uses them as the consumer does
+CONNECTION_EXTRA = (
+    "client.id",
+    "client.rack",
+    "broker.address.family",
+    "socket.timeout.ms",
+    "api.version.request",
+    "ssl.endpoint.identification.algorithm",
+    "ssl.cipher.suites",
+    "ssl.crl.location",
+    "enable.ssl.certificate.verification",
+    "sasl.kerberos.service.name",
+    "sasl.kerberos.principal",
+    "sasl.kerberos.keytab",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.token.endpoint.url",
+    "sasl.oauthbearer.scope",
+    "debug",
+)
+
 #: librdkafka settings a user may pass through ``kafka.extra`` (tuning and TLS/SASL details).
 #: Keys that would break the consumer's guarantees (auto commit, offset store, group id,
 #: callbacks) are not on the list; neither are secrets, which have their own typed fields.
 ALLOWED_EXTRA = frozenset(
     {
-        "client.id",
-        "client.rack",
+        *CONNECTION_EXTRA,
         "session.timeout.ms",
         "heartbeat.interval.ms",
         "max.poll.interval.ms",
@@ -58,30 +79,15 @@ ALLOWED_EXTRA = frozenset(
         "queued.min.messages",
         "queued.max.messages.kbytes",
         "receive.message.max.bytes",
-        "socket.timeout.ms",
         "socket.keepalive.enable",
         "reconnect.backoff.ms",
         "reconnect.backoff.max.ms",
         "metadata.max.age.ms",
         "topic.metadata.refresh.interval.ms",
         "statistics.interval.ms",
-        "api.version.request",
-        "broker.address.family",
-        "ssl.endpoint.identification.algorithm",
-        "ssl.cipher.suites",
-        "ssl.crl.location",
-        "enable.ssl.certificate.verification",
-        "sasl.kerberos.service.name",
-        "sasl.kerberos.principal",
-        "sasl.kerberos.keytab",
-        "sasl.oauthbearer.method",
-        "sasl.oauthbearer.client.id",
-        "sasl.oauthbearer.token.endpoint.url",
-        "sasl.oauthbearer.scope",
         "linger.ms",
         "compression.type",
         "message.max.bytes",
-        "debug",
     }
 )
 

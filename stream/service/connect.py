@@ -18,30 +18,9 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from stream.exceptions import ConfigError
-from stream.settings import KafkaConfig
+from stream.settings import CONNECTION_EXTRA, KafkaConfig
 
 log = logging.getLogger("streamdrift.connect")
-
-#: ``kafka.extra`` settings that shape the connection, used by the check as by the consumer
-CONNECTION_EXTRA = (
-    "client.id",
-    "client.rack",
-    "broker.address.family",
-    "socket.timeout.ms",
-    "api.version.request",
-    "ssl.endpoint.identification.algorithm",
-    "ssl.cipher.suites",
-    "ssl.crl.location",
-    "enable.ssl.certificate.verification",
-    "sasl.kerberos.service.name",
-    "sasl.kerberos.principal",
-    "sasl.kerberos.keytab",
-    "sasl.oauthbearer.method",
-    "sasl.oauthbearer.client.id",
-    "sasl.oauthbearer.token.endpoint.url",
-    "sasl.oauthbearer.scope",
-    "debug",
-)
 
 
 def check_broker(kafka: KafkaConfig, topic: str) -> None:
