@@ -173,21 +173,23 @@ def concept_stream(monitor: Monitor, d: Decoded) -> np.ndarray | None:
 def stateful_batch(
     pdfs: Iterator[Any],
     state: Any,
-    restore: Callable[[bytes | None], Any],
+    kind: Any,
+    fingerprint: str,
     step: Callable[[Any, Any, int], list[Any]],
     wake: Callable[[Any], int | None],
 ) -> list[Any]:
     """The frame of every ``applyInPandasWithState`` function of the jobs: the group's state restored
-    (``restore(None)`` when it has none), this call's rows concatenated (None without any), ``step``
-    at the operator's watermark, a timeout just before the next instant ``wake`` names (Spark calls
-    again once its watermark passes it), the state saved; returns ``step``'s output."""
+    (``kind.from_bytes(saved, fingerprint)``, or a new ``kind(fingerprint)`` when it has none), this
+    call's rows concatenated (None without any), ``step`` at the operator's watermark, a timeout just
+    before the next instant ``wake`` names (Spark calls again once its watermark passes it), the state
+    saved (``to_bytes``); returns ``step``'s output."""
     import warnings
 
     import pandas as pd
 
     # pyspark pads these functions' output with all-null rows and concatenates (its own FutureWarning)
     warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation with empty", FutureWarning)
-    st = restore(state.get[0] if state.exists else None)
+    st = kind.from_bytes(state.get[0], fingerprint) if state.exists else kind(fingerprint)
     frames = [p for p in pdfs if len(p)]
     rows = pd.concat(frames, ignore_index=True) if frames else None
     watermark = int(state.getCurrentWatermarkMs())

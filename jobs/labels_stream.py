@@ -209,12 +209,7 @@ class PerformanceStep:
     def __call__(self, key: Any, pdfs: Iterator[Any], state: Any) -> Iterator[Any]:
         import pandas as pd
 
-        fp = self.monitor.reference.fingerprint
-
-        def restore(saved: bytes | None) -> PerfState:
-            return (PerfState.from_bytes(saved, fp) if saved is not None else None) or PerfState(fp)
-
-        out = stateful_batch(pdfs, state, restore, self.step, self.next_emit)
+        out = stateful_batch(pdfs, state, PerfState, self.monitor.reference.fingerprint, self.step, self.next_emit)
         yield pd.DataFrame(
             {
                 "kind": pd.Series([r[0] for r in out], dtype=object),

@@ -164,13 +164,8 @@ class WindowStep:
     def __call__(self, key: Any, pdfs: Iterator[Any], state: Any) -> Iterator[Any]:
         import pandas as pd
 
-        fp = self.monitor.reference.fingerprint
-
-        def restore(saved: bytes | None) -> StreamState:
-            return (StreamState.from_bytes(saved, fp) if saved is not None else None) or StreamState(fp)
-
         # (next_close: Spark calls again once its watermark reaches the next window end)
-        out = stateful_batch(pdfs, state, restore, self.step, self.next_close)
+        out = stateful_batch(pdfs, state, StreamState, self.monitor.reference.fingerprint, self.step, self.next_close)
         yield pd.DataFrame(
             {
                 "kind": pd.Series([r["kind"] for r in out], dtype=object),
