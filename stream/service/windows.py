@@ -185,7 +185,10 @@ class WindowManager:
         return seen is None or self.clock() - seen >= self.idle_s
 
     def watermark(self) -> int | None:
-        """min watermark over the active partitions (None while nothing can close)."""
+        """min watermark over the active partitions (None while nothing can close). When every
+        partition is idle the stream has paused and none holds windows back: the largest watermark
+        of those that had events (so the windows their events completed close, whichever partition
+        went idle last)."""
         now = self.clock()
         marks: list[int] = []
         for p, seen in self.last_seen.items():
@@ -193,9 +196,9 @@ class WindowManager:
                 if p not in self.max_time:
                     return None
                 marks.append(self.max_time[p])
-        if not marks:
-            return None
-        return min(marks) - self.lateness_ms
+        if marks:
+            return min(marks) - self.lateness_ms
+        return max(self.max_time.values()) - self.lateness_ms if self.max_time else None
 
     # -- updates ------------------------------------------------------------------------
     def _segment_rows(self, cols: EventColumns, rows: npt.NDArray[np.int64]) -> tuple[Any, Any]:

@@ -274,6 +274,23 @@ def test_idle_partition_stops_holding_windows_back() -> None:
     assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms.max())
 
 
+def test_windows_close_when_every_partition_has_gone_idle() -> None:
+    """Liveness: a silent partition and a stream that stops (all its events within idle_timeout of
+    the silent one's assignment): once both are idle, nothing holds the windows back."""
+    config = _config({"kind": "tumbling", "size": "1m", "idle_timeout": "10s"})
+    clock = FakeClock()
+    wm = WindowManager(config, Layout(REF), clock=clock)
+    wm.assign([0, 1])
+    cols = _events(500, seed=8)
+    wm.add(cols, np.zeros(len(cols), dtype=np.int64))
+    assert wm.advance() == []  # partition 1 is silent but not idle yet: it holds windows back
+    clock.now += 11  # both idle now (partition 0 delivered nothing more)
+    closed = wm.advance()
+    assert closed and max(c.end_ms for c in closed) <= int(cols.time_ms.max())
+    assert wm.frontier == int(cols.time_ms.max())
+    assert wm.advance() == []  # nothing new: nothing more closes
+
+
 def test_only_accepted_events_keep_a_partition_active() -> None:
     """Liveness: add() marks the partitions of accepted events; a partition that gets only late
     events (or, in the consumer, only rejected messages) goes idle after idle_timeout."""
