@@ -54,6 +54,12 @@ class NumericBinner:
     branch. A feature whose edges crowd more than :data:`MAX_DEPTH` into one cell even on the
     finest grid keeps ``searchsorted``. NaN goes to the missing slot, +-inf to the invalid one.
 
+    ``coded``: (slots, offset) of further columns, after the numeric ones, whose values are
+    slots already (categorical slots the consumer's decoder carries as exact small integers in
+    the same float64 matrix): each is a grid of one cell per slot (scale 1, shift 0, no edge),
+    so ``slot = offset + value`` comes out of the same passes, and a decoded (n, numeric +
+    categorical) matrix is binned whole, contiguous, with no second pass per categorical.
+
     >>> import numpy as np
     >>> p = NumericProfile("x", (0.0, 1.0, 2.0), (1, 1, 1, 1), (0, 2), 0, 0)
     >>> b = NumericBinner([p], [10])
@@ -64,19 +70,28 @@ class NumericBinner:
     GRIDS = (1024, 4096, 16384, 65536)
     MAX_DEPTH = 4
 
-    def __init__(self, profiles: Sequence[NumericProfile], offsets: Sequence[int]) -> None:
-        self.k = len(profiles)
-        self.missing = np.array([o + p.n_bins for p, o in zip(profiles, offsets, strict=True)], dtype=np.int64)
-        self.invalid = self.missing + 1
+    def __init__(
+        self, profiles: Sequence[NumericProfile], offsets: Sequence[int], coded: Sequence[tuple[int, int]] = ()
+    ) -> None:
+        self.n_numeric = len(profiles)
+        self.k = len(profiles) + len(coded)
+        # (a coded column has no missing or invalid value: -1, and indices refuses NaN or inf there)
+        self.missing = np.array(
+            [o + p.n_bins for p, o in zip(profiles, offsets, strict=True)] + [-1] * len(coded), dtype=np.int64
+        )
+        self.invalid = np.where(self.missing >= 0, self.missing + 1, -1)
         self.slow: list[tuple[int, FloatArray, int]] = []  # (column, edges, slot offset) kept on searchsorted
-        fast: list[tuple[int, float, float, int, FloatArray]] = []  # (column, scale, shift, slot offset, per cell)
+        # (column, scale, shift, slot of each cell, per-cell edges padded with +inf)
+        fast: list[tuple[int, float, float, IntArray, FloatArray]] = []
         for j, (p, off) in enumerate(zip(profiles, offsets, strict=True)):
             plan = self._plan(p.edges_array)
             if plan is None:
                 self.slow.append((j, p.edges_array, int(off)))
             else:
                 scale, shift, _cells, per_cell = plan
-                fast.append((j, scale, shift, int(off), per_cell))
+                fast.append((j, scale, shift, int(off) + self._below(per_cell), per_cell))
+        for j, (slots, off) in enumerate(coded, start=len(profiles)):
+            fast.append((j, 1.0, 0.0, int(off) + np.arange(slots, dtype=np.int64), np.full((slots, 0), np.inf)))
         self.fast_cols = np.array([f[0] for f in fast], dtype=np.int64)
         self.all_fast = len(fast) == self.k
         self.scale = np.array([f[1] for f in fast], dtype=np.float64)
@@ -87,10 +102,10 @@ class NumericBinner:
         self.base = np.arange(len(fast), dtype=np.int64) * width
         table = np.zeros(len(fast) * width, dtype=np.int64)
         bounds = np.full((self.depth, len(fast) * width), np.inf)
-        for i, (_j, _s, _b, off, per_cell) in enumerate(fast):
+        for i, (_j, _s, _b, cell_slots, per_cell) in enumerate(fast):
             c = len(per_cell)
             lo = i * width
-            table[lo : lo + c] = off + self._below(per_cell)
+            table[lo : lo + c] = cell_slots
             bounds[: per_cell.shape[1], lo : lo + c] = per_cell.T
         self.table = table
         self.bounds = bounds
@@ -166,6 +181,8 @@ class NumericBinner:
         with np.errstate(over="ignore", invalid="ignore"):
             total = float(np.add.reduce(x, axis=None))
         if not math.isfinite(total):  # some NaN or +-inf (or a sum that overflowed): fix those slots
+            if self.k > self.n_numeric and not np.isfinite(x[:, self.n_numeric :]).all():
+                raise ValueError("a coded column holds NaN or inf: its values must be slots")
             nan = np.isnan(x)
             if nan.any():
                 np.copyto(out, np.broadcast_to(self.missing, out.shape), where=nan)
@@ -177,8 +194,9 @@ class NumericBinner:
 
 class FeatureColumns(dict[str, Any]):
     """Feature columns (name -> values) that may also carry the numeric ones as one (n, k) matrix,
-    and categorical ones already binned (``codes``: name -> slot within the feature's profile in
-    ``codes_reference``).
+    and categorical ones already binned: ``codes`` (name -> slot within the feature's profile in
+    ``codes_reference``), or ``coded``, the names of the matrix's last columns, which hold such
+    slots as floats (``matrix_features`` then names every column of the matrix).
 
     The consumer's decoder fills the matrix row by row; binning it whole saves a copy per feature.
     It bins categoricals while it checks their values, so the layout need not look them up again.
@@ -191,12 +209,26 @@ class FeatureColumns(dict[str, Any]):
         matrix_features: Sequence[str] = (),
         codes: Mapping[str, IntArray] | None = None,
         codes_reference: ReferenceProfile | None = None,
+        coded: Sequence[str] = (),
     ):
         super().__init__(columns)
         self.matrix = matrix
         self.matrix_features = tuple(matrix_features)
         self.codes = dict(codes or {})
         self.codes_reference = codes_reference
+        self.coded = tuple(coded)
+        if self.coded and self.matrix_features[len(self.matrix_features) - len(self.coded) :] != self.coded:
+            raise ValueError(f"coded columns {self.coded} are not the last of the matrix's {self.matrix_features}")
+
+    def carried(self, reference: ReferenceProfile) -> Mapping[str, IntArray]:
+        """The categorical slots carried for ``reference`` (none if they were binned for another)."""
+        if self.codes_reference is not reference:
+            return {}
+        if not self.coded:
+            return self.codes
+        assert self.matrix is not None
+        first = len(self.matrix_features) - len(self.coded)
+        return {name: self.matrix[:, first + i].astype(np.int64) for i, name in enumerate(self.coded)}
 
 
 class Layout:
@@ -230,6 +262,12 @@ class Layout:
         self._num_pos = [names.index(n) for n in self.numeric]
         self._num_first = self._num_pos == list(range(len(self.numeric)))  # bin straight into out[:, :k]
         self._cat_pos = [(names.index(n), n) for n in self.categorical]
+        # a matrix of every feature (numeric, then categorical slots: FeatureColumns.coded) bins whole
+        # when the layout has them in that order; its binner is made when first needed (serve's decoder)
+        self._whole_order = (*self.numeric, *self.categorical) if self.categorical else ()
+        if self.features != self._whole_order:
+            self._whole_order = ()
+        self._whole: NumericBinner | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -249,11 +287,22 @@ class Layout:
         Numeric features are binned together by :class:`NumericBinner`, from the decoder's
         (n, numeric) matrix when ``columns`` is a :class:`FeatureColumns` carrying it.
         """
+        fc = columns if isinstance(columns, FeatureColumns) else None
+        if (
+            fc is not None
+            and fc.matrix is not None
+            and fc.matrix.shape[0] == n
+            and self._whole_order
+            and fc.matrix_features == self._whole_order
+            and fc.coded == self.categorical
+            and fc.codes_reference is self.reference
+        ):
+            return self._whole_binner().indices(fc.matrix).reshape(-1)
         out = np.empty((n, len(self.features)), dtype=np.int64)
         if self.numeric:
             matrix = None
-            if isinstance(columns, FeatureColumns) and columns.matrix_features == self.numeric:
-                matrix = columns.matrix
+            if fc is not None and fc.matrix is not None and fc.matrix_features[: len(self.numeric)] == self.numeric:
+                matrix = fc.matrix[:, : len(self.numeric)]
             if matrix is None or matrix.shape[0] != n:
                 matrix = np.empty((n, len(self.numeric)), dtype=np.float64)
                 for j, name in enumerate(self.numeric):
@@ -262,9 +311,7 @@ class Layout:
                 self._binner.indices(matrix, out[:, : len(self.numeric)])
             else:
                 out[:, self._num_pos] = self._binner.indices(matrix)
-        carried: Mapping[str, IntArray] = {}
-        if isinstance(columns, FeatureColumns) and columns.codes_reference is self.reference:
-            carried = columns.codes
+        carried = fc.carried(self.reference) if fc is not None else {}
         for j, name in self._cat_pos:
             codes = carried.get(name)
             if codes is None or len(codes) != n:
@@ -273,6 +320,17 @@ class Layout:
                 codes = p.bin_index(columns[name])
             out[:, j] = codes + self.offsets[name]
         return out.reshape(-1)
+
+    def _whole_binner(self) -> NumericBinner:
+        """The binner of a matrix of every feature, numeric values then categorical slots."""
+        if self._whole is None:
+            numeric = [p for n in self.numeric if isinstance(p := self.reference.features[n], NumericProfile)]
+            self._whole = NumericBinner(
+                numeric,
+                [self.offsets[n] for n in self.numeric],
+                [(self.reference.features[n].slot_size, self.offsets[n]) for n in self.categorical],
+            )
+        return self._whole
 
     def histogram(self, columns: Mapping[str, Any]) -> WindowState:
         """State of one group of events given as columns (feature name -> values)."""

@@ -496,7 +496,7 @@ class EventDecoder:
         k = len(good)
         fobjs = list(map(self._fobj_get, good)) if self._fobj_get is not None else good
         n_top = n_seg + (ev.prediction_field is not None) + (ev.label_field is not None) + (self._id_field is not None)
-        carried: npt.NDArray[np.int64] | None = None  # (rows, categorical) slots from the strict decoder
+        whole: npt.NDArray[np.float64] | None = None  # (rows, numeric + categorical): values, then slots
         cats: list[Any]  # a list of values per categorical (CodedColumn: the strict decoder's)
         if k and strict and self._features_tuple:
             # numeric values and categorical slots are all floats: the features structs of the
@@ -510,7 +510,7 @@ class EventDecoder:
                 obj = np.fromiter(chain.from_iterable(map(msgspec.structs.astuple, fobjs)), dtype=object, count=k * w)
                 matrix = obj.reshape(k, w).astype(np.float64)
             num = matrix[:, :n_num]
-            carried = matrix[:, n_num:].astype(np.int64)
+            whole = matrix  # (binned whole by the layout: FeatureColumns.coded)
             cats = [CodedColumn(fobjs, g) for g in self._cat_gets]
         elif k and self._features_tuple:
             # every value of the features struct in one (rows, numeric + categorical) object matrix:
@@ -529,7 +529,7 @@ class EventDecoder:
         tops = [list(map(g, good)) for g in self._top_gets] if k else [[] for _ in range(n_top)]
         if slow:
             cats = [list(c) for c in cats]  # (the strict decoder's slots are not merged: binned below)
-            carried = None
+            whole = None
             pos = np.concatenate([np.asarray(good_idx, dtype=np.int64), [i for i, _r in slow]]).astype(np.int64)
             order = np.argsort(pos, kind="stable")
             times = np.concatenate([times, [r[0] for _i, r in slow]]).astype(np.int64)[order]
@@ -544,10 +544,9 @@ class EventDecoder:
         n = len(rows)
         columns: dict[str, Any] = {name: num[:, j] for j, name in enumerate(self.numeric)}
         codes: dict[str, npt.NDArray[np.int64]] = {}
-        for j, (name, col, prof) in enumerate(zip(self.categorical, cats, self._cat_profiles, strict=True)):
-            if carried is not None:  # slots from the strict decoder, exact for every value
+        for name, col, prof in zip(self.categorical, cats, self._cat_profiles, strict=True):
+            if whole is not None:  # slots from the strict decoder, exact for every value, in the matrix
                 columns[name] = col
-                codes[name] = carried[:, j]
                 continue
             # binned here, where the values are checked: a plain column with no missing slot
             # holds only non-empty strings (no check needed); otherwise convert unless clean
@@ -581,7 +580,14 @@ class EventDecoder:
                 ids = [id_text(x) for x in ids]
         return EventColumns(
             time_ms=times,
-            features=FeatureColumns({f: columns[f] for f in self.features}, num, self.numeric, codes, self.reference),
+            features=FeatureColumns(
+                {f: columns[f] for f in self.features},
+                num if whole is None else whole,
+                self.numeric if whole is None else (*self.numeric, *self.categorical),
+                codes,
+                self.reference,
+                coded=() if whole is None else self.categorical,
+            ),
             segments=segs,
             prediction=pred,
             label=label,

@@ -258,13 +258,15 @@ class WindowManager:
     def _grouped(
         self, idx: npt.NDArray[np.int64], seg: npt.NDArray[np.int64], rows: npt.NDArray[np.int64], key2: Any
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Unique (segment, key2) groups, their count vectors and sizes: one bincount."""
+        """Unique (segment, key2) groups, their count vectors and sizes: one bincount.
+
+        ``idx`` is given up by the caller: each row's slots are moved to its group's in place."""
         uniq, inv = unique_pairs(seg, key2)
         size = self.layout.size
         whole = len(rows) == len(idx) and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == len(idx) - 1))
         flat = idx if whole else idx[rows]  # whole: rows = 0..n-1
         if len(uniq) > 1:  # (one group: its slots are the slots)
-            flat = flat + (inv * size)[:, None]
+            flat += (inv * size)[:, None]
         flat = flat.reshape(-1)
         counts = np.bincount(flat, minlength=len(uniq) * size).reshape(len(uniq), size).astype(np.int64)
         sizes = np.bincount(inv, minlength=len(uniq)).astype(np.int64)

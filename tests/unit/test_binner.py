@@ -127,3 +127,56 @@ def test_layout_uses_the_decoder_matrix_and_the_columns_alike() -> None:
         assert isinstance(p, NumericProfile)
         want = np.searchsorted(np.asarray(p.edges), cols[name], side="right") + layout.offsets[name]
         assert np.array_equal(plain.reshape(500, -1)[:, j], want)
+
+
+def test_coded_columns_are_their_slots_after_the_numeric_ones() -> None:
+    """Columns of slots (a categorical's, carried by the decoder) come out as offset + slot, in the
+    same passes as the numeric columns, however many slots they have against the numeric grid."""
+    normal = _profile("n", np.asarray(EDGE_SETS["normal"]))
+    crowded = _profile("c", np.asarray(EDGE_SETS["crowded"]))  # a searchsorted column among them
+    many = 5000  # more slots than the numeric grid has cells
+    binner = NumericBinner([normal, crowded], [0, 200], [(4, 300), (many, 400)])
+    assert binner.k == 4 and [j for j, _e, _o in binner.slow] == [1]
+    n = 3000
+    num = np.column_stack([_probe_values(EDGE_SETS["normal"], n)[:n], _probe_values(EDGE_SETS["crowded"], n)[:n]])
+    slots = np.column_stack([RNG.integers(0, 4, size=n), RNG.integers(0, many, size=n)])
+    slots[:2] = [[0, 0], [3, many - 1]]  # the first and last slot of each
+    x = np.column_stack([num, slots.astype(np.float64)])
+    want = np.column_stack([_expected([normal, crowded], [0, 200], num), slots + np.array([300, 400])])
+    assert np.array_equal(binner.indices(x), want)
+    only = NumericBinner([], [], [(4, 10)])  # slots alone
+    assert only.indices(np.array([[0.0], [3.0], [1.0]])).ravel().tolist() == [10, 13, 11]
+    x[5, 2] = np.nan  # a slot column is never missing: refused, not binned somewhere
+    with pytest.raises(ValueError, match="coded column"):
+        binner.indices(x)
+
+
+def test_layout_bins_a_whole_matrix_of_values_and_slots_like_the_columns() -> None:
+    from detectors.reference import CategoricalProfile
+
+    n = 2000
+    train = {"a": RNG.normal(size=4000), "b": RNG.lognormal(size=4000), "c": RNG.choice(list("pqrs"), size=4000)}
+    ref = ReferenceProfile.build(train, categorical=["c"])
+    cols: dict[str, object] = {
+        "a": RNG.normal(size=n),
+        "b": RNG.lognormal(size=n),
+        "c": [str(v) for v in RNG.choice(list("pqrst"), size=n)],  # "t": unseen
+    }
+    cols["a"][:3] = [np.nan, np.inf, -np.inf]  # type: ignore[index]
+    cols["c"][3:5] = [None, ""]  # type: ignore[index]
+    p = ref.features["c"]
+    assert isinstance(p, CategoricalProfile)
+    slots = p.bin_index(cols["c"])
+    whole = np.column_stack([cols["a"], cols["b"], slots.astype(np.float64)])
+    for order in (["a", "b", "c"], ["c", "b", "a"], ["b", "c", "a"]):
+        layout = Layout(ref, order)
+        plain = layout.flat_indices(cols, n)
+        carried = FeatureColumns(cols, whole, ("a", "b", "c"), None, ref, coded=("c",))
+        assert np.array_equal(layout.flat_indices(carried, n), plain), order
+        assert (layout._whole is not None) == (order == ["a", "b", "c"])  # binned whole only in its order
+    other = ReferenceProfile.build({**train, "c": RNG.choice(list("xyz"), size=4000)}, categorical=["c"])
+    layout = Layout(other, ["a", "b", "c"])  # slots of another reference's buckets: looked up again
+    stale = FeatureColumns(cols, whole, ("a", "b", "c"), None, ref, coded=("c",))
+    assert np.array_equal(layout.flat_indices(stale, n), layout.flat_indices(cols, n))
+    with pytest.raises(ValueError, match="not the last"):
+        FeatureColumns(cols, whole, ("c", "a", "b"), None, ref, coded=("c",))

@@ -78,7 +78,7 @@ def assert_same(
     np.testing.assert_array_equal(fast.prediction, slow.prediction[keep])
     np.testing.assert_array_equal(fast.label, slow.label[keep])
     # the slots the decoder carries (numeric matrix, categorical codes) bin like the reference's columns
-    assert isinstance(fast.features, FeatureColumns) and set(fast.features.codes) == {"c"}
+    assert isinstance(fast.features, FeatureColumns) and set(fast.features.carried(REF)) == {"c"}
     plain = {f: b[keep] if isinstance(b, np.ndarray) else [b[i] for i in keep] for f, b in slow.features.items()}
     np.testing.assert_array_equal(LAYOUT.flat_indices(fast.features, len(keep)), LAYOUT.flat_indices(plain, len(keep)))
 
@@ -260,6 +260,9 @@ def test_strict_batches_bin_categoricals_while_decoding(case: tuple[str, list[by
     cols, rejected = decoder(_config(time_unit=unit)).decode(msgs)
     assert not rejected and cols.rows == list(range(len(msgs)))
     assert isinstance(cols.features["c"], CodedColumn)  # the strict decoder took the batch
+    # its slots are the last column of its float matrix (numeric values, then slots), binned whole
+    assert isinstance(cols.features, FeatureColumns) and cols.features.coded == ("c",)
+    assert cols.features.matrix is not None and cols.features.matrix.shape == (len(msgs), 3)
     assert_same(msgs, _config(time_unit=unit))
 
 
