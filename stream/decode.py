@@ -13,6 +13,7 @@ Rejections carry a reason (human text) and a reason code from :data:`REASON_CODE
 
 from __future__ import annotations
 
+import array
 import json
 import re
 import time
@@ -500,15 +501,16 @@ class EventDecoder:
         cats: list[Any]  # a list of values per categorical (CodedColumn: the strict decoder's)
         if k and strict and self._features_tuple:
             # numeric values and categorical slots are all floats: the features structs of the
-            # batch go into one float64 matrix in one fromiter (a None, a missing numeric value,
-            # makes it an object matrix whose numeric block converts with None -> NaN)
+            # batch go into one float64 matrix in one conversion (a None, a missing numeric value,
+            # makes it an object matrix whose numeric block converts with None -> NaN). The slots
+            # are float-subclass enum members, which numpy's fromiter converts at 32 ns a value
+            # against 13 for a float; array.array reads them as floats (15 ns)
             w = n_num + len(self.categorical)
-            flat_values = chain.from_iterable(map(msgspec.structs.astuple, fobjs))
+            flat_values = list(chain.from_iterable(map(msgspec.structs.astuple, fobjs)))
             try:
-                matrix = np.fromiter(flat_values, dtype=np.float64, count=k * w).reshape(k, w)
+                matrix = np.frombuffer(array.array("d", flat_values), dtype=np.float64).reshape(k, w)
             except TypeError:
-                obj = np.fromiter(chain.from_iterable(map(msgspec.structs.astuple, fobjs)), dtype=object, count=k * w)
-                matrix = obj.reshape(k, w).astype(np.float64)
+                matrix = np.array(flat_values, dtype=object).reshape(k, w).astype(np.float64)
             num = matrix[:, :n_num]
             whole = matrix  # (binned whole by the layout: FeatureColumns.coded)
             cats = [CodedColumn(fobjs, g) for g in self._cat_gets]
