@@ -263,9 +263,14 @@ class Layout:
         self._num_first = self._num_pos == list(range(len(self.numeric)))  # bin straight into out[:, :k]
         self._cat_pos = [(names.index(n), n) for n in self.categorical]
         # a matrix of every feature (numeric, then categorical slots: FeatureColumns.coded) bins whole
-        # when the layout has them in that order; its binner is made when first needed (serve's decoder)
+        # when the layout has them in that order; its binner is made when first needed (serve's decoder).
+        # Its table is (features x widest grid): a categorical with more slots than the finest numeric
+        # grid has cells (a huge top_n) would widen it for every feature, so such a layout does not
         self._whole_order = (*self.numeric, *self.categorical) if self.categorical else ()
-        if self.features != self._whole_order:
+        widest = NumericBinner.GRIDS[-1] + 2
+        if self.features != self._whole_order or any(
+            reference.features[n].slot_size > widest for n in self.categorical
+        ):
             self._whole_order = ()
         self._whole: NumericBinner | None = None
 

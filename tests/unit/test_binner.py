@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detectors.histogram import FeatureColumns, Layout, NumericBinner
-from detectors.reference import NumericProfile, ReferenceProfile, quantile_edges
+from detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile, quantile_edges
 
 pytestmark = pytest.mark.unit
 
@@ -152,8 +152,6 @@ def test_coded_columns_are_their_slots_after_the_numeric_ones() -> None:
 
 
 def test_layout_bins_a_whole_matrix_of_values_and_slots_like_the_columns() -> None:
-    from detectors.reference import CategoricalProfile
-
     n = 2000
     train = {"a": RNG.normal(size=4000), "b": RNG.lognormal(size=4000), "c": RNG.choice(list("pqrs"), size=4000)}
     ref = ReferenceProfile.build(train, categorical=["c"])
@@ -180,3 +178,22 @@ def test_layout_bins_a_whole_matrix_of_values_and_slots_like_the_columns() -> No
     assert np.array_equal(layout.flat_indices(stale, n), layout.flat_indices(cols, n))
     with pytest.raises(ValueError, match="not the last"):
         FeatureColumns(cols, whole, ("c", "a", "b"), None, ref, coded=("c",))
+
+
+def test_a_categorical_wider_than_the_finest_grid_is_not_binned_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A categorical with more slots than the finest numeric grid has cells would widen the whole
+    binner's table for every feature: that layout keeps per-feature categorical binning. (The grids
+    are made small here so that a categorical of a hundred slots is that wide.)"""
+    monkeypatch.setattr(NumericBinner, "GRIDS", (16, 64))
+    train = {"a": RNG.normal(size=4000), "c": [f"v{i % 120}" for i in range(4000)]}
+    narrow = ReferenceProfile.build(train, categorical=["c"], top_n=40)  # 44 slots: binned whole
+    wide = ReferenceProfile.build(train, categorical=["c"], top_n=100)  # 104 slots > 64 + 2
+    cols: dict[str, object] = {"a": RNG.normal(size=300), "c": [f"v{i}" for i in RNG.integers(0, 130, 300)]}
+    for ref, binned_whole in ((narrow, True), (wide, False)):
+        p = ref.features["c"]
+        assert isinstance(p, CategoricalProfile)
+        layout = Layout(ref, ["a", "c"])
+        whole = np.column_stack([cols["a"], p.bin_index(cols["c"]).astype(np.float64)])
+        carried = FeatureColumns(cols, whole, ("a", "c"), None, ref, coded=("c",))
+        assert np.array_equal(layout.flat_indices(carried, 300), layout.flat_indices(cols, 300))
+        assert (layout._whole is not None) == binned_whole, p.slot_size
