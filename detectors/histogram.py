@@ -265,7 +265,8 @@ class Layout:
         # a matrix of every feature (numeric, then categorical slots: FeatureColumns.coded) bins whole
         # when the layout has them in that order; its binner is made when first needed (serve's decoder).
         # Its table is (features x widest grid): a categorical with more slots than the finest numeric
-        # grid has cells (a huge top_n) would widen it for every feature, so such a layout does not
+        # grid has cells (a huge top_n) would widen it for every feature, so such a layout bins the
+        # categoricals one by one instead
         self._whole_order = (*self.numeric, *self.categorical) if self.categorical else ()
         widest = NumericBinner.GRIDS[-1] + 2
         if self.features != self._whole_order or any(
@@ -290,7 +291,9 @@ class Layout:
         """(n, features) matrix of absolute slot indices, flattened row-major.
 
         Numeric features are binned together by :class:`NumericBinner`, from the decoder's
-        (n, numeric) matrix when ``columns`` is a :class:`FeatureColumns` carrying it.
+        (n, numeric) matrix when ``columns`` is a :class:`FeatureColumns` carrying it; a matrix of
+        every feature with the categoricals' slots last (``coded``, for this reference and in this
+        layout's order) is binned whole, in one set of passes.
         """
         fc = columns if isinstance(columns, FeatureColumns) else None
         if (
