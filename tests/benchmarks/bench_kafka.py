@@ -12,11 +12,14 @@ it with the sum of the data it produced, so a decoder that drops or garbles valu
 The floor's decoder is the fastest found here: msgspec typed Structs with ``gc=False``,
 one ``decode`` per message through ``map`` (faster than one decode of the batch joined into
 a JSON array: 1.9-2.1 against 2.8-2.9 us per mixed event, 1.30-1.36 against 1.41-1.64 per
-numeric one), then the features struct's values of the whole batch into one array in one
-``np.fromiter``: float64 (n, 20) directly for the numeric variant; for the mixed one an
-object (n, 25) array whose numeric block converts to float64 at once and whose categorical
-columns become lists. Timestamps go to int64. Missing numeric values decode as None and
-become NaN. The process runs with serve's garbage-collector settings.
+numeric one), then the features struct's values of the whole batch flattened into one list;
+for the mixed variant each categorical column is an extended slice of it (a list of strings)
+and is deleted from it; the numeric values left are packed as C doubles by one ``struct``
+call into a float64 (n, 20) array. That conversion beats ``np.fromiter`` (305 against 348 ns a
+numeric event) and, for the mixed variant, an object array whose numeric block is cast
+(1.46 against 1.60 us an event, decode included). Timestamps go to int64. Missing numeric
+values decode as None and become NaN. The process runs with serve's garbage-collector
+settings.
 
 The floor knows the events' schema (field names and types), not their values: categorical
 values decode to strings. Serve also knows the reference profile, and its strict decoder
@@ -29,8 +32,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import struct
 import sys
 import time
+from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
 from typing import Any
@@ -129,6 +134,12 @@ def make_decoder(mixed: bool) -> tuple[Any, Any]:
     return msgspec.json.Decoder(event), feats
 
 
+@lru_cache(maxsize=8)
+def doubles(n: int) -> struct.Struct:
+    """The packer of ``n`` native doubles (a batch's values)."""
+    return struct.Struct(f"{n}d")
+
+
 def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
     from confluent_kafka import Message
 
@@ -149,18 +160,17 @@ def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
         events = list(map(decode, map(value, msgs)))
         m = len(events)
         ts = np.fromiter(map(get_ts, events), dtype=np.int64, count=m)
-        flat = chain.from_iterable(map(astuple, map(get_features, events)))
-        if mixed:
-            table = np.fromiter(flat, dtype=object, count=m * w).reshape(m, w)
-            x = table[:, :k].astype(np.float64)
-            cats = [table[:, j].tolist() for j in range(k, w)]
+        flat = list(chain.from_iterable(map(astuple, map(get_features, events))))
+        if mixed:  # each categorical column is an extended slice of the flat values; what remains is numeric
+            cats = [flat[j::w] for j in range(k, w)]
+            for j in range(w - 1, k - 1, -1):
+                del flat[j :: j + 1]
             seg = list(map(get_segment, events))
             n_cat += sum(len(c) for c in cats) + len(seg)
-        else:
-            try:
-                x = np.fromiter(flat, dtype=np.float64, count=m * k).reshape(m, k)
-            except TypeError:  # a None (missing value): the conversion that maps it to NaN
-                x = np.array([astuple(f) for f in map(get_features, events)], dtype=np.float64)
+        try:
+            x = np.frombuffer(doubles(m * k).pack(*flat), dtype=np.float64).reshape(m, k)
+        except struct.error:  # a None (missing value): the conversion that maps it to NaN
+            x = np.array(flat, dtype=np.float64).reshape(m, k)
         sums.__iadd__(x.sum(axis=0))
         rows += len(x)
         last_ts = int(ts[-1])
