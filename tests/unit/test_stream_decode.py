@@ -467,3 +467,23 @@ def test_nesting_bound_per_batch_does_not_reject_shallow_messages() -> None:
     cols, rejected = EventDecoder(_config(), REF, FEATURES).decode([shallow] * 50 + [deep] + [shallow] * 50)
     assert cols.rows == [i for i in range(101) if i != 50]
     assert [(r.index, r.code) for r in rejected] == [(50, "too_large")]
+
+
+def test_numeric_only_batches_convert_missing_values_to_nan() -> None:
+    """The numeric-only strict path packs a batch's values as doubles; a batch with a missing value
+    (None) takes the conversion that maps it to NaN. Both equal the reference path value by value."""
+    numeric = ["x", "y"]
+    cfg = _config(segment_fields=[], prediction_field=None, label_field=None)
+    full = [json.dumps({"timestamp": T0 + i, "features": {"x": i / 7, "y": -i * 1e300}}).encode() for i in range(50)]
+    holed = [*full[:20], json.dumps({"timestamp": T0, "features": {"x": None, "y": 2.5}}).encode(), *full[20:]]
+    for msgs in (full, holed):
+        dec = EventDecoder(cfg, REF, numeric, wall_clock=lambda: NOW / 1000)
+        cols, rejected = dec.decode(msgs)
+        slow, errors = reference_decode(msgs, cfg, REF, numeric, None, NOW)
+        assert rejected == [] and errors == [] and cols.rows == slow.rows == list(range(len(msgs)))
+        for f in numeric:
+            got = cols.features[f]
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, slow.features[f])
+    assert math.isnan(float(cols.features["x"][20])) and float(cols.features["y"][20]) == 2.5
+    assert float(cols.features["y"][49]) == -48 * 1e300
