@@ -286,9 +286,8 @@ class EventDecoder:
             if nested and not self.categorical:  # the features struct is exactly the numeric fields, in order
                 self._num_tuple = msgspec.structs.astuple
         self._cat_gets = [attrgetter(src[f]) for f in self.categorical]
-        # the strict decoder's categoricals read from the event itself (CodedColumn), with no list of
-        # the features structs made per batch
-        self._coded_gets = list(self._cat_gets)
+        # the strict decoder's categoricals (nested features only: _features_tuple) read from the event
+        # itself (CodedColumn), with no list of the features structs made per batch
         if ev.features_field is not None:
             via = top_attrs[ev.features_field]
             self._coded_gets = [attrgetter(f"{via}.{src[f]}") for f in self.categorical]
@@ -486,7 +485,7 @@ class EventDecoder:
         """(rows, numeric) float64 matrix; a missing value (None) becomes NaN."""
         k, n_num = len(fobjs), len(self.numeric)
         try:  # no None among the values: the flattened rows packed as doubles
-            packed = _doubles(k * n_num).pack(*list(chain.from_iterable(map(self._num_tuple, fobjs))))
+            packed = doubles(k * n_num).pack(*list(chain.from_iterable(map(self._num_tuple, fobjs))))
         except struct.error:  # None: take the slower conversion that maps None to NaN
             return np.array(list(map(self._num_get, fobjs)), dtype=np.float64).reshape(k, n_num)
         return np.frombuffer(packed, dtype=np.float64).reshape(k, n_num)
@@ -510,15 +509,15 @@ class EventDecoder:
         if k and strict and self._features_tuple:
             # numeric values and categorical slots are all floats: the features structs of the
             # batch go into one float64 matrix in one conversion (a None, a missing numeric value,
-            # makes it an object matrix whose numeric block converts with None -> NaN). The slots
+            # takes numpy's list conversion, which makes it NaN). The slots
             # are float-subclass enum members, which numpy's fromiter converts at 32 ns a value
             # against 13 for a float; struct packs any float as a C double (6 ns)
             w = n_num + len(self.categorical)
             flat_values = list(chain.from_iterable(map(msgspec.structs.astuple, fobjs)))
             try:
-                matrix = np.frombuffer(_doubles(k * w).pack(*flat_values), dtype=np.float64).reshape(k, w)
+                matrix = np.frombuffer(doubles(k * w).pack(*flat_values), dtype=np.float64).reshape(k, w)
             except struct.error:
-                matrix = np.array(flat_values, dtype=object).reshape(k, w).astype(np.float64)
+                matrix = np.array(flat_values, dtype=np.float64).reshape(k, w)
             num = matrix[:, :n_num]
             whole = matrix  # (binned whole by the layout: FeatureColumns.coded)
             cats = [CodedColumn(good, g) for g in self._coded_gets]
@@ -721,10 +720,11 @@ def _one_tuple(get: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 @lru_cache(maxsize=8)
-def _doubles(n: int) -> struct.Struct:
+def doubles(n: int) -> struct.Struct:
     """The packer of ``n`` native doubles: it converts a batch's flattened values (floats, and float
     subclasses such as the slots) to float64 at about 6 ns a value, against 13 for numpy's
-    ``fromiter`` on plain floats; a None raises ``struct.error``. Batches are mostly of a few sizes."""
+    ``fromiter`` on plain floats; a None raises ``struct.error``. Batches are mostly of a few sizes.
+    (The benchmark's floor uses it too.)"""
     return struct.Struct(f"{n}d")
 
 

@@ -35,7 +35,6 @@ import json
 import struct
 import sys
 import time
-from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
 from typing import Any
@@ -44,6 +43,7 @@ import msgspec
 import numpy as np
 
 from stream.cli.serve import GC_THRESHOLD
+from stream.decode import doubles
 from tests.benchmarks.bench_common import CATEGORICAL, NUMERIC, fast_fetch_config
 
 BATCH = 10_000
@@ -132,12 +132,6 @@ def make_decoder(mixed: bool) -> tuple[Any, Any]:
         ev_fields.append(("segment", str | None, None))
     event = msgspec.defstruct("Event", ev_fields, gc=False)
     return msgspec.json.Decoder(event), feats
-
-
-@lru_cache(maxsize=8)
-def doubles(n: int) -> struct.Struct:
-    """The packer of ``n`` native doubles (a batch's values)."""
-    return struct.Struct(f"{n}d")
 
 
 def floor(bootstrap: str, topic: str, n: int, mixed: bool) -> dict[str, Any]:
