@@ -184,6 +184,12 @@ class _Plan:
     numeric_index: dict[str, int]  # numeric feature -> its position among the numeric features
     m_numeric: npt.NDArray[np.float64]  # reference size of each numeric feature, in that order
     coarse_lengths: IntArray  # PSI bins of each numeric feature
+    seen: IntArray  # positions of the categorical features' seen buckets in a count vector, end to end
+    seen_starts: IntArray  # where each categorical feature starts in that gather
+    r_seen: npt.NDArray[np.float64]  # their reference counts, end to end
+    categorical_index: dict[str, int]  # categorical feature -> its position among the categorical features
+    m_categorical: npt.NDArray[np.float64]  # reference size of each categorical feature, in that order
+    seen_lengths: IntArray  # seen buckets of each categorical feature
 
 
 @functools.lru_cache(maxsize=32)
@@ -198,7 +204,11 @@ def _plan(layout: Layout) -> _Plan:
     r_all: dict[str, IntArray] = {}
     r_psi: dict[str, IntArray] = {}
     index: dict[str, int] = {}
-    at = n_coarse = 0
+    seen: list[IntArray] = []
+    seen_starts: list[int] = []
+    r_seen: list[npt.NDArray[np.float64]] = []
+    categorical_index: dict[str, int] = {}
+    at = n_coarse = at_seen = 0
     for name in layout.features:
         profile = layout.reference.features[name]
         r = np.asarray(profile.counts, dtype=np.int64)
@@ -218,6 +228,12 @@ def _plan(layout: Layout) -> _Plan:
             at += nb
         else:
             r_all[name] = r_psi[name] = r[:-1]  # the seen buckets: __unseen__ is a test of its own
+            categorical_index[name] = len(seen)
+            o = layout.offsets[name]
+            seen.append(np.arange(o, o + len(r) - 1, dtype=np.intp))
+            seen_starts.append(at_seen)
+            r_seen.append(r[:-1].astype(np.float64))
+            at_seen += len(r) - 1
 
     def ints(x: Sequence[int]) -> IntArray:
         return np.asarray(x, dtype=np.intp)
@@ -236,6 +252,12 @@ def _plan(layout: Layout) -> _Plan:
         numeric_index=index,
         m_numeric=np.array([m[name] for name in index], dtype=np.float64),
         coarse_lengths=np.diff(ints([*coarse_feature_starts, n_coarse])),
+        seen=np.concatenate(seen) if seen else ints([]),
+        seen_starts=ints(seen_starts),
+        r_seen=np.concatenate(r_seen) if r_seen else empty,
+        categorical_index=categorical_index,
+        m_categorical=np.array([m[name] for name in categorical_index], dtype=np.float64),
+        seen_lengths=np.diff(ints([*seen_starts, at_seen])),
     )
 
 
@@ -310,6 +332,44 @@ class _NumericTests:
         self.bins_p = chi2_textbook_p(x2, self.dof)
 
 
+class _CategoricalTests:
+    """The categorical features' X², PSI and (where no bucket needs pooling) bins test in one
+    window, computed together.
+
+    As :class:`_NumericTests`: per feature these are exactly what :func:`chi_square_statistic`,
+    :func:`psi` and :func:`_bins_test` compute one feature at a time (the same float operations in
+    the same order; a unit test checks the bits), for a feature with events in its seen buckets
+    (``seen``). ``bins_ok`` marks those whose seen buckets need no pooling either, so that every
+    bucket is a cell and the bins test's X² is ``x2``; the others take :func:`_bins_test`.
+    """
+
+    def __init__(self, plan: _Plan, counts: IntArray, epsilon: float, psi_on: bool):
+        m = plan.m_categorical
+        lengths = plan.seen_lengths
+        starts = plan.seen_starts
+        r = plan.r_seen
+        w = counts[plan.seen].astype(np.float64)
+        n = np.add.reduceat(w, starts)  # each feature's events in seen buckets (integer sums: exact)
+        m_seen = np.add.reduceat(r, starts)
+        self.seen = n > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.n_e = n * m / (n + m)  # (as _effective)
+            # pool_cells(r, max(1, round(n_e))): no bucket expected below MIN_EXPECTED -> a cell each
+            expected = np.repeat(np.maximum(1.0, np.round(self.n_e)), lengths) * r / np.repeat(m_seen, lengths)
+            pooled = np.logical_or.reduceat(expected < MIN_EXPECTED, starts)
+            self.bins_ok = ~pooled & (lengths >= 2) & self.seen
+            # chi_square_statistic(r, w) of each feature's seen buckets (a bucket empty in both: no term)
+            col = r + w
+            share_r, share_w = np.repeat(m_seen / (m_seen + n), lengths), np.repeat(n / (m_seen + n), lengths)
+            terms = (r - col * share_r) ** 2 / (col * share_r) + (w - col * share_w) ** 2 / (col * share_w)
+            terms = np.where(col > 0, terms, 0.0)
+        bounds = np.append(starts, len(terms)).tolist()
+        self.x2 = np.array([terms[a:b].sum() for a, b in itertools.pairwise(bounds)])  # (as 1-D sums)
+        self.dof = lengths - 1
+        self.bins_p = chi2_textbook_p(self.x2, self.dof)
+        self.psi = psi_many(r, w, starts, epsilon)[0] if psi_on else None
+
+
 def _measure(
     layout: Layout, counts: IntArray, cfg: StatisticsConfig, raw: Mapping[str, Sequence[float]] | None
 ) -> tuple[list[_Test], list[_Verdict]]:
@@ -327,6 +387,7 @@ def _measure(
         if cfg.ks.enabled:
             ks_num = ks_statistic_many(plan.r_fine, w_fine, plan.fine_starts)
         numeric = _NumericTests(plan, w_fine, w_coarse)
+    categorical = _CategoricalTests(plan, counts, cfg.psi.epsilon, cfg.psi.enabled) if len(plan.seen) else None
     tests: list[_Test] = []
     verdicts: list[_Verdict] = []
 
@@ -387,13 +448,25 @@ def _measure(
         r = plan.r[name]
         enough = n_seen >= cfg.min_events and m >= cfg.min_events
         if cfg.psi.enabled or cfg.chi2.enabled:
-            t = add(_bins_test(cal, name, r, w, n_seen, m)) if enough else None
+            assert categorical is not None
+            j = plan.categorical_index[name]
+            together = enough and bool(categorical.seen[j])
+            if together and categorical.bins_ok[j]:
+                p = cal.p_value(name, "bins", float(categorical.bins_p[j]), float(categorical.n_e[j]))
+                t = add(_Test(name, "bins", p, n_seen, m, dof=int(categorical.dof[j])))
+            else:
+                t = add(_bins_test(cal, name, r, w, n_seen, m)) if enough else None
             if cfg.psi.enabled:
-                psi_value = psi(r, w, cfg.psi.epsilon)[0] if enough else None
+                psi_value = None
+                if together:
+                    assert categorical.psi is not None
+                    psi_value = float(categorical.psi[j])
+                elif enough:
+                    psi_value = psi(r, w, cfg.psi.epsilon)[0]
                 verdicts.append(_Verdict(name, "psi", "psi_coarse", psi_value, psi_value, t, m, n_seen, n_missing))
             if cfg.chi2.enabled:
                 if enough:
-                    x2 = float(chi_square_statistic(r, w))
+                    x2 = float(categorical.x2[j]) if together else float(chi_square_statistic(r, w))
                     v = float(cramers_v(x2, n_seen, m))
                     verdicts.append(_Verdict(name, "chi2", "chi2_pooled", x2, v, t, m, n_seen, n_missing))
                 else:

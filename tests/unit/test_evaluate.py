@@ -420,3 +420,61 @@ def test_numeric_tests_computed_together_equal_the_per_feature_path_to_the_bit(s
             p = cal.p_value(name, "ks", float(ks_textbook_p(d, n_e)), n_e)
             assert got[(name, "ks")].p == p
     assert pooled_seen and unpooled_seen  # both paths were taken
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_categorical_tests_computed_together_equal_the_per_feature_path_to_the_bit(seed: int) -> None:
+    # _CategoricalTests does what _bins_test, chi_square_statistic and psi do one feature at a time;
+    # here each is recomputed the one-feature way and must be equal (==, not approx): windows from
+    # tiny (seen buckets pooled, or none seen) to large (none pooled), with categories the
+    # reference never had and missing values
+    from detectors.evaluate import _bins_test, _measure, _plan
+    from detectors.statistics import chi_square_statistic
+
+    rng = np.random.default_rng(seed)
+    m = 4000
+    cats = {
+        "few": rng.choice(["a", "b", "c"], size=m, p=[0.6, 0.3, 0.1]).tolist(),
+        "many": rng.choice([f"v{i}" for i in range(30)], size=m, p=np.arange(1, 31) / 465).tolist(),
+        "rare": rng.choice(["p", "q", "r", "s"], size=m, p=[0.97, 0.01, 0.01, 0.01]).tolist(),
+    }
+    # (top_n: "many" keeps 20 of its 30 categories, so its __other__ bucket is not empty and a large
+    # window needs no pooling; the others' empty __other__ is always pooled)
+    ref = ReferenceProfile.build(
+        {"x": rng.normal(size=m), **cats}, categorical=list(cats), top_n=20, calibration_replicates=500
+    )
+    layout = Layout(ref)
+    cal = ref.calibration
+    assert cal is not None
+    plan = _plan(layout)
+    cfg = _cfg(min_events=1)
+    pooled_seen = unpooled_seen = 0
+    for n in (1, 4, 12, 40, 150, 900, 6000):
+        window: dict[str, object] = {"x": rng.normal(size=n)}
+        for name, values in cats.items():
+            drawn = rng.choice([*sorted(set(values)), "new"], size=n).tolist()
+            drawn[: n // 5] = [None] * (n // 5)  # missing values: another n for this feature
+            window[name] = drawn
+        counts = layout.histogram(window).counts
+        tests, verdicts = _measure(layout, counts, cfg, None)
+        got = {(t.feature, t.kind): t for t in tests}
+        values = {(v.feature, v.statistic): v.value for v in verdicts}
+        for name in cats:
+            profile = ref.features[name]
+            assert isinstance(profile, CategoricalProfile)
+            w = layout.slot(counts, name)[: profile.n_bins - 1]  # the seen buckets
+            k = int(w.sum())
+            r = plan.r[name]
+            if k == 0:  # no verdict: nothing to compare
+                assert values[(name, "psi")] is None and values[(name, "chi2")] is None
+                continue
+            want = _bins_test(cal, name, r, w, k, plan.m[name])
+            if want is None:
+                assert (name, "bins") not in got
+            else:
+                assert got[(name, "bins")] == want
+                pooled_seen += want.dof + 1 < len(r)
+                unpooled_seen += want.dof + 1 == len(r)
+            assert values[(name, "psi")] == psi(r, w)[0]
+            assert values[(name, "chi2")] == float(chi_square_statistic(r, w))
+    assert pooled_seen and unpooled_seen  # both ways of the bins test were taken
