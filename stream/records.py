@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -50,18 +51,47 @@ def _no_default(o: Any) -> Any:
 #: with options makes a new encoder per call, which costs as much as encoding a record)
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_no_default)
 
+#: msgspec's encoder, for records of plain fields: 0.6 against 5.3 us a window statistic record. It
+#: writes the same JSON values (floats in their shortest round-trip form, spelled ``6.2e-5`` where
+#: ``json`` writes ``6.2e-05``; text as UTF-8 where ``json`` escapes it) and a non-finite float as
+#: ``null``, the rule above.
+_MSGSPEC = msgspec.json.Encoder()
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SCALARS_AND_MAP = _SCALARS | {dict}
+_TEXT = frozenset({str})
 
-def record_line(record: Mapping[str, Any]) -> str:
-    """One record as one line of strict JSON (no trailing newline)."""
-    try:
-        return _JSON.encode(record)
-    except ValueError:  # a non-finite float: undefined
-        return _JSON.encode(defined(record))
+
+def _plain(record: Mapping[str, Any]) -> bool:
+    """Whether every field is a JSON scalar, but for one map of strings to scalars, the segment: msgspec
+    would write what ``json`` refuses (a set, as an array), so anything else goes to ``json``."""
+    kinds = list(map(type, record.values()))
+    kind = set(kinds)
+    if kind <= _SCALARS:
+        return True
+    seg = record.get("segment")
+    return (
+        kind <= _SCALARS_AND_MAP
+        and kinds.count(dict) == 1
+        and seg.__class__ is dict
+        and set(map(type, seg)) <= _TEXT
+        and set(map(type, seg.values())) <= _SCALARS
+    )
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
-    """A record as the value of a Kafka message (the same JSON as a line of a records file)."""
-    return record_line(record).encode()
+    """A record as one line of strict JSON, in bytes (no trailing newline): the value of a Kafka
+    message and a line of a records file."""
+    if _plain(record):
+        return _MSGSPEC.encode(record)
+    try:
+        return _JSON.encode(record).encode()
+    except ValueError:  # a non-finite float: undefined
+        return _JSON.encode(defined(record)).encode()
+
+
+def record_line(record: Mapping[str, Any]) -> str:
+    """One record as one line of strict JSON (no trailing newline)."""
+    return encode(record).decode()
 
 
 def records_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
