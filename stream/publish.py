@@ -66,7 +66,11 @@ class Publisher:
                 break
             except BufferError:
                 self.producer.poll(0.1)
-        self.producer.poll(0)
+
+    def _served(self) -> None:
+        """Serve the delivery reports due (one poll for the messages just produced, not one each)."""
+        if self.producer is not None:
+            self.producer.poll(0)
 
     def records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Window statistic (and concept-drift) records."""
@@ -79,12 +83,14 @@ class Publisher:
                 lines.append(value + b"\n")
         if self._file is not None and lines:
             self._file.write(b"".join(lines))
+        self._served()
 
     def alerts(self, alerts: Iterable[Mapping[str, Any]]) -> None:
         if not self.alerts_topic or self.producer is None:
             return
         for a in alerts:
             self._produce(self.alerts_topic, str(a["alert_id"]).encode(), encode(a))
+        self._served()
 
     def dead_letter(
         self, value: bytes | None, key: bytes | None, reason: str, code: str, topic: str, partition: int, offset: int
@@ -106,6 +112,7 @@ class Publisher:
                 headers = [*headers, ("streamdrift.truncated_from", str(len(value or b"")).encode())]
             try:
                 self._produce(self.dead_letter_topic, key, body, headers)
+                self._served()
                 return
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
