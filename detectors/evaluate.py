@@ -295,6 +295,31 @@ def _bins_test(cal: Calibration, name: str, r: IntArray, w: Any, n: int, m: int)
     return _Test(name, "bins", p, n, m, dof=k - 1)
 
 
+def _pearson_together(
+    r: npt.NDArray[np.float64],
+    w: npt.NDArray[np.float64],
+    m: npt.NDArray[np.float64],
+    n: npt.NDArray[np.float64],
+    n_e: npt.NDArray[np.float64],
+    starts: IntArray,
+    lengths: IntArray,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """For features whose bins stand end to end (each from ``starts``, ``lengths`` long; ``m`` and
+    ``n`` their reference and window sizes): whether ``pool_cells(r, max(1, round(n_e)))`` gives
+    every bin a cell of its own (no bin expected below MIN_EXPECTED), and ``chi_square_statistic(r,
+    w)``. The same float operations in the same order as one feature at a time (each X² a 1-D sum),
+    so the same bits."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.repeat(np.maximum(1.0, np.round(n_e)), lengths) * r / np.repeat(m, lengths)
+        unpooled = ~np.logical_or.reduceat(expected < MIN_EXPECTED, starts)
+        col = r + w
+        share_r, share_w = np.repeat(m / (m + n), lengths), np.repeat(n / (m + n), lengths)
+        terms = (r - col * share_r) ** 2 / (col * share_r) + (w - col * share_w) ** 2 / (col * share_w)
+        terms = np.where(col > 0, terms, 0.0)  # (a bin empty in both rows adds nothing)
+    bounds = np.append(starts, len(terms)).tolist()
+    return unpooled, np.array([terms[a:b].sum() for a, b in itertools.pairwise(bounds)])
+
+
 class _NumericTests:
     """The textbook p-values of every numeric feature's tests in one window, computed together.
 
@@ -316,19 +341,10 @@ class _NumericTests:
         with np.errstate(divide="ignore", invalid="ignore"):
             self.n_e = n * m / (n + m)  # (as _effective: the same correctly rounded quotient)
             self.ks_scale = ks_scale(self.n_e)
-            if w_coarse is None:  # (PSI off: no bins test)
-                return
-            r = plan.r_coarse
-            # pool_cells(r, max(1, round(n_e))): no bucket expected below MIN_EXPECTED -> a cell each
-            expected = np.repeat(np.maximum(1.0, np.round(self.n_e)), lengths) * r / np.repeat(m, lengths)
-            pooled = np.logical_or.reduceat(expected < MIN_EXPECTED, plan.coarse_feature_starts)
-            self.bins_ok = ~pooled & (lengths >= 2) & (n > 0)
-            # chi_square_statistic(r, w) of each feature's bins
-            col = r + w_coarse
-            share_r, share_w = np.repeat(m / (m + n), lengths), np.repeat(n / (m + n), lengths)
-            terms = (r - col * share_r) ** 2 / (col * share_r) + (w_coarse - col * share_w) ** 2 / (col * share_w)
-        bounds = np.append(plan.coarse_feature_starts, len(terms)).tolist()
-        x2 = np.array([terms[a:b].sum() for a, b in itertools.pairwise(bounds)])  # (as 1-D sums)
+        if w_coarse is None:  # (PSI off: no bins test)
+            return
+        unpooled, x2 = _pearson_together(plan.r_coarse, w_coarse, m, n, self.n_e, plan.coarse_feature_starts, lengths)
+        self.bins_ok = unpooled & (lengths >= 2) & (n > 0)
         self.bins_p = chi2_textbook_p(x2, self.dof)
 
 
@@ -339,8 +355,8 @@ class _CategoricalTests:
     As :class:`_NumericTests`: per feature these are exactly what :func:`chi_square_statistic`,
     :func:`psi` and :func:`_bins_test` compute one feature at a time (the same float operations in
     the same order; a unit test checks the bits), for a feature with events in its seen buckets
-    (``seen``). ``bins_ok`` marks those whose seen buckets need no pooling either, so that every
-    bucket is a cell and the bins test's X² is ``x2``; the others take :func:`_bins_test`.
+    (``has_events``). ``bins_ok`` marks those whose seen buckets need no pooling either, so that
+    every bucket is a cell and the bins test's X² is ``x2``; the others take :func:`_bins_test`.
     """
 
     def __init__(self, plan: _Plan, counts: IntArray, epsilon: float, psi_on: bool):
@@ -350,21 +366,11 @@ class _CategoricalTests:
         r = plan.r_seen
         w = counts[plan.seen].astype(np.float64)
         n = np.add.reduceat(w, starts)  # each feature's events in seen buckets (integer sums: exact)
-        m_seen = np.add.reduceat(r, starts)
-        self.seen = n > 0
+        self.has_events = n > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             self.n_e = n * m / (n + m)  # (as _effective)
-            # pool_cells(r, max(1, round(n_e))): no bucket expected below MIN_EXPECTED -> a cell each
-            expected = np.repeat(np.maximum(1.0, np.round(self.n_e)), lengths) * r / np.repeat(m_seen, lengths)
-            pooled = np.logical_or.reduceat(expected < MIN_EXPECTED, starts)
-            self.bins_ok = ~pooled & (lengths >= 2) & self.seen
-            # chi_square_statistic(r, w) of each feature's seen buckets (a bucket empty in both: no term)
-            col = r + w
-            share_r, share_w = np.repeat(m_seen / (m_seen + n), lengths), np.repeat(n / (m_seen + n), lengths)
-            terms = (r - col * share_r) ** 2 / (col * share_r) + (w - col * share_w) ** 2 / (col * share_w)
-            terms = np.where(col > 0, terms, 0.0)
-        bounds = np.append(starts, len(terms)).tolist()
-        self.x2 = np.array([terms[a:b].sum() for a, b in itertools.pairwise(bounds)])  # (as 1-D sums)
+        unpooled, self.x2 = _pearson_together(r, w, np.add.reduceat(r, starts), n, self.n_e, starts, lengths)
+        self.bins_ok = unpooled & (lengths >= 2) & self.has_events
         self.dof = lengths - 1
         self.bins_p = chi2_textbook_p(self.x2, self.dof)
         self.psi = psi_many(r, w, starts, epsilon)[0] if psi_on else None
@@ -387,7 +393,9 @@ def _measure(
         if cfg.ks.enabled:
             ks_num = ks_statistic_many(plan.r_fine, w_fine, plan.fine_starts)
         numeric = _NumericTests(plan, w_fine, w_coarse)
-    categorical = _CategoricalTests(plan, counts, cfg.psi.epsilon, cfg.psi.enabled) if len(plan.seen) else None
+    categorical = None
+    if len(plan.seen) and (cfg.psi.enabled or cfg.chi2.enabled):
+        categorical = _CategoricalTests(plan, counts, cfg.psi.epsilon, cfg.psi.enabled)
     tests: list[_Test] = []
     verdicts: list[_Verdict] = []
 
@@ -450,7 +458,7 @@ def _measure(
         if cfg.psi.enabled or cfg.chi2.enabled:
             assert categorical is not None
             j = plan.categorical_index[name]
-            together = enough and bool(categorical.seen[j])
+            together = enough and bool(categorical.has_events[j])
             if together and categorical.bins_ok[j]:
                 p = cal.p_value(name, "bins", float(categorical.bins_p[j]), float(categorical.n_e[j]))
                 t = add(_Test(name, "bins", p, n_seen, m, dof=int(categorical.dof[j])))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from detectors.calibration import Calibration
 from detectors.config import StatisticsConfig
 from detectors.evaluate import (
     CRITICAL,
@@ -16,6 +17,7 @@ from detectors.evaluate import (
     RECORD_FIELDS,
     WARNING,
     StatisticResult,
+    _Plan,
     evaluate_counts,
     iso_ms,
     make_alert,
@@ -373,13 +375,23 @@ def test_segment_label() -> None:
     assert segment_label({"b": "2", "a": "1"}) == "a=1,b=2"
 
 
+def _one_feature_setup(ref: ReferenceProfile) -> tuple[Layout, Calibration, _Plan, StatisticsConfig]:
+    """What comparing a window's tests with the one-feature path needs: layout, calibration, plan
+    and a configuration that gives a verdict from one event."""
+    from detectors.evaluate import _plan
+
+    layout = Layout(ref)
+    assert ref.calibration is not None
+    return layout, ref.calibration, _plan(layout), _cfg(min_events=1)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_numeric_tests_computed_together_equal_the_per_feature_path_to_the_bit(seed: int) -> None:
     # _NumericTests does what _bins_test and the binned KS do one feature at a time; here each
     # test of _measure is recomputed the one-feature way and must be equal (==, not approx):
     # windows from tiny (PSI bins pooled) to large (none pooled), with missing values, shifted
     from detectors.calibration import ks_textbook_p
-    from detectors.evaluate import _bins_test, _effective, _measure, _plan
+    from detectors.evaluate import _bins_test, _effective, _measure
     from detectors.statistics import ks_statistic_many
 
     rng = np.random.default_rng(seed)
@@ -387,11 +399,7 @@ def test_numeric_tests_computed_together_equal_the_per_feature_path_to_the_bit(s
     cols = {f"x{j}": rng.normal(size=m) * (1 + j) for j in range(5)}
     cols["k"] = rng.integers(0, 4, size=m).astype(float)  # few values: few PSI bins
     ref = ReferenceProfile.build(cols, calibration_replicates=500)
-    layout = Layout(ref)
-    cal = ref.calibration
-    assert cal is not None
-    plan = _plan(layout)
-    cfg = _cfg(min_events=1)
+    layout, cal, plan, cfg = _one_feature_setup(ref)
     pooled_seen = unpooled_seen = 0
     for n in (3, 12, 40, 150, 900, 6000):
         window = {f"x{j}": rng.normal(0.3 * (j % 2), 1 + j, n) for j in range(5)}
@@ -428,7 +436,7 @@ def test_categorical_tests_computed_together_equal_the_per_feature_path_to_the_b
     # here each is recomputed the one-feature way and must be equal (==, not approx): windows from
     # tiny (seen buckets pooled, or none seen) to large (none pooled), with categories the
     # reference never had and missing values
-    from detectors.evaluate import _bins_test, _measure, _plan
+    from detectors.evaluate import _bins_test, _measure
     from detectors.statistics import chi_square_statistic
 
     rng = np.random.default_rng(seed)
@@ -443,11 +451,7 @@ def test_categorical_tests_computed_together_equal_the_per_feature_path_to_the_b
     ref = ReferenceProfile.build(
         {"x": rng.normal(size=m), **cats}, categorical=list(cats), top_n=20, calibration_replicates=500
     )
-    layout = Layout(ref)
-    cal = ref.calibration
-    assert cal is not None
-    plan = _plan(layout)
-    cfg = _cfg(min_events=1)
+    layout, cal, plan, cfg = _one_feature_setup(ref)
     pooled_seen = unpooled_seen = 0
     for n in (1, 4, 12, 40, 150, 900, 6000):
         window: dict[str, object] = {"x": rng.normal(size=n)}
