@@ -67,7 +67,7 @@ class Publisher:
             except BufferError:
                 self.producer.poll(0.1)
 
-    def _served(self) -> None:
+    def _poll_reports(self) -> None:
         """Serve the delivery reports due (one poll for the messages just produced, not one each)."""
         if self.producer is not None:
             self.producer.poll(0)
@@ -83,14 +83,14 @@ class Publisher:
                 lines.append(value + b"\n")
         if self._file is not None and lines:
             self._file.write(b"".join(lines))
-        self._served()
+        self._poll_reports()
 
     def alerts(self, alerts: Iterable[Mapping[str, Any]]) -> None:
         if not self.alerts_topic or self.producer is None:
             return
         for a in alerts:
             self._produce(self.alerts_topic, str(a["alert_id"]).encode(), encode(a))
-        self._served()
+        self._poll_reports()
 
     def dead_letter(
         self, value: bytes | None, key: bytes | None, reason: str, code: str, topic: str, partition: int, offset: int
@@ -112,7 +112,7 @@ class Publisher:
                 headers = [*headers, ("streamdrift.truncated_from", str(len(value or b"")).encode())]
             try:
                 self._produce(self.dead_letter_topic, key, body, headers)
-                self._served()
+                self._poll_reports()
                 return
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
