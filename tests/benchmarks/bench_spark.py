@@ -236,14 +236,18 @@ def streaming_command(config: Path, checkpoint: Path, master: str, max_offsets: 
 
 def run_spark_streaming(
     workdir: Path, reference: Path, bootstrap: str, topic: str, n: int, master: str, max_offsets: int,
-    timeout: float = 900.0,
+    timeout: float = 900.0, broker_pid: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """One run of the streaming job over the whole topic, timed by its /metrics (as serve is)."""
+    """One run of the streaming job over the whole topic, timed by its /metrics (as serve is).
+
+    ``broker_pid``: the broker's process on this machine; its CPU seconds over the same steady
+    part are reported per event (``broker_cpu_per_event``), the share of the machine the job
+    cannot have."""
     import signal
     import uuid
 
     from stream.demo.broker import free_port
-    from tests.benchmarks.bench_serve import scrape, write_config
+    from tests.benchmarks.bench_serve import cpu_seconds, scrape, write_config
 
     tag = uuid.uuid4().hex[:8]
     port = free_port()
@@ -257,6 +261,7 @@ def run_spark_streaming(
     with log.open("wb") as lf:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
     first: tuple[float, float, float] | None = None
+    broker_first = broker_done = float("nan")
     batches = 0
     try:
         while True:
@@ -268,8 +273,12 @@ def run_spark_streaming(
             seen = (m or {}).get("streamdrift_events_total", 0.0)
             if m is not None and seen > 0 and first is None:
                 first = (m["streamdrift_last_batch_timestamp_seconds"], seen, tree_cpu_seconds(proc.pid))
+                if broker_pid is not None:
+                    broker_first = cpu_seconds(broker_pid)
             if m is not None and seen >= n:
                 cpu_done = tree_cpu_seconds(proc.pid)
+                if broker_pid is not None:
+                    broker_done = cpu_seconds(broker_pid)
                 t_done = m["streamdrift_last_batch_timestamp_seconds"]
                 batches = int(m.get("streamdrift_checkpoints_total", 0))
                 break
@@ -294,13 +303,24 @@ def run_spark_streaming(
         "startup_s": first[0] - t_start,
         "wall_s": t_done - t_start,
         "micro_batches": batches,
+        "broker_cpu_per_event": (broker_done - broker_first) / steady_n if steady_n > 0 else float("nan"),
     }
 
 
 def run_streaming(
-    workdir: Path, bootstrap: str, n: int, repeats: int, max_offsets: int, log: Any = print, quiet: Any = None
+    workdir: Path,
+    bootstrap: str,
+    n: int,
+    repeats: int,
+    max_offsets: int,
+    log: Any = print,
+    quiet: Any = None,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
-    """serve and the Structured Streaming job at local[2] and local[1] on the same topics (fresh per repeat)."""
+    """serve and the Structured Streaming job at local[2] and local[1] on the same topics (fresh per repeat).
+
+    With ``broker_pid`` (a broker on this machine) it also reports what the machine allows:
+    :func:`scaling_ceiling`."""
     from tests.benchmarks.bench_common import delete_topic, encode_events, fresh_topic
     from tests.benchmarks.bench_serve import build_reference, run_serve
 
@@ -318,7 +338,9 @@ def run_streaming(
             if mode == "serve":
                 res = run_serve(workdir, reference, NUMERIC_ONLY, bootstrap, topic, n)
             else:
-                res = run_spark_streaming(workdir, reference, bootstrap, topic, n, mode, max_offsets)
+                res = run_spark_streaming(
+                    workdir, reference, bootstrap, topic, n, mode, max_offsets, broker_pid=broker_pid
+                )
             runs[mode].append(res)
         for t in (topic, f"{topic}-stats", f"{topic}-alerts"):
             delete_topic(bootstrap, t)
@@ -335,4 +357,18 @@ def run_streaming(
         out[f"{m}_cpu_rate"] = median(r["cpu_rate"] for r in runs[m])
     out["local2_vs_serve"] = out["local[2]_rate"] / out["serve_rate"]
     out["local2_vs_local1"] = out["local[2]_rate"] / out["local[1]_rate"]
+    if broker_pid is not None:
+        out["cores"] = os.cpu_count() or 1
+        out["broker_cpu_per_event"] = median(r["broker_cpu_per_event"] for m in STREAMING_MASTERS for r in runs[m])
+        out["local2_ceiling_vs_local1"] = scaling_ceiling(
+            out["cores"], out["local[2]_cpu_rate"], out["broker_cpu_per_event"], out["local[1]_rate"]
+        )
     return out
+
+
+def scaling_ceiling(cores: int, cpu_rate: float, broker_cpu_per_event: float, base_rate: float) -> float:
+    """The most a job could reach here, as a multiple of ``base_rate``: every core busy, each event
+    costing the job ``1 / cpu_rate`` CPU seconds (its whole process tree: driver, executors,
+    Python workers) and the broker on the same machine ``broker_cpu_per_event``. An upper bound:
+    the OS and the benchmark's own polling are left out."""
+    return cores / (1.0 / cpu_rate + broker_cpu_per_event) / base_rate

@@ -420,7 +420,14 @@ def streaming_report(ss: dict[str, Any], targets: dict[str, Any]) -> list[str]:
         f"{r1:.2f}x",
         r1 >= TARGETS["streaming_vs_serve"],
     )
-    targets["Structured Streaming local[2] >= 1.7x local[1]"] = (f"{r2:.2f}x", r2 >= TARGETS["streaming_scaling"])
+    measured = f"{r2:.2f}x"
+    ceiling = ss.get("local2_ceiling_vs_local1")
+    if ceiling is not None:  # what this machine allows, the broker sharing its cores
+        measured += (
+            f" (this machine's ceiling: {ceiling:.2f}x, {ss['cores']} cores shared with the broker, which spends "
+            f"{ss['broker_cpu_per_event'] * 1e6:.2f} us of CPU an event)"
+        )
+    targets["Structured Streaming local[2] >= 1.7x local[1]"] = (measured, r2 >= TARGETS["streaming_scaling"])
     return lines
 
 
@@ -513,8 +520,16 @@ def main(argv: list[str] | None = None) -> int:
                 log("spark streaming vs serve")
                 batch = a.stream_batch or a.stream_events // 4
                 with EmbeddedBroker() as broker:
+                    assert broker.proc is not None
                     res["spark_streaming"] = bench_spark.run_streaming(
-                        workdir, broker.bootstrap, a.stream_events, a.spark_repeats or a.repeats, batch, log, quiet
+                        workdir,
+                        broker.bootstrap,
+                        a.stream_events,
+                        a.spark_repeats or a.repeats,
+                        batch,
+                        log,
+                        quiet,
+                        broker_pid=broker.proc.pid,
                     )
         if "verdicts" in sections:
             log("verdicts (page rates on null streams, detection rates)")
