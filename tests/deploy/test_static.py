@@ -101,7 +101,7 @@ def test_dockerfile_runtime_image():
     build = next(s for s in stages if s["name"] == "build")
     assert any(k == "RUN" and re.search(r"pip install (--\S+ )*\.(\s|$)", a) for k, a in build["instructions"])
     assert ("COPY", "--from=build /opt/venv /opt/venv") in ins
-    for src in ("pyproject.toml", "detectors", "stream", "jobs"):
+    for src in ("pyproject.toml", "LICENSE", "detectors", "stream", "jobs"):
         assert any(k == "COPY" and src in a for k, a in build["instructions"]), src
 
 
