@@ -77,7 +77,6 @@ from detectors.statistics import (
     ks_exact,
     ks_statistic_many,
     pool_cells,
-    psi,
     psi_many,
     unseen_p_value,
 )
@@ -189,6 +188,7 @@ class _Plan:
     r_seen: npt.NDArray[np.float64]  # their reference counts, end to end
     categorical_index: dict[str, int]  # categorical feature -> its position among the categorical features
     m_categorical: npt.NDArray[np.float64]  # reference size of each categorical feature, in that order
+    r_seen_totals: npt.NDArray[np.float64]  # reference count in each categorical feature's seen buckets
     seen_lengths: IntArray  # seen buckets of each categorical feature
 
 
@@ -239,6 +239,7 @@ def _plan(layout: Layout) -> _Plan:
         return np.asarray(x, dtype=np.intp)
 
     empty = np.zeros(0)
+    r_seen_all = np.concatenate(r_seen) if r_seen else empty
     return _Plan(
         fine=np.concatenate(fine) if fine else ints([]),
         fine_starts=ints(fine_starts),
@@ -254,10 +255,11 @@ def _plan(layout: Layout) -> _Plan:
         coarse_lengths=np.diff(ints([*coarse_feature_starts, n_coarse])),
         seen=np.concatenate(seen) if seen else ints([]),
         seen_starts=ints(seen_starts),
-        r_seen=np.concatenate(r_seen) if r_seen else empty,
+        r_seen=r_seen_all,
         categorical_index=categorical_index,
         m_categorical=np.array([m[name] for name in categorical_index], dtype=np.float64),
         seen_lengths=np.diff(ints([*seen_starts, at_seen])),
+        r_seen_totals=np.add.reduceat(r_seen_all, seen_starts) if r_seen else empty,
     )
 
 
@@ -355,8 +357,8 @@ class _CategoricalTests:
     As :class:`_NumericTests`: per feature these are exactly what :func:`chi_square_statistic`,
     :func:`psi` and :func:`_bins_test` compute one feature at a time (the same float operations in
     the same order; a unit test checks the bits), for a feature with events in its seen buckets
-    (``has_events``). ``bins_ok`` marks those whose seen buckets need no pooling either, so that
-    every bucket is a cell and the bins test's X² is ``x2``; the others take :func:`_bins_test`.
+    (what a verdict needs). ``bins_ok`` marks those whose seen buckets need no pooling either, so
+    that every bucket is a cell and the bins test's X² is ``x2``; the others take :func:`_bins_test`.
     """
 
     def __init__(self, plan: _Plan, counts: IntArray, epsilon: float, psi_on: bool):
@@ -366,11 +368,10 @@ class _CategoricalTests:
         r = plan.r_seen
         w = counts[plan.seen].astype(np.float64)
         n = np.add.reduceat(w, starts)  # each feature's events in seen buckets (integer sums: exact)
-        self.has_events = n > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             self.n_e = n * m / (n + m)  # (as _effective)
-        unpooled, self.x2 = _pearson_together(r, w, np.add.reduceat(r, starts), n, self.n_e, starts, lengths)
-        self.bins_ok = unpooled & (lengths >= 2) & self.has_events
+        unpooled, self.x2 = _pearson_together(r, w, plan.r_seen_totals, n, self.n_e, starts, lengths)
+        self.bins_ok = unpooled & (lengths >= 2) & (n > 0)
         self.dof = lengths - 1
         self.bins_p = chi2_textbook_p(self.x2, self.dof)
         self.psi = psi_many(r, w, starts, epsilon)[0] if psi_on else None
@@ -457,24 +458,19 @@ def _measure(
         enough = n_seen >= cfg.min_events and m >= cfg.min_events
         if cfg.psi.enabled or cfg.chi2.enabled:
             assert categorical is not None
-            j = plan.categorical_index[name]
-            together = enough and bool(categorical.has_events[j])
-            if together and categorical.bins_ok[j]:
+            j = plan.categorical_index[name]  # (enough: n_seen >= min_events >= 1, events in seen buckets)
+            if enough and categorical.bins_ok[j]:
                 p = cal.p_value(name, "bins", float(categorical.bins_p[j]), float(categorical.n_e[j]))
                 t = add(_Test(name, "bins", p, n_seen, m, dof=int(categorical.dof[j])))
             else:
                 t = add(_bins_test(cal, name, r, w, n_seen, m)) if enough else None
             if cfg.psi.enabled:
-                psi_value = None
-                if together:
-                    assert categorical.psi is not None
-                    psi_value = float(categorical.psi[j])
-                elif enough:
-                    psi_value = psi(r, w, cfg.psi.epsilon)[0]
+                assert categorical.psi is not None
+                psi_value = float(categorical.psi[j]) if enough else None
                 verdicts.append(_Verdict(name, "psi", "psi_coarse", psi_value, psi_value, t, m, n_seen, n_missing))
             if cfg.chi2.enabled:
                 if enough:
-                    x2 = float(categorical.x2[j]) if together else float(chi_square_statistic(r, w))
+                    x2 = float(categorical.x2[j])
                     v = float(cramers_v(x2, n_seen, m))
                     verdicts.append(_Verdict(name, "chi2", "chi2_pooled", x2, v, t, m, n_seen, n_missing))
                 else:
